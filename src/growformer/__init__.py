@@ -1,0 +1,21 @@
+"""growformer: transformers that determine their own architecture while they train."""
+
+from growformer.arch import Architecture, LayerSpec
+from growformer.model import ElasticForCausalLM, ElasticForSequenceClassification, build_model
+from growformer.surgery import Event
+from growformer.train import ModelConfig, TrainConfig, evaluate, train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Architecture",
+    "ElasticForCausalLM",
+    "ElasticForSequenceClassification",
+    "Event",
+    "LayerSpec",
+    "ModelConfig",
+    "TrainConfig",
+    "build_model",
+    "evaluate",
+    "train",
+]

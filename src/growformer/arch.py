@@ -1,0 +1,219 @@
+"""Structure as data: what every layer of an elastic transformer looks like.
+
+An :class:`Architecture` is the single source of truth for a model's shape. Models are
+built from it, surgery edits it together with the parameters, and checkpoints store it
+as JSON next to the weights.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from growformer.errors import ArchitectureError
+
+KINDS = ("classifier", "causal_lm")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """Shape of one transformer layer.
+
+    Args:
+        heads: Number of attention heads (0 means the attention sublayer is skipped).
+        head_dim: Width of every head's queries, keys and values.
+        ffn_dim: Hidden width of the feed-forward sublayer.
+        loops: Extra attention passes (SGT); each re-runs only ``looped_heads``.
+        looped_heads: Indices of the heads that the extra passes re-run.
+    """
+
+    heads: int
+    head_dim: int
+    ffn_dim: int
+    loops: int = 0
+    looped_heads: tuple[int, ...] = field(default_factory=tuple)
+
+    @property
+    def attn_dim(self) -> int:
+        """Total width of the concatenated heads."""
+        return self.heads * self.head_dim
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Whole-model structure.
+
+    Args:
+        kind: ``"classifier"`` (bidirectional encoder, [CLS] pooling) or ``"causal_lm"``.
+        d_model: Width of the residual stream.
+        vocab_size: Number of token ids.
+        max_len: Longest sequence the position embedding covers.
+        layers: One :class:`LayerSpec` per layer, input side first.
+        num_labels: Number of classes (classifier only).
+        dropout: Dropout probability on embeddings, attention output and feed-forward.
+    """
+
+    kind: str
+    d_model: int
+    vocab_size: int
+    max_len: int
+    layers: tuple[LayerSpec, ...]
+    num_labels: int | None = None
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @classmethod
+    def uniform(
+        cls,
+        *,
+        kind: str,
+        d_model: int,
+        vocab_size: int,
+        max_len: int,
+        n_layers: int,
+        heads: int,
+        head_dim: int,
+        ffn_dim: int,
+        num_labels: int | None = None,
+        dropout: float = 0.0,
+    ) -> Architecture:
+        """Same layer shape everywhere."""
+        layer = LayerSpec(heads=heads, head_dim=head_dim, ffn_dim=ffn_dim)
+        return cls(
+            kind=kind,
+            d_model=d_model,
+            vocab_size=vocab_size,
+            max_len=max_len,
+            layers=(layer,) * n_layers,
+            num_labels=num_labels,
+            dropout=dropout,
+        )
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    def with_layer(self, index: int, **changes: Any) -> Architecture:
+        """A copy with layer ``index`` changed (validated)."""
+        layers = list(self.layers)
+        layers[index] = replace(layers[index], **changes)
+        return replace(self, layers=tuple(layers))
+
+    def validate(self) -> None:
+        """Raise :class:`ArchitectureError` naming the first invalid field."""
+        if self.kind not in KINDS:
+            raise ArchitectureError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        for name in ("d_model", "vocab_size", "max_len"):
+            _positive_int(name, getattr(self, name))
+        if self.kind == "classifier":
+            _positive_int("num_labels", self.num_labels)
+            if self.num_labels < 2:
+                raise ArchitectureError(f"num_labels must be >= 2, got {self.num_labels}")
+        elif self.num_labels is not None:
+            raise ArchitectureError("num_labels is only allowed for kind 'classifier'")
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise ArchitectureError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if not self.layers:
+            raise ArchitectureError("an architecture needs at least one layer")
+        for i, layer in enumerate(self.layers):
+            _validate_layer(i, layer)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for layer in d["layers"]:
+            layer["looped_heads"] = list(layer["looped_heads"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Architecture:
+        """Build from a dict as written by :meth:`to_dict`, with clear errors."""
+        if not isinstance(d, dict):
+            raise ArchitectureError(f"architecture must be a JSON object, got {type(d).__name__}")
+        known = {"kind", "d_model", "vocab_size", "max_len", "layers", "num_labels", "dropout"}
+        _no_unknown_keys("architecture", d, known)
+        missing = sorted({"kind", "d_model", "vocab_size", "max_len", "layers"} - d.keys())
+        if missing:
+            raise ArchitectureError(f"architecture is missing {', '.join(missing)}")
+        if not isinstance(d["layers"], list):
+            raise ArchitectureError("architecture 'layers' must be a list of layer objects")
+        layers = []
+        for i, layer in enumerate(d["layers"]):
+            if not isinstance(layer, dict):
+                raise ArchitectureError(f"layer {i} must be an object")
+            _no_unknown_keys(
+                f"layer {i}", layer, {"heads", "head_dim", "ffn_dim", "loops", "looped_heads"}
+            )
+            missing = sorted({"heads", "head_dim", "ffn_dim"} - layer.keys())
+            if missing:
+                raise ArchitectureError(f"layer {i} is missing {', '.join(missing)}")
+            looped = layer.get("looped_heads", [])
+            if not isinstance(looped, list):
+                raise ArchitectureError(f"layer {i}: looped_heads must be a list of head indices")
+            layers.append(LayerSpec(**{**layer, "looped_heads": tuple(looped)}))
+        return cls(**{**d, "layers": tuple(layers)})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> Architecture:
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ArchitectureError(f"architecture is not valid JSON: {e}") from None
+        return cls.from_dict(d)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Architecture:
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ArchitectureError(f"cannot read architecture file {p}: {e}") from None
+        try:
+            return cls.from_json(text)
+        except ArchitectureError as e:
+            raise ArchitectureError(f"{p}: {e}") from None
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ArchitectureError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _no_unknown_keys(where: str, d: dict, known: set[str]) -> None:
+    unknown = sorted(d.keys() - known)
+    if unknown:
+        raise ArchitectureError(
+            f"{where} has unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+        )
+
+
+def _validate_layer(i: int, layer: LayerSpec) -> None:
+    for name in ("heads", "loops"):
+        value = getattr(layer, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ArchitectureError(f"layer {i}: {name} must be an integer >= 0, got {value!r}")
+    for name in ("head_dim", "ffn_dim"):
+        value = getattr(layer, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ArchitectureError(f"layer {i}: {name} must be a positive integer, got {value!r}")
+    looped = layer.looped_heads
+    for h in looped:
+        if isinstance(h, bool) or not isinstance(h, int) or not 0 <= h < layer.heads:
+            raise ArchitectureError(
+                f"layer {i}: looped head {h!r} is out of range (layer has {layer.heads} heads)"
+            )
+    if len(set(looped)) != len(looped):
+        raise ArchitectureError(f"layer {i}: looped_heads has duplicates {list(looped)}")
+    if layer.loops > 0 and not looped:
+        raise ArchitectureError(f"layer {i}: loops={layer.loops} needs at least one looped head")
+    if layer.loops == 0 and looped:
+        raise ArchitectureError(f"layer {i}: looped_heads given but loops is 0")

@@ -1,0 +1,292 @@
+"""Checkpoints: safetensors + JSON only, written atomically, verified on load.
+
+Layout of a run directory::
+
+    RUN/checkpoints/LATEST               name of the newest complete checkpoint
+    RUN/checkpoints/step_00000500/
+        model.safetensors                weights
+        architecture.json  config.json  tokenizer.json  task.json
+        optimizer.safetensors  optimizer.json
+        rng.safetensors  trainer_state.json
+        manifest.json                    size and sha256 of every file above
+
+A checkpoint is written into a temporary directory, flushed to disk, renamed into place,
+and only then does ``LATEST`` (replaced atomically) point to it: a crash at any moment
+leaves the previous checkpoint intact and pointed to. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from growformer.arch import Architecture
+from growformer.errors import ArchitectureError, CheckpointError
+from growformer.model import ElasticModel, build_model
+
+FORMAT = 1
+LATEST = "LATEST"
+
+
+@dataclass
+class Checkpoint:
+    """A loaded, verified checkpoint.
+
+    Args:
+        path: Its directory.
+        model: The model with its weights (on CPU).
+        config: The run's training configuration (dict).
+        tokenizer_json: The tokenizer, as its JSON text.
+        task: Task metadata (name, kind, label names, ...).
+        trainer_state: Step, counters, policy state, Python RNG state.
+    """
+
+    path: Path
+    model: ElasticModel
+    config: dict[str, Any]
+    tokenizer_json: str
+    task: dict[str, Any]
+    trainer_state: dict[str, Any]
+
+    def load_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Restore the optimizer state saved with this checkpoint."""
+        meta = _read_json(self.path / "optimizer.json")
+        if meta.get("type") != type(optimizer).__name__:
+            raise CheckpointError(
+                f"{self.path}: optimizer is {meta.get('type')!r}, not {type(optimizer).__name__}"
+            )
+        tensors = _load_tensors(self.path / "optimizer.safetensors")
+        state: dict[int, dict[str, Any]] = {}
+        for key, value in tensors.items():
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value
+        for idx, values in meta["state"].items():
+            state.setdefault(int(idx), {}).update(values)
+        groups = [
+            {k: v if k == "params" or not isinstance(v, list) else tuple(v) for k, v in g.items()}
+            for g in meta["param_groups"]
+        ]
+        try:
+            optimizer.load_state_dict({"state": state, "param_groups": groups})
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(
+                f"{self.path}: optimizer state does not fit the model: {e}"
+            ) from None
+
+    def restore_rng(self) -> None:
+        """Put the torch random generators back where they were at save time."""
+        tensors = _load_tensors(self.path / "rng.safetensors")
+        torch.set_rng_state(tensors["torch_cpu"])
+        cuda = [tensors[k] for k in sorted(tensors) if k.startswith("cuda.")]
+        if cuda and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def save(
+    run_dir: str | Path,
+    *,
+    step: int,
+    model: ElasticModel,
+    optimizer: torch.optim.Optimizer,
+    config: dict[str, Any],
+    tokenizer_json: str,
+    task: dict[str, Any],
+    trainer_state: dict[str, Any],
+    keep: int = 2,
+) -> Path:
+    """Write a checkpoint atomically and point ``LATEST`` to it; keep the ``keep`` newest."""
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step_{step:08d}"
+    final = root / name
+    tmp = root / f".tmp-{name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+
+    save_file(_contiguous(model.state_dict()), tmp / "model.safetensors", metadata={"format": "pt"})
+    _write_json(tmp / "architecture.json", model.arch.to_dict())
+    _write_json(tmp / "config.json", config)
+    (tmp / "tokenizer.json").write_text(tokenizer_json)
+    _write_json(tmp / "task.json", task)
+    _save_optimizer(tmp, optimizer)
+    rng = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    save_file(rng, tmp / "rng.safetensors")
+    _write_json(tmp / "trainer_state.json", trainer_state)
+    files = sorted(p.name for p in tmp.iterdir())
+    _write_json(
+        tmp / "manifest.json", {"format": FORMAT, "files": {f: _digest(tmp / f) for f in files}}
+    )
+    for p in tmp.iterdir():
+        _fsync(p)
+    _fsync(tmp)
+
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync(root)
+    atomic_write_text(root / LATEST, name + "\n")
+    _prune(root, keep, current=name)
+    return final
+
+
+def resolve(path: str | Path) -> Path:
+    """The checkpoint directory meant by ``path``: a run directory or a checkpoint itself."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"no checkpoint at {p}: it does not exist")
+    if (p / "manifest.json").is_file():
+        return p
+    latest = p / "checkpoints" / LATEST
+    if latest.is_file():
+        name = latest.read_text().strip()
+        target = p / "checkpoints" / name
+        if not (target / "manifest.json").is_file():
+            raise CheckpointError(f"{latest} points to {name!r}, which is missing or incomplete")
+        return target
+    raise CheckpointError(
+        f"no checkpoint at {p}: expected a run directory or a checkpoint directory"
+    )
+
+
+def load(path: str | Path) -> Checkpoint:
+    """Load and verify a checkpoint (run directory or checkpoint directory)."""
+    ckpt_dir = resolve(path)
+    manifest = _read_json(ckpt_dir / "manifest.json")
+    if manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
+        raise CheckpointError(f"{ckpt_dir}: unknown checkpoint format {manifest.get('format')!r}")
+    for name, expected in manifest["files"].items():
+        f = ckpt_dir / name
+        if not f.is_file():
+            raise CheckpointError(f"{ckpt_dir}: file {name} is missing")
+        found = _digest(f)
+        if found["bytes"] != expected["bytes"]:
+            raise CheckpointError(
+                f"{ckpt_dir}: {name} is truncated or altered "
+                f"({found['bytes']} bytes, expected {expected['bytes']})"
+            )
+        if found["sha256"] != expected["sha256"]:
+            raise CheckpointError(f"{ckpt_dir}: {name} is corrupt (checksum mismatch)")
+    try:
+        arch = Architecture.from_dict(_read_json(ckpt_dir / "architecture.json"))
+    except ArchitectureError as e:
+        raise CheckpointError(f"{ckpt_dir}: invalid architecture.json: {e}") from None
+    model = build_model(arch)
+    load_weights(model, ckpt_dir / "model.safetensors")
+    return Checkpoint(
+        path=ckpt_dir,
+        model=model,
+        config=_read_json(ckpt_dir / "config.json"),
+        tokenizer_json=(ckpt_dir / "tokenizer.json").read_text(),
+        task=_read_json(ckpt_dir / "task.json"),
+        trainer_state=_read_json(ckpt_dir / "trainer_state.json"),
+    )
+
+
+def load_weights(model: ElasticModel, path: str | Path) -> None:
+    """Load safetensors weights, refusing any tensor that disagrees with the architecture."""
+    tensors = _load_tensors(Path(path))
+    expected = model.state_dict()
+    for name, ref in expected.items():
+        if name not in tensors:
+            raise CheckpointError(f"{path}: tensor {name} is missing")
+        got = tensors[name]
+        if tuple(got.shape) != tuple(ref.shape):
+            raise CheckpointError(
+                f"{path}: tensor {name} has shape {tuple(got.shape)} "
+                f"but the architecture needs {tuple(ref.shape)}"
+            )
+        if got.dtype != ref.dtype:
+            raise CheckpointError(
+                f"{path}: tensor {name} has dtype {got.dtype}, expected {ref.dtype}"
+            )
+    extra = sorted(tensors.keys() - expected.keys())
+    if extra:
+        raise CheckpointError(f"{path}: tensor {extra[0]} is not part of the architecture")
+    model.load_state_dict(tensors)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so that readers see the old or the new file, never a mix."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _save_optimizer(directory: Path, optimizer: torch.optim.Optimizer) -> None:
+    sd = optimizer.state_dict()
+    tensors: dict[str, Tensor] = {}
+    plain: dict[str, dict[str, Any]] = {}
+    for idx, values in sd["state"].items():
+        for name, value in values.items():
+            if isinstance(value, Tensor):
+                tensors[f"state.{idx}.{name}"] = value.contiguous()
+            else:
+                plain.setdefault(str(idx), {})[name] = value
+    save_file(tensors, directory / "optimizer.safetensors")
+    meta = {"type": type(optimizer).__name__, "param_groups": sd["param_groups"], "state": plain}
+    _write_json(directory / "optimizer.json", meta)
+
+
+def _load_tensors(path: Path) -> dict[str, Tensor]:
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint file {path} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"checkpoint file {path} is not valid JSON: {e}") from None
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2))
+
+
+def _contiguous(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.detach().contiguous() for k, v in tensors.items()}
+
+
+def _digest(path: Path) -> dict[str, Any]:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return {"bytes": path.stat().st_size, "sha256": h.hexdigest()}
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _prune(root: Path, keep: int, current: str) -> None:
+    steps = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))
+    for old in steps[:-keep]:
+        if old.name != current:
+            shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)

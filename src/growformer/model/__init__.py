@@ -1,0 +1,27 @@
+"""Elastic transformer modules: attention, blocks, backbone and task heads."""
+
+from growformer.model.attention import ElasticAttention, head_rows
+from growformer.model.block import MLP, Block
+from growformer.model.transformer import (
+    MODELS,
+    ElasticForCausalLM,
+    ElasticForSequenceClassification,
+    ElasticModel,
+    ElasticTransformer,
+    ModelOutput,
+    build_model,
+)
+
+__all__ = [
+    "MLP",
+    "MODELS",
+    "Block",
+    "ElasticAttention",
+    "ElasticForCausalLM",
+    "ElasticForSequenceClassification",
+    "ElasticModel",
+    "ElasticTransformer",
+    "ModelOutput",
+    "build_model",
+    "head_rows",
+]

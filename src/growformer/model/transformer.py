@@ -1,0 +1,154 @@
+"""The elastic transformer backbone and its task heads."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from growformer.arch import Architecture
+from growformer.model.block import Block
+
+
+@dataclass
+class ModelOutput:
+    """What every model returns.
+
+    Args:
+        logits: (batch, num_labels) for classifiers, (batch, seq, vocab) for language models.
+        loss: Mean cross-entropy when labels were given.
+    """
+
+    logits: Tensor
+    loss: Tensor | None = None
+
+
+class ElasticTransformer(nn.Module):
+    """Token + position embeddings, a stack of :class:`Block` of per-layer shapes, final norm.
+
+    Args:
+        arch: The structure to build.
+    """
+
+    def __init__(self, arch: Architecture) -> None:
+        super().__init__()
+        self.tok_emb = nn.Embedding(arch.vocab_size, arch.d_model)
+        self.pos_emb = nn.Embedding(arch.max_len, arch.d_model)
+        self.drop = nn.Dropout(arch.dropout)
+        self.layers = nn.ModuleList(
+            Block(d_model=arch.d_model, spec=spec, dropout=arch.dropout) for spec in arch.layers
+        )
+        self.ln_f = nn.LayerNorm(arch.d_model)
+
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, is_causal: bool = False
+    ) -> Tensor:
+        """Return the final hidden states (batch, seq, d_model).
+
+        Args:
+            input_ids: (batch, seq) token ids.
+            attention_mask: (batch, seq) bool or 0/1, True for real tokens; None = all real.
+            is_causal: Mask future positions.
+        """
+        t = input_ids.shape[1]
+        if t > self.pos_emb.num_embeddings:
+            raise ValueError(f"sequence length {t} exceeds max_len {self.pos_emb.num_embeddings}")
+        pos = torch.arange(t, device=input_ids.device)
+        h = self.drop(self.tok_emb(input_ids) + self.pos_emb(pos))
+        mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+        for block in self.layers:
+            h = block(h, mask, is_causal)
+        return self.ln_f(h)
+
+
+class ElasticModel(nn.Module):
+    """Shared base of the task models: construction, initialisation, the live architecture.
+
+    Args:
+        arch: The structure to build.
+    """
+
+    kind: str
+
+    def __init__(self, arch: Architecture) -> None:
+        super().__init__()
+        if arch.kind != self.kind:
+            raise ValueError(f"{type(self).__name__} needs kind {self.kind!r}, got {arch.kind!r}")
+        self._base = replace(arch, layers=arch.layers[:1])
+        self.transformer = ElasticTransformer(arch)
+
+    @property
+    def arch(self) -> Architecture:
+        """The current architecture, read off the modules (always in sync with the weights)."""
+        return replace(self._base, layers=tuple(b.spec for b in self.transformer.layers))
+
+    def init_weights(self) -> None:
+        """GPT-2 style initialisation; residual output projections scaled down by depth."""
+        std = 0.02
+        resid_std = std / math.sqrt(2 * len(self.transformer.layers))
+        for name, p in self.named_parameters():
+            if name.endswith("bias"):
+                nn.init.zeros_(p)
+            elif "ln_" in name:
+                nn.init.ones_(p)
+            elif name.endswith(("o_proj.weight", "fc_out.weight")):
+                nn.init.normal_(p, 0.0, resid_std)
+            else:
+                nn.init.normal_(p, 0.0, std)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+class ElasticForSequenceClassification(ElasticModel):
+    """Bidirectional encoder with a linear classifier on the [CLS] (first) position."""
+
+    kind = "classifier"
+
+    def __init__(self, arch: Architecture) -> None:
+        super().__init__(arch)
+        self.classifier = nn.Linear(arch.d_model, arch.num_labels)
+        self.init_weights()
+
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, labels: Tensor | None = None
+    ) -> ModelOutput:
+        hidden_states = self.transformer(input_ids, attention_mask)
+        logits = self.classifier(hidden_states[:, 0])
+        loss = None if labels is None else F.cross_entropy(logits, labels)
+        return ModelOutput(logits=logits, loss=loss)
+
+
+class ElasticForCausalLM(ElasticModel):
+    """Causal decoder with a language-model head; ``labels[b, t]`` is the target at ``t``."""
+
+    kind = "causal_lm"
+
+    def __init__(self, arch: Architecture) -> None:
+        super().__init__(arch)
+        self.lm_head = nn.Linear(arch.d_model, arch.vocab_size, bias=False)
+        self.init_weights()
+
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, labels: Tensor | None = None
+    ) -> ModelOutput:
+        hidden_states = self.transformer(input_ids, attention_mask, is_causal=True)
+        logits = self.lm_head(hidden_states)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+        return ModelOutput(logits=logits, loss=loss)
+
+
+MODELS: dict[str, type[ElasticModel]] = {
+    "classifier": ElasticForSequenceClassification,
+    "causal_lm": ElasticForCausalLM,
+}
+
+
+def build_model(arch: Architecture) -> ElasticModel:
+    """Instantiate the model class for ``arch.kind``."""
+    return MODELS[arch.kind](arch)

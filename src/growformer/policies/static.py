@@ -1,0 +1,15 @@
+"""The fixed-structure policy: never changes anything."""
+
+from __future__ import annotations
+
+from growformer.policies.base import Policy
+from growformer.surgery import Event
+
+
+class StaticPolicy(Policy):
+    """Train the architecture as configured."""
+
+    name = "static"
+
+    def decide(self, step: int) -> list[Event]:
+        return []

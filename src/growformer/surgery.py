@@ -1,0 +1,217 @@
+"""Structural surgery: the only code that changes a model's structure.
+
+Every change rebuilds the affected parameters, carries the optimizer state of every
+surviving slice (Adam/AdamW moments and step, SGD momentum: any state tensor shaped like
+its parameter), gives new slices zero state, keeps the gradient if one is pending, and
+returns an :class:`Event` record. It is safe between two optimizer steps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from growformer.errors import ArchitectureError, SurgeryError
+from growformer.model import ElasticModel, head_rows
+from growformer.model.block import Block
+
+OPS = ("add_head", "remove_head", "set_loops")
+INITS = ("random", "function_preserving")
+
+
+@dataclass
+class Event:
+    """A structural change: emitted by a policy as a request, returned by surgery as a record.
+
+    Args:
+        op: ``"add_head"``, ``"remove_head"`` or ``"set_loops"``.
+        layer: Layer index.
+        head: Head removed (remove_head) or index of the head added (filled in by surgery).
+        init: Initialisation of an added head, ``"random"`` or ``"function_preserving"``.
+        loops: New loop depth (set_loops).
+        looped_heads: Heads the loops re-run (set_loops).
+        step: Optimizer steps taken when the change happened (filled in by the trainer).
+        reason: Why the policy asked for it.
+        heads_after: Head count of the layer after the change (filled in by surgery).
+        params_after: Model parameter count after the change (filled in by surgery).
+    """
+
+    op: str
+    layer: int
+    head: int | None = None
+    init: str | None = None
+    loops: int | None = None
+    looped_heads: tuple[int, ...] | None = None
+    step: int | None = None
+    reason: str | None = None
+    heads_after: int | None = None
+    params_after: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict without the unset fields."""
+        d = {k: v for k, v in asdict(self).items() if v is not None}
+        if "looped_heads" in d:
+            d["looped_heads"] = list(d["looped_heads"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Event:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(d.keys() - known)
+        if unknown:
+            raise SurgeryError(f"event has unknown field(s) {', '.join(unknown)}")
+        d = dict(d)
+        if d.get("looped_heads") is not None:
+            d["looped_heads"] = tuple(d["looped_heads"])
+        return cls(**d)
+
+
+def apply(model: ElasticModel, optimizer: torch.optim.Optimizer | None, event: Event) -> Event:
+    """Apply a requested change and return its completed record."""
+    if event.op == "add_head":
+        record = add_head(model, optimizer, event.layer, init=event.init or "function_preserving")
+    elif event.op == "remove_head":
+        if event.head is None:
+            raise SurgeryError("remove_head needs a head index")
+        record = remove_head(model, optimizer, event.layer, event.head)
+    elif event.op == "set_loops":
+        if event.loops is None:
+            raise SurgeryError("set_loops needs a loop depth")
+        record = set_loops(model, event.layer, event.loops, event.looped_heads or ())
+    else:
+        raise SurgeryError(f"unknown structural op {event.op!r} (known: {', '.join(OPS)})")
+    record.step, record.reason = event.step, event.reason
+    return record
+
+
+def add_head(
+    model: ElasticModel,
+    optimizer: torch.optim.Optimizer | None,
+    layer: int,
+    init: str = "function_preserving",
+) -> Event:
+    """Append one head to ``layer``.
+
+    Args:
+        model: The model to change in place.
+        optimizer: Its optimizer (state carried), or None.
+        layer: Layer index.
+        init: ``"random"``: W_Q, W_K, W_V ~ N(0, 1/d_model), W_O ~ N(0, 1/head_dim) (the
+            INCRT reference). ``"function_preserving"``: the same, but W_O starts at zero,
+            so the model's outputs do not change at insertion.
+    """
+    if init not in INITS:
+        raise SurgeryError(f"unknown head init {init!r} (known: {', '.join(INITS)})")
+    block = _block(model, layer)
+    attn = block.attn
+    d_model, hd = attn.q_proj.in_features, attn.head_dim
+    keep = torch.arange(attn.heads * hd, device=attn.q_proj.weight.device)
+    for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
+        w = proj.weight
+        extra = torch.randn(hd, d_model, dtype=w.dtype, device=w.device) / math.sqrt(d_model)
+        _rebuild(proj, optimizer, dim=0, keep=keep, extra=extra)
+    w = attn.o_proj.weight
+    extra = torch.randn(d_model, hd, dtype=w.dtype, device=w.device) / math.sqrt(hd)
+    if init == "function_preserving":
+        extra.zero_()
+    _rebuild(attn.o_proj, optimizer, dim=1, keep=keep, extra=extra)
+    return _record(model, Event(op="add_head", layer=layer, head=attn.heads - 1, init=init))
+
+
+def remove_head(
+    model: ElasticModel, optimizer: torch.optim.Optimizer | None, layer: int, head: int
+) -> Event:
+    """Remove head ``head`` of ``layer``; higher heads shift down by one.
+
+    A looped head that is removed leaves the loop; a loop left with no head stops.
+    """
+    block = _block(model, layer)
+    attn = block.attn
+    if not 0 <= head < attn.heads:
+        raise SurgeryError(f"layer {layer} has {attn.heads} heads; cannot remove head {head}")
+    survivors = [h for h in range(attn.heads) if h != head]
+    keep = head_rows(survivors, attn.head_dim).to(attn.q_proj.weight.device)
+    for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
+        _rebuild(proj, optimizer, dim=0, keep=keep)
+    _rebuild(attn.o_proj, optimizer, dim=1, keep=keep)
+    looped = tuple(h - (h > head) for h in block.looped_heads if h != head)
+    block.set_loops(block.loops if looped else 0, looped)
+    return _record(model, Event(op="remove_head", layer=layer, head=head))
+
+
+def set_loops(
+    model: ElasticModel, layer: int, loops: int, looped_heads: tuple[int, ...] | list[int]
+) -> Event:
+    """Set how many extra attention passes ``layer`` runs and which heads they re-run.
+
+    No parameter changes: the loops reuse the layer's projections.
+    """
+    block = _block(model, layer)
+    looped_heads = tuple(looped_heads)
+    try:
+        model.arch.with_layer(layer, loops=loops, looped_heads=looped_heads)
+    except ArchitectureError as e:
+        raise SurgeryError(str(e)) from None
+    block.set_loops(loops, looped_heads)
+    return _record(
+        model, Event(op="set_loops", layer=layer, loops=loops, looped_heads=looped_heads)
+    )
+
+
+def _block(model: ElasticModel, layer: int) -> Block:
+    n = len(model.transformer.layers)
+    if not 0 <= layer < n:
+        raise SurgeryError(f"layer {layer} is out of range (model has {n} layers)")
+    return model.transformer.layers[layer]
+
+
+def _record(model: ElasticModel, event: Event) -> Event:
+    event.heads_after = model.transformer.layers[event.layer].attn.heads
+    event.params_after = model.num_params()
+    return event
+
+
+def _rebuild(
+    linear: nn.Linear,
+    optimizer: torch.optim.Optimizer | None,
+    *,
+    dim: int,
+    keep: Tensor,
+    extra: Tensor | None = None,
+) -> None:
+    """Replace ``linear.weight`` by its slices ``keep`` along ``dim``, then ``extra``.
+
+    The gradient and every optimizer state tensor shaped like the weight get the same
+    slicing, with zeros where ``extra`` is new; scalar state (Adam's step) is kept.
+    """
+    old = linear.weight
+
+    def reshape(t: Tensor, new_part: Tensor | None) -> Tensor:
+        kept = t.index_select(dim, keep)
+        return kept if new_part is None else torch.cat([kept, new_part.to(t.dtype)], dim)
+
+    zeros = None if extra is None else torch.zeros_like(extra)
+    new = nn.Parameter(reshape(old.detach(), extra), requires_grad=old.requires_grad)
+    if old.grad is not None:
+        new.grad = reshape(old.grad, zeros)
+    if optimizer is not None:
+        _swap_in_optimizer(optimizer, old, new, lambda t: reshape(t, zeros))
+    linear.weight = new
+    linear.out_features, linear.in_features = new.shape
+
+
+def _swap_in_optimizer(optimizer: torch.optim.Optimizer, old: Tensor, new: Tensor, carry) -> None:
+    for group in optimizer.param_groups:
+        for i, p in enumerate(group["params"]):
+            if p is old:
+                group["params"][i] = new
+    state = optimizer.state.pop(old, None)
+    if state:
+        optimizer.state[new] = {
+            k: carry(v) if isinstance(v, Tensor) and v.shape == old.shape else v
+            for k, v in state.items()
+        }

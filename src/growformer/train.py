@@ -1,0 +1,478 @@
+"""Training loop: batches -> model -> policy -> events -> surgery, with logs and checkpoints.
+
+A run directory holds ``events.jsonl`` (one structural change a line), ``metrics.jsonl``
+(training loss and evaluations), ``checkpoints/`` and, at the end, ``summary.json``.
+A resumed run continues exactly where its last checkpoint stopped: same batches, same
+random numbers, same optimizer state, same logs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from growformer import checkpoint, surgery
+from growformer.arch import Architecture, LayerSpec
+from growformer.data import BatchStream, TaskData, eval_batches, load_task
+from growformer.errors import ArchitectureError, ConfigError, DataError
+from growformer.flops import train_step_flops
+from growformer.model import ElasticModel, build_model
+from growformer.policies import make_policy
+
+# Settings that may differ between a run and its resumption (they do not change the math).
+RESUMABLE_CHANGES = frozenset(
+    {"steps", "eval_every", "checkpoint_every", "keep_checkpoints", "log_every"}
+)
+
+
+@dataclass
+class ModelConfig:
+    """Initial model shape (a policy may change it while training).
+
+    Args:
+        d_model: Width of the residual stream.
+        n_layers: Number of layers.
+        heads: Heads per layer.
+        head_dim: Width of each head.
+        ffn_dim: Feed-forward hidden width.
+        dropout: Dropout probability.
+        layers: Explicit per-layer shapes (``heads``, ``head_dim``, ``ffn_dim``, ``loops``,
+            ``looped_heads``); when given, it replaces n_layers/heads/head_dim/ffn_dim.
+    """
+
+    d_model: int = 128
+    n_layers: int = 2
+    heads: int = 4
+    head_dim: int = 32
+    ffn_dim: int = 512
+    dropout: float = 0.1
+    layers: list[dict[str, Any]] | None = None
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on.
+
+    Args:
+        task: ``sst2``, ``retrieval``, ``lm`` or ``file``.
+        policy: Structure policy name (``static``, ``scheduled``, ...).
+        seed: Seed of model initialisation, data order and dropout.
+        steps: Optimizer steps in total.
+        batch_size: Sequences per step.
+        lr: Peak learning rate (AdamW).
+        min_lr_ratio: Final learning rate of the cosine schedule, relative to ``lr``.
+        warmup_steps: Linear warm-up length.
+        weight_decay: AdamW weight decay on matrices (not on biases, norms).
+        grad_clip: Maximum global gradient norm (0 disables clipping).
+        eval_every: Evaluate every this many steps (and at the end).
+        checkpoint_every: Checkpoint every this many steps (and at the end).
+        keep_checkpoints: How many checkpoints to keep on disk.
+        log_every: Write training loss to metrics.jsonl every this many steps.
+        max_len: Longest input sequence, in tokens ([CLS] included).
+        vocab_size: Tokenizer vocabulary size (trained on the training split).
+        data_dir: Directory of the task's files.
+        data_file: User TSV/CSV file (task ``file``).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        task_options: Task-specific options.
+        policy_options: Policy-specific options.
+        model: Initial model shape.
+    """
+
+    task: str = "sst2"
+    policy: str = "static"
+    seed: int = 0
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 200
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    eval_every: int = 500
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 50
+    max_len: int = 128
+    vocab_size: int = 8000
+    data_dir: str | None = None
+    data_file: str | None = None
+    device: str = "auto"
+    task_options: dict[str, Any] = field(default_factory=dict)
+    policy_options: dict[str, Any] = field(default_factory=dict)
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def __post_init__(self) -> None:
+        for name in (
+            "steps",
+            "batch_size",
+            "eval_every",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "log_every",
+            "max_len",
+            "vocab_size",
+        ):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("warmup_steps", "weight_decay", "grad_clip", "seed"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> TrainConfig:
+        """Build from a (possibly partial) dict, naming the first bad key."""
+        return _dataclass_from_dict(cls, d, "config")
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """The keys a JSON configuration file sets, validated against :class:`TrainConfig`."""
+    p = Path(path)
+    try:
+        d = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {p} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"config file {p} is not valid JSON: {e}") from None
+    try:
+        TrainConfig.from_dict(d)
+    except ConfigError as e:
+        raise ConfigError(f"{p}: {e}") from None
+    return d
+
+
+def build_arch(cfg: TrainConfig, data: TaskData) -> Architecture:
+    """The initial architecture for ``cfg`` on ``data``."""
+    m = cfg.model
+    specs = (
+        m.layers or [{"heads": m.heads, "head_dim": m.head_dim, "ffn_dim": m.ffn_dim}] * m.n_layers
+    )
+    try:
+        layers = tuple(
+            LayerSpec(**{**s, "looped_heads": tuple(s.get("looped_heads", ()))}) for s in specs
+        )
+        return Architecture(
+            kind="classifier" if data.kind == "classification" else "causal_lm",
+            d_model=m.d_model,
+            vocab_size=data.vocab_size,
+            max_len=cfg.max_len,
+            layers=layers,
+            num_labels=data.num_labels,
+            dropout=m.dropout,
+        )
+    except (TypeError, ArchitectureError) as e:
+        raise ConfigError(f"invalid model configuration: {e}") from None
+
+
+def make_optimizer(model: ElasticModel, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only; parameter order follows the model."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to ``lr``, then cosine decay to ``lr * min_lr_ratio`` at ``steps``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
+
+
+@torch.no_grad()
+def evaluate(model: ElasticModel, data: Any, *, batch_size: int, pad_id: int) -> dict[str, float]:
+    """Loss and accuracy (classification) or perplexity (LM) over every example of ``data``."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    loss_sum, correct, count, n = 0.0, 0, 0, 0
+    for batch in eval_batches(data, batch_size, pad_id):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        logits = model(batch["input_ids"], batch.get("attention_mask")).logits
+        labels = batch["labels"]
+        n += batch["input_ids"].shape[0]
+        loss_sum += F.cross_entropy(logits.flatten(0, -2), labels.flatten(), reduction="sum").item()
+        count += labels.numel()
+        if model.arch.kind == "classifier":
+            correct += (logits.argmax(-1) == labels).sum().item()
+    model.train(was_training)
+    if n == 0:
+        raise DataError("evaluation data is empty")
+    loss = loss_sum / count
+    if model.arch.kind == "classifier":
+        return {"loss": loss, "accuracy": correct / count, "n": n}
+    return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "n": n, "tokens": count}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def train(
+    cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Train according to ``cfg``, writing logs, checkpoints and ``summary.json`` to ``out``.
+
+    Args:
+        cfg: The run's configuration.
+        out: Run directory.
+        resume: Continue from the newest checkpoint in ``out`` (its configuration must
+            match ``cfg`` except for the settings in :data:`RESUMABLE_CHANGES`).
+        progress: Show a progress bar on standard error.
+
+    Returns:
+        The summary written to ``out/summary.json``.
+    """
+    out = Path(out)
+    ckpt = checkpoint.load(out) if resume else None
+    if ckpt is not None:
+        _check_resumable(ckpt.config, cfg)
+    elif (out / "checkpoints").exists():
+        raise ConfigError(
+            f"{out} already holds a run; pass --resume to continue it or pick another --out"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+
+    data = load_task(
+        cfg.task,
+        data_dir=cfg.data_dir,
+        data_file=cfg.data_file,
+        seed=cfg.seed,
+        max_len=cfg.max_len,
+        vocab_size=cfg.vocab_size,
+        options=cfg.task_options,
+    )
+    tokenizer_json = data.tokenizer.to_json()
+    if ckpt is not None and ckpt.tokenizer_json != tokenizer_json:
+        raise DataError(f"the task's data differ from those the checkpoint in {out} was trained on")
+    model = ckpt.model if ckpt is not None else build_model(build_arch(cfg, data))
+    model.to(device).train()
+    optimizer = make_optimizer(model, cfg)
+    policy = make_policy(cfg.policy, cfg.policy_options)
+    state = {
+        "step": 0,
+        "train_flops": 0,
+        "wall_s": 0.0,
+        "events": 0,
+        "metrics": 0,
+        "loss_sum": 0.0,
+        "loss_n": 0,
+    }
+    if ckpt is not None:
+        ckpt.load_optimizer(optimizer)
+        policy.load_state_dict(ckpt.trainer_state["policy"])
+        state = {k: ckpt.trainer_state[k] for k in state}
+        random.setstate(_tuple_state(ckpt.trainer_state["python_rng"]))
+        ckpt.restore_rng()
+    events_log = _Log(out / "events.jsonl", keep=state["events"])
+    metrics_log = _Log(out / "metrics.jsonl", keep=state["metrics"])
+    task_meta = {
+        "name": data.name,
+        "kind": data.kind,
+        "label_names": data.label_names,
+        "max_len": data.max_len,
+        "info": data.info,
+    }
+    pad_id = data.tokenizer.pad_id
+    stream = BatchStream(data.train, cfg.batch_size, cfg.seed, pad_id)
+    started = time.perf_counter()
+    wall_before = state["wall_s"]
+    arch = model.arch
+    metrics: dict[str, float] = {}
+
+    def save() -> None:
+        state["wall_s"] = wall_before + time.perf_counter() - started
+        trainer_state = {
+            **state,
+            "policy": policy.state_dict(),
+            "python_rng": random.getstate(),
+        }
+        checkpoint.save(
+            out,
+            step=state["step"],
+            model=model,
+            optimizer=optimizer,
+            config=cfg.to_dict(),
+            tokenizer_json=tokenizer_json,
+            task=task_meta,
+            trainer_state=trainer_state,
+            keep=cfg.keep_checkpoints,
+        )
+
+    bar = tqdm(
+        total=cfg.steps,
+        initial=state["step"],
+        desc=f"{cfg.task}/{cfg.policy}",
+        disable=not progress,
+        file=sys.stderr,
+        mininterval=0.5 if sys.stderr.isatty() else 30.0,
+        dynamic_ncols=True,
+    )
+    with bar:
+        while state["step"] < cfg.steps:
+            batch = {k: v.to(device) for k, v in stream.batch(state["step"]).items()}
+            lr = lr_at(state["step"], cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss = model(**batch).loss
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            state["train_flops"] += train_step_flops(arch, *batch["input_ids"].shape)
+            state["step"] += 1
+            step = state["step"]
+            state["loss_sum"] += loss.item()
+            state["loss_n"] += 1
+
+            for request in policy.decide(step):
+                request.step = step
+                record = surgery.apply(model, optimizer, request)
+                events_log.write(record.to_dict())
+                state["events"] += 1
+                arch = model.arch
+
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                train_loss = state["loss_sum"] / state["loss_n"]
+                metrics_log.write({"step": step, "train_loss": train_loss, "lr": lr})
+                state["metrics"] += 1
+                bar.set_postfix(loss=f"{train_loss:.3f}", heads=_heads(arch), refresh=False)
+                state["loss_sum"], state["loss_n"] = 0.0, 0
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                result = evaluate(model, data.val, batch_size=cfg.batch_size, pad_id=pad_id)
+                metrics = {f"val_{k}": v for k, v in result.items() if k not in ("n", "tokens")}
+                metrics_log.write({"step": step, **metrics})
+                state["metrics"] += 1
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                save()
+            bar.update(1)
+
+    if not metrics:
+        result = evaluate(model, data.val, batch_size=cfg.batch_size, pad_id=pad_id)
+        metrics = {f"val_{k}": v for k, v in result.items() if k not in ("n", "tokens")}
+    summary = {
+        "task": cfg.task,
+        "policy": cfg.policy,
+        "seed": cfg.seed,
+        "steps": state["step"],
+        "architecture": arch.to_dict(),
+        "params": model.num_params(),
+        "metrics": metrics,
+        "events": events_log.read(),
+        "train_flops": state["train_flops"],
+        "wall_s": round(wall_before + time.perf_counter() - started, 3),
+        "device": str(device),
+        "data": {"train": len(data.train), "val": len(data.val), "vocab_size": data.vocab_size},
+    }
+    checkpoint.atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+class _Log:
+    """A JSON-lines file that, on resume, drops lines written after the checkpoint."""
+
+    def __init__(self, path: Path, keep: int) -> None:
+        self.path = path
+        lines = path.read_text().splitlines(keepends=True) if path.exists() else []
+        if len(lines) != keep:
+            checkpoint.atomic_write_text(path, "".join(lines[:keep]))
+
+    def write(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+
+
+def _heads(arch: Architecture) -> str:
+    return "/".join(str(layer.heads) for layer in arch.layers)
+
+
+def _tuple_state(state: Any) -> Any:
+    """JSON turns Python's RNG state tuples into lists; turn them back."""
+    return tuple(_tuple_state(s) for s in state) if isinstance(state, list) else state
+
+
+def _check_resumable(saved: dict[str, Any], cfg: TrainConfig) -> None:
+    current = cfg.to_dict()
+    for key in sorted(set(saved) | set(current)):
+        if key not in RESUMABLE_CHANGES and saved.get(key) != current.get(key):
+            raise ConfigError(
+                f"cannot resume: {key} is {current.get(key)!r} but the checkpoint was trained "
+                f"with {saved.get(key)!r}"
+            )
+
+
+def _dataclass_from_dict(cls: type, d: Any, where: str) -> Any:
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where} must be a JSON object, got {type(d).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(d.keys() - known)
+    if unknown:
+        raise ConfigError(
+            f"{where} has unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+        )
+    values = {}
+    for key, value in d.items():
+        hint = hints[key]
+        if hint is ModelConfig:
+            values[key] = _dataclass_from_dict(ModelConfig, value, f"{where}.{key}")
+        else:
+            values[key] = _check_type(value, hint, f"{where}.{key}")
+    return cls(**values)
+
+
+def _check_type(value: Any, hint: Any, where: str) -> Any:
+    """Accept ``value`` if it fits the simple type ``hint`` (ints are accepted as floats)."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    for option in options:
+        base = typing.get_origin(option) or option
+        if option is type(None) and value is None:
+            return value
+        if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if base is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if base in (str, dict, list) and isinstance(value, base):
+            return value
+    raise ConfigError(f"{where} has the wrong type: {value!r}")
