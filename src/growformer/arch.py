@@ -124,8 +124,7 @@ class Architecture:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for layer in d["layers"]:
-            layer["looped_heads"] = list(layer["looped_heads"])
+        d["layers"] = [{**layer, "looped_heads": list(layer["looped_heads"])} for layer in d["layers"]]
         return d
 
     @classmethod

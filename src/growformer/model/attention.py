@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -24,10 +26,13 @@ class ElasticAttention(nn.Module):
         super().__init__()
         self.head_dim = head_dim
         self.dropout = dropout
-        self.q_proj = nn.Linear(d_model, heads * head_dim, bias=False)
-        self.k_proj = nn.Linear(d_model, heads * head_dim, bias=False)
-        self.v_proj = nn.Linear(d_model, heads * head_dim, bias=False)
-        self.o_proj = nn.Linear(heads * head_dim, d_model, bias=False)
+        with warnings.catch_warnings():
+            # A layer pruned to zero heads has empty projections; that is intended.
+            warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+            self.q_proj = nn.Linear(d_model, heads * head_dim, bias=False)
+            self.k_proj = nn.Linear(d_model, heads * head_dim, bias=False)
+            self.v_proj = nn.Linear(d_model, heads * head_dim, bias=False)
+            self.o_proj = nn.Linear(heads * head_dim, d_model, bias=False)
         self.resid_drop = nn.Dropout(dropout)
 
     @property

@@ -1,0 +1,22 @@
+"""Data: tokenizer, encoded data sets, batching, file readers and named tasks."""
+
+from growformer.data.datasets import BatchStream, ClassificationData, LMData, collate, eval_batches
+from growformer.data.files import label_vocab, read_labeled, read_text
+from growformer.data.tasks import TaskData, encode_classification, encode_lm, load_task
+from growformer.data.tokenizer import Tokenizer
+
+__all__ = [
+    "BatchStream",
+    "ClassificationData",
+    "LMData",
+    "TaskData",
+    "Tokenizer",
+    "collate",
+    "encode_classification",
+    "encode_lm",
+    "eval_batches",
+    "label_vocab",
+    "load_task",
+    "read_labeled",
+    "read_text",
+]

@@ -1,0 +1,154 @@
+"""Reading user data files: labelled TSV/CSV tables and plain text, with one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from growformer.errors import DataError
+
+TEXT_COLUMNS: tuple[str, ...] = ("sentence", "text")  # the first one present is used
+LABEL_COLUMN = "label"
+
+
+def read_utf8(path: str | Path, what: str = "file") -> str:
+    """Read a whole file as UTF-8 (a leading byte-order mark is dropped).
+
+    Args:
+        path: The file.
+        what: How error messages call the file, e.g. "data file".
+
+    Returns:
+        The contents, possibly empty.
+
+    Raises:
+        DataError: The file is missing, a directory, unreadable or not UTF-8.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{what} {path} does not exist")
+    if path.is_dir():
+        raise DataError(f"{what} {path} is a directory, not a file")
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{what} {path} cannot be read: {e.strerror}") from e
+    try:
+        # utf-8-sig drops the byte-order mark spreadsheet programs put in front of CSV exports.
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(
+            f"{what} {path} is not UTF-8 text (invalid byte 0x{raw[e.start]:02x} on line {line})"
+        ) from e
+
+
+def _is_tsv(path: Path, text: str) -> bool:
+    suffix = path.suffix.lower()
+    if suffix in (".tsv", ".csv"):
+        return suffix == ".tsv"
+    return "\t" in text.split("\n", 1)[0]
+
+
+def _column_indices(path: Path, header: list[str], tsv: bool) -> tuple[int, int]:
+    text_col = next((c for c in TEXT_COLUMNS if c in header), None)
+    for name, col in (("'sentence' or 'text'", text_col), (f"'{LABEL_COLUMN}'", LABEL_COLUMN)):
+        if col not in header:
+            # A one-column header holding the other delimiter means the suffix picked the
+            # wrong format, which is worth saying explicitly.
+            other, kind = (",", "comma") if tsv else ("\t", "tab")
+            hint = f" (is it {kind}-separated?)" if len(header) == 1 and other in header[0] else ""
+            raise DataError(
+                f"data file {path} has no {name} column (columns: {', '.join(header)}){hint}"
+            )
+    return header.index(text_col), header.index(LABEL_COLUMN)
+
+
+def read_labeled(path: str | Path) -> tuple[list[str], list[str]]:
+    """Read a labelled table with a `sentence` or `text` column and a `label` column.
+
+    `.tsv` files are tab-separated without quoting (GLUE style), `.csv` files are
+    comma-separated with normal quoting, other suffixes are TSV if the header has a tab.
+    Other columns are ignored; fields are stripped of surrounding whitespace; blank lines are
+    skipped.
+
+    Args:
+        path: The file.
+
+    Returns:
+        The texts and the raw label strings, in file order.
+
+    Raises:
+        DataError: The file is missing, unreadable, not UTF-8, lacks the columns, has a row
+            with the wrong number of fields or an empty text or label, or has no data rows.
+    """
+    path = Path(path)
+    content = read_utf8(path, "data file")
+    if not content.strip():
+        raise DataError(f"data file {path} is empty")
+    tsv = _is_tsv(path, content)
+    dialect = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if tsv else {}
+    reader = csv.reader(io.StringIO(content, newline=""), **dialect)
+    texts: list[str] = []
+    labels: list[str] = []
+    try:
+        header = [h.strip().lower() for h in next(row for row in reader if row)]
+        ti, li = _column_indices(path, header, tsv)
+        end = reader.line_num
+        for row in reader:
+            # A quoted CSV field may span lines; report the line where the row starts.
+            line, end = end + 1, reader.line_num
+            if not row:
+                continue
+            if len(row) != len(header):
+                hint = " (unclosed quote?)" if any("\n" in field for field in row) else ""
+                raise DataError(
+                    f"data file {path} line {line} has {len(row)} field(s), "
+                    f"expected {len(header)} like the header{hint}"
+                )
+            for col in (ti, li):
+                if not row[col].strip():
+                    raise DataError(f"data file {path} line {line} has an empty '{header[col]}'")
+            texts.append(row[ti].strip())
+            labels.append(row[li].strip())
+    except csv.Error as e:
+        raise DataError(f"data file {path} near line {reader.line_num} is malformed: {e}") from e
+    if not texts:
+        raise DataError(f"data file {path} has a header but no data rows")
+    return texts, labels
+
+
+def read_text(path: str | Path) -> str:
+    """Read a UTF-8 text file (an LM evaluation corpus).
+
+    Args:
+        path: The file.
+
+    Returns:
+        Its contents.
+
+    Raises:
+        DataError: The file is missing, unreadable, not UTF-8 or empty.
+    """
+    path = Path(path)
+    text = read_utf8(path, "text file")
+    if not text.strip():
+        raise DataError(f"text file {path} is empty")
+    return text
+
+
+def label_vocab(raw: list[str]) -> list[str]:
+    """Sorted distinct label names; numerically sorted if all are integers ("2" < "10").
+
+    Args:
+        raw: Label strings as read from the data.
+
+    Returns:
+        The label names; label `i` of a model is `label_vocab(raw)[i]`.
+    """
+    names = set(raw)
+    try:
+        return sorted(names, key=lambda s: (int(s), s))
+    except ValueError:
+        return sorted(names)

@@ -1,0 +1,442 @@
+"""Named tasks: SST-2, a synthetic retrieval task, a Python-source LM corpus, user files."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sysconfig
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from growformer.data.datasets import ClassificationData, LMData
+from growformer.data.files import label_vocab, read_labeled, read_utf8
+from growformer.data.tokenizer import Tokenizer
+from growformer.errors import ConfigError, DataError
+
+# Default value of every option each task accepts; anything else is a ConfigError.
+TASK_OPTIONS: dict[str, dict[str, Any]] = {
+    "sst2": {"train_limit": None},
+    "retrieval": {
+        "k": 2,
+        "seq_len": 32,
+        "symbols": 16,
+        "num_labels": 2,
+        "n_train": 20_000,
+        "n_val": 2_000,
+    },
+    "lm": {"max_chars": 4_000_000, "val_fraction": 0.05},
+    "file": {"val_fraction": 0.1, "val_file": None},
+}
+
+_SST2_HELP = (
+    "pass --data-dir DIR with GLUE SST-2 train.tsv and dev.tsv (or set GROWFORMER_SST2_DIR)"
+)
+# Test suites and installed packages are not representative library code.
+_STDLIB_SKIP_DIRS = frozenset({"site-packages", "test", "tests"})
+
+
+@dataclass
+class TaskData:
+    """A loaded task: encoded splits plus what a model needs to be built for it.
+
+    Args:
+        name: Task name as given to `load_task`.
+        kind: "classification" or "lm".
+        train: Training split.
+        val: Validation split.
+        tokenizer: Tokenizer fitted on the training split.
+        num_labels: Number of classes (None for LM).
+        label_names: Class `i` is `label_names[i]` (None for LM).
+        max_len: Longest input sequence of the task (positions a model must support).
+        info: Task-specific facts, e.g. the retrieval positions or the LM file split.
+    """
+
+    name: str
+    kind: str
+    train: ClassificationData | LMData
+    val: ClassificationData | LMData
+    tokenizer: Tokenizer
+    num_labels: int | None
+    label_names: list[str] | None
+    max_len: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def vocab_size(self) -> int:
+        """Vocabulary size of the task's tokenizer."""
+        return self.tokenizer.vocab_size
+
+
+def encode_classification(
+    tokenizer: Tokenizer,
+    texts: list[str],
+    raw_labels: list[str],
+    label_names: list[str],
+    max_len: int,
+    *,
+    source: str = "data",
+) -> ClassificationData:
+    """Encode labelled texts with `[CLS]` first, truncated to `max_len` ids.
+
+    Args:
+        tokenizer: Tokenizer to encode with.
+        texts: One text per example.
+        raw_labels: One label name per example.
+        label_names: Known labels; example label index = position in this list.
+        max_len: Maximum ids per example, `[CLS]` included.
+        source: What error messages call the data, e.g. "data file /x/dev.tsv".
+
+    Returns:
+        The encoded data.
+
+    Raises:
+        DataError: There are no examples, or a label is not in `label_names`.
+    """
+    if len(texts) != len(raw_labels):
+        raise ValueError(f"{len(texts)} texts but {len(raw_labels)} labels")
+    if not texts:
+        raise DataError(f"{source} has no examples")
+    index = {name: i for i, name in enumerate(label_names)}
+    unknown = sorted(set(raw_labels) - index.keys())
+    if unknown:
+        raise DataError(
+            f"{source} has label(s) {', '.join(repr(u) for u in unknown[:5])} not among the "
+            f"known labels ({', '.join(label_names)})"
+        )
+    ids = tokenizer.encode(texts, add_cls=True, max_len=max_len)
+    labels = torch.tensor([index[r] for r in raw_labels], dtype=torch.long)
+    return ClassificationData(ids=ids, labels=labels)
+
+
+def encode_lm(
+    tokenizer: Tokenizer, text: str | Sequence[str], block: int, *, source: str = "text"
+) -> LMData:
+    """Encode text as one token stream, each document followed by `[EOS]`.
+
+    Args:
+        tokenizer: Tokenizer to encode with.
+        text: One document, or a sequence of documents.
+        block: Context length of an example.
+        source: What error messages call the text, e.g. "text file /x/eval.txt".
+
+    Returns:
+        The encoded stream.
+
+    Raises:
+        DataError: The text yields fewer than `block + 1` tokens (not a single example).
+    """
+    docs = [text] if isinstance(text, str) else list(text)
+    encoded = tokenizer.encode(docs, add_cls=False, max_len=None)
+    stream = list(itertools.chain.from_iterable([*ids, tokenizer.eos_id] for ids in encoded))
+    if len(stream) < block + 1:
+        raise DataError(
+            f"{source} has only {len(stream)} tokens, fewer than one example of {block + 1}"
+        )
+    return LMData(tokens=torch.tensor(stream, dtype=torch.long), block=block)
+
+
+def load_task(
+    name: str,
+    *,
+    data_dir: str | Path | None = None,
+    data_file: str | Path | None = None,
+    seed: int = 0,
+    max_len: int = 128,
+    vocab_size: int = 8000,
+    options: dict[str, Any] | None = None,
+) -> TaskData:
+    """Load, tokenize and split a task.
+
+    Tasks: "sst2" (GLUE SST-2 from `data_dir`, $GROWFORMER_SST2_DIR or Hugging Face
+    `datasets`), "retrieval" (synthetic: the label is a sum of the symbols at k hidden
+    positions), "lm" (Python source files: the stdlib, or `data_dir`), "file" (a user
+    TSV/CSV `data_file`). See `TASK_OPTIONS` for each task's options and defaults.
+
+    Args:
+        name: Task name.
+        data_dir: Directory with the task's files (sst2, lm).
+        data_file: Labelled table (file).
+        seed: Seed for generated data and random splits.
+        max_len: Longest classification input (`[CLS]` included); the LM block size.
+        vocab_size: Target BPE vocabulary size (retrieval has a fixed vocabulary).
+        options: Task options overriding the defaults.
+
+    Returns:
+        The task, with its tokenizer trained on the training split only.
+
+    Raises:
+        ConfigError: Unknown task or option, bad option value, or inputs the task cannot use.
+        DataError: The data is missing or unusable.
+    """
+    if name not in TASK_OPTIONS:
+        raise ConfigError(f"unknown task '{name}' (valid: {', '.join(sorted(TASK_OPTIONS))})")
+    valid = TASK_OPTIONS[name]
+    opts = dict(valid)
+    for key, value in (options or {}).items():
+        if key not in valid:
+            raise ConfigError(
+                f"unknown option '{key}' for task '{name}' "
+                f"(valid: {', '.join(sorted(valid)) or 'none'})"
+            )
+        opts[key] = value
+    if data_dir is not None and name not in ("sst2", "lm"):
+        raise ConfigError(f"task '{name}' takes no data directory (got {data_dir})")
+    if data_file is not None and name != "file":
+        raise ConfigError(f"task '{name}' takes no data file (got {data_file}); use task 'file'")
+    max_len = _int(name, "max_len", max_len, 2)
+    if name == "sst2":
+        return _sst2(data_dir, opts, max_len, vocab_size)
+    if name == "retrieval":
+        return _retrieval(opts, seed, max_len)
+    if name == "lm":
+        return _lm(data_dir, opts, max_len, vocab_size)
+    return _file(data_file, opts, seed, max_len, vocab_size)
+
+
+def _int(task: str, key: str, value: Any, minimum: int) -> int:
+    # Options may arrive as strings from a command line.
+    n = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        n = value
+    elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        n = int(value)
+    if n is None or n < minimum:
+        raise ConfigError(f"task '{task}': {key} must be an integer >= {minimum}, got {value!r}")
+    return n
+
+
+def _fraction(task: str, key: str, value: Any) -> float:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        x = float("nan")  # fails the range check below
+    if isinstance(value, bool) or not 0.0 < x < 1.0:
+        raise ConfigError(f"task '{task}': {key} must be a number in (0, 1), got {value!r}")
+    return x
+
+
+def _classification(
+    name: str,
+    train: tuple[list[str], list[str]],
+    val: tuple[list[str], list[str]],
+    label_names: list[str],
+    *,
+    max_len: int,
+    vocab_size: int,
+    sources: tuple[str, str],
+    info: dict[str, Any],
+) -> TaskData:
+    if len(label_names) < 2:
+        raise DataError(f"{sources[0]} has a single label {label_names!r}; need at least two")
+    tokenizer = Tokenizer.train(train[0], vocab_size)
+    return TaskData(
+        name=name,
+        kind="classification",
+        train=encode_classification(tokenizer, *train, label_names, max_len, source=sources[0]),
+        val=encode_classification(tokenizer, *val, label_names, max_len, source=sources[1]),
+        tokenizer=tokenizer,
+        num_labels=len(label_names),
+        label_names=label_names,
+        max_len=max_len,
+        info=info,
+    )
+
+
+def _sst2(
+    data_dir: str | Path | None, opts: dict[str, Any], max_len: int, vocab_size: int
+) -> TaskData:
+    limit = opts["train_limit"]
+    limit = None if limit is None else _int("sst2", "train_limit", limit, 1)
+    data_dir = data_dir if data_dir is not None else os.environ.get("GROWFORMER_SST2_DIR")
+    if data_dir is not None:
+        train_path, val_path = Path(data_dir) / "train.tsv", Path(data_dir) / "dev.tsv"
+        train, val = read_labeled(train_path), read_labeled(val_path)
+        sources = (f"data file {train_path}", f"data file {val_path}")
+    else:
+        train, val = _sst2_from_hub()
+        sources = ("SST-2 training split", "SST-2 validation split")
+    train = (train[0][:limit], train[1][:limit])
+    return _classification(
+        "sst2",
+        train,
+        val,
+        label_vocab(train[1] + val[1]),
+        max_len=max_len,
+        vocab_size=vocab_size,
+        sources=sources,
+        info={"source": str(data_dir) if data_dir is not None else "huggingface:glue/sst2"},
+    )
+
+
+def _sst2_from_hub() -> tuple[tuple[list[str], list[str]], tuple[list[str], list[str]]]:
+    try:
+        from datasets import load_dataset
+    except ImportError as e:
+        raise DataError(f"SST-2 not found and `datasets` is not installed: {_SST2_HELP}") from e
+    try:
+        ds = load_dataset("glue", "sst2")
+    except Exception as e:  # offline, hub errors, cache corruption: all mean "not available"
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        raise DataError(f"SST-2 could not be downloaded ({reason}): {_SST2_HELP}") from e
+
+    def split(s: str) -> tuple[list[str], list[str]]:
+        return [t.strip() for t in ds[s]["sentence"]], [str(y) for y in ds[s]["label"]]
+
+    return split("train"), split("validation")
+
+
+def _retrieval(opts: dict[str, Any], seed: int, max_len: int) -> TaskData:
+    seq_len = _int("retrieval", "seq_len", opts["seq_len"], 1)
+    k = _int("retrieval", "k", opts["k"], 1)
+    if k > seq_len:
+        raise ConfigError(f"task 'retrieval': k={k} exceeds seq_len={seq_len}")
+    if max_len < seq_len + 1:
+        raise ConfigError(
+            f"task 'retrieval': max_len {max_len} is shorter than seq_len+1 = {seq_len + 1}"
+        )
+    symbols = _int("retrieval", "symbols", opts["symbols"], 2)
+    num_labels = _int("retrieval", "num_labels", opts["num_labels"], 2)
+    n_train = _int("retrieval", "n_train", opts["n_train"], 1)
+    n_val = _int("retrieval", "n_val", opts["n_val"], 1)
+
+    gen = torch.Generator().manual_seed(seed)
+    positions = torch.randperm(seq_len, generator=gen)[:k].sort().values
+    tokenizer = Tokenizer.word_level([f"s{i}" for i in range(symbols)])
+
+    def make(n: int) -> ClassificationData:
+        seqs = torch.randint(symbols, (n, seq_len), generator=gen)
+        texts = [" ".join(f"s{i}" for i in row) for row in seqs.tolist()]
+        labels = seqs[:, positions].sum(dim=1) % num_labels
+        return ClassificationData(tokenizer.encode(texts, add_cls=True, max_len=None), labels)
+
+    train = make(n_train)
+    val = make(n_val)
+    return TaskData(
+        name="retrieval",
+        kind="classification",
+        train=train,
+        val=val,
+        tokenizer=tokenizer,
+        num_labels=num_labels,
+        label_names=[str(i) for i in range(num_labels)],
+        # Sequences have a fixed length, so that is all the positions a model needs.
+        max_len=seq_len + 1,
+        info={"positions": positions.tolist(), "k": k, "seq_len": seq_len, "symbols": symbols},
+    )
+
+
+def _find_files(root: Path, suffixes: tuple[str, ...], skip_dirs: frozenset[str]) -> list[Path]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in skip_dirs]  # prune, don't just filter
+        found += [Path(dirpath, f) for f in filenames if f.endswith(suffixes)]
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def _lm_documents(
+    data_dir: str | Path | None, max_chars: int
+) -> tuple[Path, list[tuple[str, str]]]:
+    """(root, [(relative path, text)]) in sorted path order, until max_chars is reached."""
+    if data_dir is None:
+        root = Path(sysconfig.get_paths()["stdlib"])
+        paths = _find_files(root, (".py",), _STDLIB_SKIP_DIRS)
+    else:
+        root = Path(data_dir)
+        if not root.is_dir():
+            raise DataError(f"LM data directory {root} does not exist or is not a directory")
+        paths = _find_files(root, (".py", ".txt"), frozenset())
+    docs: list[tuple[str, str]] = []
+    total = 0
+    for path in paths:
+        if total >= max_chars:
+            break
+        try:
+            text = read_utf8(path, "LM data file")
+        except DataError:
+            if data_dir is not None:
+                raise
+            continue  # an unreadable stdlib file is simply left out of the corpus
+        if text.strip():
+            docs.append((path.relative_to(root).as_posix(), text))
+            total += len(text)
+    return root, docs
+
+
+def _lm(data_dir: str | Path | None, opts: dict[str, Any], block: int, vocab_size: int) -> TaskData:
+    max_chars = _int("lm", "max_chars", opts["max_chars"], 1)
+    val_fraction = _fraction("lm", "val_fraction", opts["val_fraction"])
+    root, docs = _lm_documents(data_dir, max_chars)
+    # Split by file on a hash of its path: stable across machines and runs, and no held-out
+    # text ever appears in training.
+    is_val = [zlib.crc32(rel.encode()) % 1000 < val_fraction * 1000 for rel, _ in docs]
+    train = [d for d, v in zip(docs, is_val, strict=True) if not v]
+    val = [d for d, v in zip(docs, is_val, strict=True) if v]
+    for split, split_docs in (("training", train), ("validation", val)):
+        if not split_docs:
+            raise DataError(
+                f"LM corpus {root} has no {split} files ({len(docs)} files read; "
+                f"raise max_chars or adjust val_fraction)"
+            )
+    tokenizer = Tokenizer.train([text for _, text in train], vocab_size)
+    return TaskData(
+        name="lm",
+        kind="lm",
+        train=encode_lm(tokenizer, [t for _, t in train], block, source=f"LM corpus {root}"),
+        val=encode_lm(
+            tokenizer, [t for _, t in val], block, source=f"LM validation files of {root}"
+        ),
+        tokenizer=tokenizer,
+        num_labels=None,
+        label_names=None,
+        max_len=block,
+        info={
+            "source": str(root),
+            "train_files": [rel for rel, _ in train],
+            "val_files": [rel for rel, _ in val],
+        },
+    )
+
+
+def _file(
+    data_file: str | Path | None, opts: dict[str, Any], seed: int, max_len: int, vocab_size: int
+) -> TaskData:
+    if data_file is None:
+        raise ConfigError("task 'file' needs a data file (--data-file FILE)")
+    texts, raw = read_labeled(data_file)
+    source = f"data file {data_file}"
+    if opts["val_file"] is not None:
+        val_file = opts["val_file"]
+        return _classification(
+            "file",
+            (texts, raw),
+            read_labeled(val_file),
+            label_vocab(raw),
+            max_len=max_len,
+            vocab_size=vocab_size,
+            sources=(source, f"data file {val_file}"),
+            info={"source": str(data_file), "val_file": str(val_file)},
+        )
+    val_fraction = _fraction("file", "val_fraction", opts["val_fraction"])
+    n = len(texts)
+    if n < 2:
+        raise DataError(f"{source} has too few rows ({n}) to split off a validation set")
+    n_val = min(max(1, round(n * val_fraction)), n - 1)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    # Sorted so both splits keep file order; BatchStream shuffles training anyway.
+    val_idx, train_idx = sorted(perm[:n_val]), sorted(perm[n_val:])
+    return _classification(
+        "file",
+        ([texts[i] for i in train_idx], [raw[i] for i in train_idx]),
+        ([texts[i] for i in val_idx], [raw[i] for i in val_idx]),
+        # Label names come from the whole file: a rare class may land only in validation.
+        label_vocab(raw),
+        max_len=max_len,
+        vocab_size=vocab_size,
+        sources=(source, source),
+        info={"source": str(data_file), "val_rows": len(val_idx)},
+    )

@@ -1,0 +1,47 @@
+"""Shared builders for the tests: small architectures of every variant, and batches."""
+
+from __future__ import annotations
+
+import torch
+
+from growformer.arch import Architecture, LayerSpec
+
+VOCAB = 61
+MAX_LEN = 24
+
+
+def arch(kind: str, variant: str, dropout: float = 0.0) -> Architecture:
+    """A small architecture: ``uniform``, ``nonuniform`` (per-layer heads and widths),
+    ``looped`` (SGT loops) or ``empty_layer`` (one layer without heads)."""
+    layers = {
+        "uniform": (LayerSpec(2, 8, 48),) * 2,
+        "nonuniform": (LayerSpec(1, 16, 64), LayerSpec(3, 8, 32), LayerSpec(2, 4, 48)),
+        "looped": (LayerSpec(3, 8, 48), LayerSpec(2, 8, 48, loops=2, looped_heads=(1,))),
+        "empty_layer": (LayerSpec(2, 8, 48), LayerSpec(0, 8, 48)),
+    }[variant]
+    return Architecture(
+        kind=kind,
+        d_model=32,
+        vocab_size=VOCAB,
+        max_len=MAX_LEN,
+        layers=layers,
+        num_labels=3 if kind == "classifier" else None,
+        dropout=dropout,
+    )
+
+
+KINDS = ("classifier", "causal_lm")
+VARIANTS = ("uniform", "nonuniform", "looped", "empty_layer")
+
+
+def batch(kind: str, b: int = 4, t: int = 12, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A batch for ``kind``; classifier batches carry padding on some rows."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, VOCAB, (b, t), generator=g)
+    if kind == "classifier":
+        mask = torch.ones(b, t, dtype=torch.bool)
+        mask[0, t // 2 :] = False
+        mask[1, t - 2 :] = False
+        ids[~mask] = 0
+        return {"input_ids": ids, "attention_mask": mask, "labels": torch.randint(0, 3, (b,), generator=g)}
+    return {"input_ids": ids, "labels": torch.randint(4, VOCAB, (b, t), generator=g)}

@@ -1,0 +1,87 @@
+"""Architecture: JSON round trip and validation with clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from growformer.arch import Architecture, LayerSpec
+from growformer.errors import ArchitectureError
+from helpers import KINDS, VARIANTS, arch
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_json_round_trip(kind, variant, tmp_path):
+    a = arch(kind, variant, dropout=0.1)
+    assert Architecture.from_json(a.to_json()) == a
+    a.save(tmp_path / "a.json")
+    assert Architecture.load(tmp_path / "a.json") == a
+    layers = json.loads(a.to_json())["layers"]
+    assert {"heads", "head_dim", "loops"} <= layers[0].keys()
+
+
+def _base(**changes):
+    d = arch("classifier", "uniform").to_dict()
+    d.update(changes)
+    return d
+
+
+def _layer(**changes):
+    d = _base()
+    d["layers"][0].update(changes)
+    return d
+
+
+@pytest.mark.parametrize(
+    "d, message",
+    [
+        (_base(kind="decoder"), "kind must be one of"),
+        (_base(d_model=0), "d_model must be a positive integer"),
+        (_base(vocab_size=-3), "vocab_size must be a positive integer"),
+        (_base(max_len=2.5), "max_len must be a positive integer"),
+        (_base(num_labels=None), "num_labels must be a positive integer"),
+        (_base(num_labels=1), "num_labels must be >= 2"),
+        (_base(kind="causal_lm"), "num_labels is only allowed"),
+        (_base(dropout=1.0), "dropout must be in"),
+        (_base(layers=[]), "at least one layer"),
+        (_base(layers={}), "must be a list"),
+        (_base(extra=1), "unknown field"),
+        (_layer(heads=-1), "layer 0: heads must be an integer >= 0"),
+        (_layer(head_dim=0), "layer 0: head_dim must be a positive integer"),
+        (_layer(ffn_dim=-8), "layer 0: ffn_dim must be a positive integer"),
+        (_layer(loops=1, looped_heads=[2]), "layer 0: looped head 2 is out of range"),
+        (_layer(loops=1, looped_heads=[0, 0]), "duplicates"),
+        (_layer(loops=1, looped_heads=[]), "needs at least one looped head"),
+        (_layer(looped_heads=[0]), "loops is 0"),
+        (_layer(heads=0, loops=1, looped_heads=[0]), "out of range"),
+        (_layer(width=3), "layer 0 has unknown field"),
+        (_layer(looped_heads="0"), "must be a list"),
+    ],
+)
+def test_invalid_architectures_name_the_problem(d, message):
+    with pytest.raises(ArchitectureError, match=message):
+        Architecture.from_dict(d)
+
+
+def test_missing_fields_and_bad_json(tmp_path):
+    with pytest.raises(ArchitectureError, match="missing layers"):
+        Architecture.from_dict({"kind": "causal_lm", "d_model": 8, "vocab_size": 8, "max_len": 8})
+    with pytest.raises(ArchitectureError, match="layer 0 is missing ffn_dim"):
+        Architecture.from_dict(_base(layers=[{"heads": 1, "head_dim": 4}]))
+    with pytest.raises(ArchitectureError, match="not valid JSON"):
+        Architecture.from_json("{layers: [")
+    p = tmp_path / "bad.json"
+    p.write_text("[1, 2]")
+    with pytest.raises(ArchitectureError, match=f"{p}: architecture must be a JSON object"):
+        Architecture.load(p)
+
+
+def test_zero_heads_allowed_without_loops():
+    a = Architecture.uniform(kind="causal_lm", d_model=8, vocab_size=8, max_len=8, n_layers=1,
+                             heads=0, head_dim=4, ffn_dim=8)
+    assert a.layers[0].heads == 0 and a.layers[0].attn_dim == 0
+    assert a.with_layer(0, heads=2).layers[0] == LayerSpec(2, 4, 8)
+    with pytest.raises(ArchitectureError):
+        a.with_layer(0, loops=1, looped_heads=(0,))
