@@ -14,7 +14,7 @@ from typing import Any
 from growformer import checkpoint
 from growformer.data import Tokenizer, encode_classification, encode_lm, read_labeled, read_text
 from growformer.errors import ConfigError, GrowformerError
-from growformer.train import TrainConfig, evaluate, read_config, train
+from growformer.train import TrainConfig, TrainingStopped, evaluate, read_config, train
 
 # Flags that override configuration keys of the same name.
 OVERRIDES = (
@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     except (GrowformerError, OSError) as e:
         print(f"growformer: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("growformer: interrupted (resume with --resume)", file=sys.stderr)
+    except TrainingStopped as e:
+        print(f"growformer: {e}", file=sys.stderr)
         return 130
 
 
@@ -99,9 +99,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     max_len = ckpt.model.arch.max_len
     if ckpt.model.arch.kind == "classifier":
         texts, labels = read_labeled(args.data)
-        data = encode_classification(tokenizer, texts, labels, ckpt.task["label_names"], max_len)
+        data = encode_classification(
+            tokenizer, texts, labels, ckpt.task["label_names"], max_len, source=f"data file {args.data}"
+        )
     else:
-        data = encode_lm(tokenizer, read_text(args.data), max_len)
+        data = encode_lm(tokenizer, read_text(args.data), max_len, source=f"text file {args.data}")
     result = evaluate(ckpt.model, data, batch_size=args.batch_size, pad_id=tokenizer.pad_id)
     print(json.dumps(result))
     return 0

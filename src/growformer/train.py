@@ -8,13 +8,17 @@ random numbers, same optimizer state, same logs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
+import signal
 import sys
+import threading
 import time
 import types
 import typing
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -74,6 +78,8 @@ class TrainConfig:
         lr: Peak learning rate (AdamW).
         min_lr_ratio: Final learning rate of the cosine schedule, relative to ``lr``.
         warmup_steps: Linear warm-up length.
+        decay_steps: Step at which the cosine decay ends (default: ``steps``); set it to
+            train in several sessions along one schedule.
         weight_decay: AdamW weight decay on matrices (not on biases, norms).
         grad_clip: Maximum global gradient norm (0 disables clipping).
         eval_every: Evaluate every this many steps (and at the end).
@@ -98,6 +104,7 @@ class TrainConfig:
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 200
+    decay_steps: int | None = None
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     eval_every: int = 500
@@ -129,6 +136,8 @@ class TrainConfig:
         for name in ("warmup_steps", "weight_decay", "grad_clip", "seed"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.decay_steps is not None and self.decay_steps <= 0:
+            raise ConfigError(f"decay_steps must be positive, got {self.decay_steps}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         if not 0 <= self.min_lr_ratio <= 1:
@@ -173,7 +182,7 @@ def build_arch(cfg: TrainConfig, data: TaskData) -> Architecture:
             kind="classifier" if data.kind == "classification" else "causal_lm",
             d_model=m.d_model,
             vocab_size=data.vocab_size,
-            max_len=cfg.max_len,
+            max_len=data.max_len,
             layers=layers,
             num_labels=data.num_labels,
             dropout=m.dropout,
@@ -197,7 +206,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warm-up to ``lr``, then cosine decay to ``lr * min_lr_ratio`` at ``steps``."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    span = max(1, cfg.steps - cfg.warmup_steps)
+    span = max(1, (cfg.decay_steps or cfg.steps) - cfg.warmup_steps)
     progress = min(1.0, (step - cfg.warmup_steps) / span)
     floor = cfg.lr * cfg.min_lr_ratio
     return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
@@ -343,7 +352,7 @@ def train(
         mininterval=0.5 if sys.stderr.isatty() else 30.0,
         dynamic_ncols=True,
     )
-    with bar:
+    with bar, _stop_requests() as stop:
         while state["step"] < cfg.steps:
             batch = {k: v.to(device) for k, v in stream.batch(state["step"]).items()}
             lr = lr_at(state["step"], cfg)
@@ -379,9 +388,11 @@ def train(
                 metrics = {f"val_{k}": v for k, v in result.items() if k not in ("n", "tokens")}
                 metrics_log.write({"step": step, **metrics})
                 state["metrics"] += 1
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop:
                 save()
             bar.update(1)
+            if stop:
+                raise TrainingStopped(step, out)
 
     if not metrics:
         result = evaluate(model, data.val, batch_size=cfg.batch_size, pad_id=pad_id)
@@ -402,6 +413,31 @@ def train(
     }
     checkpoint.atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     return summary
+
+
+class TrainingStopped(Exception):
+    """Training stopped on a signal after saving a checkpoint at ``step``."""
+
+    def __init__(self, step: int, out: Path) -> None:
+        super().__init__(f"stopped at step {step}; checkpoint saved in {out} (resume with --resume)")
+        self.step = step
+
+
+@contextlib.contextmanager
+def _stop_requests() -> Iterator[list[int]]:
+    """Turn SIGINT/SIGTERM into a request to stop after the current step."""
+    requested: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda signum, frame: requested.append(signum))
+    try:
+        yield requested
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class _Log:
