@@ -1,0 +1,21 @@
+"""Fixtures shared by the test modules."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def sst2_dir() -> Path:
+    """The GLUE SST-2 files of ../shared/data (tests skip when they are absent)."""
+    d = SHARED_DATA / "sst2"
+    if not (d / "train.tsv").is_file():
+        pytest.skip(f"SST-2 files not found at {d}")
+    return d

@@ -1,0 +1,200 @@
+"""The command line, end to end on real SST-2 rows, and every kind of bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from growformer import checkpoint
+from growformer.cli import main
+from growformer.errors import CheckpointError
+
+TINY = {"model": {"d_model": 32, "n_layers": 1, "heads": 2, "head_dim": 8, "ffn_dim": 64},
+        "vocab_size": 300, "max_len": 48, "batch_size": 16, "eval_every": 10, "checkpoint_every": 5,
+        "warmup_steps": 2, "device": "cpu"}
+
+
+def _rows(src: Path, n: int) -> str:
+    return "".join(src.read_text().splitlines(keepends=True)[: n + 1])
+
+
+@pytest.fixture(scope="module")
+def files(sst2_dir, tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("files")
+    paths = {"train": d / "train.tsv", "dev": d / "dev.tsv", "config": d / "tiny.json"}
+    paths["train"].write_text(_rows(sst2_dir / "train.tsv", 400))
+    paths["dev"].write_text(_rows(sst2_dir / "dev.tsv", 60))
+    paths["config"].write_text(json.dumps(TINY))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def run(files, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    code = main(["train", "--data", str(files["train"]), "--config", str(files["config"]),
+                 "--out", str(out), "--steps", "10", "--seed", "3", "--no-progress"])
+    assert code == 0
+    return out
+
+
+def test_train_writes_summary_and_checkpoints(run):
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["task"] == "file" and summary["seed"] == 3 and summary["steps"] == 10
+    assert summary["architecture"]["layers"] == [
+        {"heads": 2, "head_dim": 8, "ffn_dim": 64, "loops": 0, "looped_heads": []}
+    ]
+    assert (run / "checkpoints" / "LATEST").read_text().strip() == "step_00000010"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "LATEST", "step_00000005", "step_00000010"]
+
+
+def test_evaluate_prints_json(run, files, capsys):
+    for target in (run, run / "checkpoints" / "step_00000005"):
+        assert main(["evaluate", "--checkpoint", str(target), "--data", str(files["dev"])]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["n"] == 60 and 0 <= result["accuracy"] <= 1 and result["loss"] > 0
+
+
+def test_info(run, capsys):
+    assert main(["info", str(run), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["step"] == 10 and info["architecture"]["layers"][0]["heads"] == 2
+    assert main(["info", str(run)]) == 0
+    table = capsys.readouterr().out
+    assert "layer  heads  head_dim" in table and "step 10" in table
+
+
+def _error(args: list[str], capsys) -> str:
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("growformer: error: "), err
+    return lines[0]
+
+
+def _write(path: Path, content: str | bytes) -> Path:
+    (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
+    return path
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("missing.tsv", None, "does not exist"),
+        ("corrupt.tsv", b"sentence\tlabel\n\xff\xfe bad bytes\t1\n", "UTF-8"),
+        ("columns.tsv", "review\tstars\ngood\t1\n", "has no 'sentence' or 'text' column"),
+        ("empty.tsv", "sentence\tlabel\n", "no data rows"),
+        ("ragged.tsv", "sentence\tlabel\ngood\t1\nbad\n", "line 3"),
+        ("blank.csv", "", "empty"),
+    ],
+)
+def test_bad_training_data(name, content, message, files, tmp_path, capsys):
+    path = tmp_path / name
+    if content is not None:
+        _write(path, content)
+    line = _error(["train", "--data", str(path), "--config", str(files["config"]), "--out",
+                   str(tmp_path / "out"), "--steps", "2", "--no-progress"], capsys)
+    assert message in line and str(path) in line
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ("{not json", "not valid JSON"),
+        ('{"model": {"layers": [{"heads": 0, "head_dim": 8, "ffn_dim": 8, "loops": 1, '
+         '"looped_heads": [0]}]}}', "looped head 0 is out of range"),
+        ('{"model": {"layers": [{"heads": -2, "head_dim": 8, "ffn_dim": 8}]}}', "heads must be"),
+        ('{"model": {"layers": [{"heads": 2, "head_dim": 8}]}}', "ffn_dim"),
+        ('{"stepz": 4}', "unknown key(s) stepz"),
+    ],
+)
+def test_bad_config_or_architecture(config, message, files, tmp_path, capsys):
+    path = _write(tmp_path / "c.json", config)
+    line = _error(["train", "--data", str(files["train"]), "--config", str(path), "--out",
+                   str(tmp_path / "out"), "--steps", "2", "--no-progress"], capsys)
+    assert message in line
+
+
+def test_bad_flags(files, tmp_path, capsys):
+    args = ["--data", str(files["train"]), "--out", str(tmp_path / "o"), "--no-progress"]
+    assert "steps must be positive" in _error(["train", *args, "--steps", "0"], capsys)
+    assert "unknown policy 'grow'" in _error(["train", *args, "--policy", "grow"], capsys)
+    assert "unknown task" in _error(["train", "--task", "imagenet", "--out", str(tmp_path)], capsys)
+    assert "CUDA is not available" in _error(["train", *args, "--device", "cuda"], capsys)
+    assert "no checkpoint at" in _error(["train", *args, "--resume"], capsys)
+
+
+def _copy_checkpoint(run: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    dst = tmp_path / "ckpt"
+    shutil.copytree(run / "checkpoints" / "step_00000010", dst)
+    return dst
+
+
+def test_truncated_checkpoint(run, files, tmp_path, capsys):
+    ckpt = _copy_checkpoint(run, tmp_path)
+    weights = ckpt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    for args in (["evaluate", "--checkpoint", str(ckpt), "--data", str(files["dev"])], ["info", str(ckpt)]):
+        assert "model.safetensors is truncated" in _error(args, capsys)
+
+
+def test_checkpoint_disagreeing_with_its_architecture(run, tmp_path):
+    ckpt = _copy_checkpoint(run, tmp_path)
+    arch = json.loads((ckpt / "architecture.json").read_text())
+    arch["layers"][0]["heads"] = 3
+    (ckpt / "architecture.json").write_text(json.dumps(arch))
+    with pytest.raises(CheckpointError, match="architecture.json is truncated or altered"):
+        checkpoint.load(ckpt)
+    # Even with a consistent manifest, tensors that do not fit are refused by name.
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    manifest["files"]["architecture.json"] = checkpoint._digest(ckpt / "architecture.json")
+    (ckpt / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match=r"transformer.layers.0.attn.q_proj.weight has shape "
+                                              r"\(16, 32\) but the architecture needs \(24, 32\)"):
+        checkpoint.load(ckpt)
+
+
+def test_crash_while_saving_keeps_the_previous_checkpoint(run, tmp_path, monkeypatch):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(run, out)
+    ckpt = checkpoint.load(out)
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint, "_save_optimizer", crash)
+    import torch
+
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.save(out, step=11, model=ckpt.model, optimizer=torch.optim.AdamW(ckpt.model.parameters()),
+                        config=ckpt.config, tokenizer_json=ckpt.tokenizer_json, task=ckpt.task,
+                        trainer_state=ckpt.trainer_state)
+    assert checkpoint.resolve(out).name == "step_00000010"
+    assert checkpoint.load(out).trainer_state["step"] == 10
+
+
+def test_evaluate_with_unknown_label(run, tmp_path, capsys):
+    path = _write(tmp_path / "d.tsv", "sentence\tlabel\nfine film\t1\nawful\tmaybe\n")
+    line = _error(["evaluate", "--checkpoint", str(run), "--data", str(path)], capsys)
+    assert "maybe" in line and str(path) in line
+
+
+def test_no_traceback_from_the_installed_command(files, tmp_path):
+    """The real console entry point, in a fresh process."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "growformer.cli", "evaluate", "--checkpoint", str(tmp_path / "none"),
+         "--data", str(files["dev"])],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+    assert "no checkpoint at" in proc.stderr
