@@ -43,5 +43,9 @@ def batch(kind: str, b: int = 4, t: int = 12, seed: int = 0) -> dict[str, torch.
         mask[0, t // 2 :] = False
         mask[1, t - 2 :] = False
         ids[~mask] = 0
-        return {"input_ids": ids, "attention_mask": mask, "labels": torch.randint(0, 3, (b,), generator=g)}
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "labels": torch.randint(0, 3, (b,), generator=g),
+        }
     return {"input_ids": ids, "labels": torch.randint(4, VOCAB, (b, t), generator=g)}

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import KINDS, VARIANTS, arch
 
 from growformer.arch import Architecture, LayerSpec
 from growformer.errors import ArchitectureError
-from helpers import KINDS, VARIANTS, arch
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -79,8 +79,16 @@ def test_missing_fields_and_bad_json(tmp_path):
 
 
 def test_zero_heads_allowed_without_loops():
-    a = Architecture.uniform(kind="causal_lm", d_model=8, vocab_size=8, max_len=8, n_layers=1,
-                             heads=0, head_dim=4, ffn_dim=8)
+    a = Architecture.uniform(
+        kind="causal_lm",
+        d_model=8,
+        vocab_size=8,
+        max_len=8,
+        n_layers=1,
+        heads=0,
+        head_dim=4,
+        ffn_dim=8,
+    )
     assert a.layers[0].heads == 0 and a.layers[0].attn_dim == 0
     assert a.with_layer(0, heads=2).layers[0] == LayerSpec(2, 4, 8)
     with pytest.raises(ArchitectureError):

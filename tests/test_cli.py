@@ -13,9 +13,16 @@ from growformer import checkpoint
 from growformer.cli import main
 from growformer.errors import CheckpointError
 
-TINY = {"model": {"d_model": 32, "n_layers": 1, "heads": 2, "head_dim": 8, "ffn_dim": 64},
-        "vocab_size": 300, "max_len": 48, "batch_size": 16, "eval_every": 10, "checkpoint_every": 5,
-        "warmup_steps": 2, "device": "cpu"}
+TINY = {
+    "model": {"d_model": 32, "n_layers": 1, "heads": 2, "head_dim": 8, "ffn_dim": 64},
+    "vocab_size": 300,
+    "max_len": 48,
+    "batch_size": 16,
+    "eval_every": 10,
+    "checkpoint_every": 5,
+    "warmup_steps": 2,
+    "device": "cpu",
+}
 
 
 def _rows(src: Path, n: int) -> str:
@@ -35,8 +42,22 @@ def files(sst2_dir, tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def run(files, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run")
-    code = main(["train", "--data", str(files["train"]), "--config", str(files["config"]),
-                 "--out", str(out), "--steps", "10", "--seed", "3", "--no-progress"])
+    code = main(
+        [
+            "train",
+            "--data",
+            str(files["train"]),
+            "--config",
+            str(files["config"]),
+            "--out",
+            str(out),
+            "--steps",
+            "10",
+            "--seed",
+            "3",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     return out
 
@@ -49,7 +70,10 @@ def test_train_writes_summary_and_checkpoints(run):
     ]
     assert (run / "checkpoints" / "LATEST").read_text().strip() == "step_00000010"
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
-        "LATEST", "step_00000005", "step_00000010"]
+        "LATEST",
+        "step_00000005",
+        "step_00000010",
+    ]
 
 
 def test_evaluate_prints_json(run, files, capsys):
@@ -97,8 +121,21 @@ def test_bad_training_data(name, content, message, files, tmp_path, capsys):
     path = tmp_path / name
     if content is not None:
         _write(path, content)
-    line = _error(["train", "--data", str(path), "--config", str(files["config"]), "--out",
-                   str(tmp_path / "out"), "--steps", "2", "--no-progress"], capsys)
+    line = _error(
+        [
+            "train",
+            "--data",
+            str(path),
+            "--config",
+            str(files["config"]),
+            "--out",
+            str(tmp_path / "out"),
+            "--steps",
+            "2",
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert message in line and str(path) in line
 
 
@@ -106,8 +143,11 @@ def test_bad_training_data(name, content, message, files, tmp_path, capsys):
     "config, message",
     [
         ("{not json", "not valid JSON"),
-        ('{"model": {"layers": [{"heads": 0, "head_dim": 8, "ffn_dim": 8, "loops": 1, '
-         '"looped_heads": [0]}]}}', "looped head 0 is out of range"),
+        (
+            '{"model": {"layers": [{"heads": 0, "head_dim": 8, "ffn_dim": 8, "loops": 1, '
+            '"looped_heads": [0]}]}}',
+            "looped head 0 is out of range",
+        ),
         ('{"model": {"layers": [{"heads": -2, "head_dim": 8, "ffn_dim": 8}]}}', "heads must be"),
         ('{"model": {"layers": [{"heads": 2, "head_dim": 8}]}}', "ffn_dim"),
         ('{"stepz": 4}', "unknown key(s) stepz"),
@@ -115,8 +155,21 @@ def test_bad_training_data(name, content, message, files, tmp_path, capsys):
 )
 def test_bad_config_or_architecture(config, message, files, tmp_path, capsys):
     path = _write(tmp_path / "c.json", config)
-    line = _error(["train", "--data", str(files["train"]), "--config", str(path), "--out",
-                   str(tmp_path / "out"), "--steps", "2", "--no-progress"], capsys)
+    line = _error(
+        [
+            "train",
+            "--data",
+            str(files["train"]),
+            "--config",
+            str(path),
+            "--out",
+            str(tmp_path / "out"),
+            "--steps",
+            "2",
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert message in line
 
 
@@ -141,7 +194,10 @@ def test_truncated_checkpoint(run, files, tmp_path, capsys):
     ckpt = _copy_checkpoint(run, tmp_path)
     weights = ckpt / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    for args in (["evaluate", "--checkpoint", str(ckpt), "--data", str(files["dev"])], ["info", str(ckpt)]):
+    for args in (
+        ["evaluate", "--checkpoint", str(ckpt), "--data", str(files["dev"])],
+        ["info", str(ckpt)],
+    ):
         assert "model.safetensors is truncated" in _error(args, capsys)
 
 
@@ -150,14 +206,17 @@ def test_checkpoint_disagreeing_with_its_architecture(run, tmp_path):
     arch = json.loads((ckpt / "architecture.json").read_text())
     arch["layers"][0]["heads"] = 3
     (ckpt / "architecture.json").write_text(json.dumps(arch))
-    with pytest.raises(CheckpointError, match="architecture.json is truncated or altered"):
+    with pytest.raises(CheckpointError, match=r"architecture\.json is truncated or altered"):
         checkpoint.load(ckpt)
     # Even with a consistent manifest, tensors that do not fit are refused by name.
     manifest = json.loads((ckpt / "manifest.json").read_text())
     manifest["files"]["architecture.json"] = checkpoint._digest(ckpt / "architecture.json")
     (ckpt / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(CheckpointError, match=r"transformer.layers.0.attn.q_proj.weight has shape "
-                                              r"\(16, 32\) but the architecture needs \(24, 32\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"transformer.layers.0.attn.q_proj.weight has shape "
+        r"\(16, 32\) but the architecture needs \(24, 32\)",
+    ):
         checkpoint.load(ckpt)
 
 
@@ -175,9 +234,16 @@ def test_crash_while_saving_keeps_the_previous_checkpoint(run, tmp_path, monkeyp
     import torch
 
     with pytest.raises(OSError, match="disk full"):
-        checkpoint.save(out, step=11, model=ckpt.model, optimizer=torch.optim.AdamW(ckpt.model.parameters()),
-                        config=ckpt.config, tokenizer_json=ckpt.tokenizer_json, task=ckpt.task,
-                        trainer_state=ckpt.trainer_state)
+        checkpoint.save(
+            out,
+            step=11,
+            model=ckpt.model,
+            optimizer=torch.optim.AdamW(ckpt.model.parameters()),
+            config=ckpt.config,
+            tokenizer_json=ckpt.tokenizer_json,
+            task=ckpt.task,
+            trainer_state=ckpt.trainer_state,
+        )
     assert checkpoint.resolve(out).name == "step_00000010"
     assert checkpoint.load(out).trainer_state["step"] == 10
 
@@ -191,9 +257,18 @@ def test_evaluate_with_unknown_label(run, tmp_path, capsys):
 def test_no_traceback_from_the_installed_command(files, tmp_path):
     """The real console entry point, in a fresh process."""
     proc = subprocess.run(
-        [sys.executable, "-m", "growformer.cli", "evaluate", "--checkpoint", str(tmp_path / "none"),
-         "--data", str(files["dev"])],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "growformer.cli",
+            "evaluate",
+            "--checkpoint",
+            str(tmp_path / "none"),
+            "--data",
+            str(files["dev"]),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr

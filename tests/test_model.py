@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import KINDS, MAX_LEN, VARIANTS, VOCAB, arch, batch
 
 from growformer.model import build_model
-from helpers import KINDS, MAX_LEN, VARIANTS, VOCAB, arch, batch
 
 
 @pytest.fixture(params=[(k, v) for k in KINDS for v in VARIANTS], ids=lambda p: "-".join(p))
@@ -82,9 +82,15 @@ def test_loops_rerun_only_the_looped_heads():
     rows = slice(1 * hd, 2 * hd)
     for _ in range(2):
         z = block.ln_1(h)
-        q, k, v = (F.linear(z, w[rows]).view(2, 7, 1, hd).transpose(1, 2)
-                   for w in (attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(2, 7, hd)
+        q, k, v = (
+            F.linear(z, w[rows]).view(2, 7, 1, hd).transpose(1, 2)
+            for w in (attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight)
+        )
+        y = (
+            F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            .transpose(1, 2)
+            .reshape(2, 7, hd)
+        )
         h = h + F.linear(y, attn.o_proj.weight[:, rows])
     expected = h + block.mlp(block.ln_2(h))
     with torch.no_grad():

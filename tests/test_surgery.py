@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import KINDS, VARIANTS, arch, batch
 
 from growformer import surgery
 from growformer.errors import SurgeryError
 from growformer.model import build_model
 from growformer.surgery import Event
 from growformer.train import TrainConfig, make_optimizer
-from helpers import KINDS, VARIANTS, arch, batch
 
 TOL = 1e-6
 
@@ -85,7 +85,11 @@ def _expected_state(old_state, names_before, event, hd, d_model):
                 continue
             dim = 1 if name.endswith("o_proj.weight") else 0
             if event.op == "remove_head":
-                kept = [i for i in range(v.shape[dim]) if not rows_of(event.head).start <= i < rows_of(event.head).stop]
+                kept = [
+                    i
+                    for i in range(v.shape[dim])
+                    if not rows_of(event.head).start <= i < rows_of(event.head).stop
+                ]
                 new[k] = v.index_select(dim, torch.tensor(kept))
             else:
                 shape = list(v.shape)
@@ -110,7 +114,10 @@ def test_step_after_surgery_equals_step_on_directly_built_model(optimizer, event
     kind = "classifier"
     model, opt = _trained(kind, "nonuniform", optimizer)
     names = [n for n, _ in model.named_parameters()]
-    old_state = {n: {k: v.clone() for k, v in opt.state[p].items() if torch.is_tensor(v)} for n, p in model.named_parameters()}
+    old_state = {
+        n: {k: v.clone() for k, v in opt.state[p].items() if torch.is_tensor(v)}
+        for n, p in model.named_parameters()
+    }
     surgery.apply(model, opt, Event(**vars(event)))
 
     # A model built directly with the new structure, the surgically changed weights and the
@@ -161,8 +168,12 @@ def test_metadata_and_records():
     model, opt = _trained("causal_lm", "looped")
     record = surgery.add_head(model, opt, 1, init="random")
     assert record.to_dict() == {
-        "op": "add_head", "layer": 1, "head": 2, "init": "random",
-        "heads_after": 3, "params_after": model.num_params(),
+        "op": "add_head",
+        "layer": 1,
+        "head": 2,
+        "init": "random",
+        "heads_after": 3,
+        "params_after": model.num_params(),
     }
     attn = model.transformer.layers[1].attn
     assert attn.q_proj.out_features == attn.o_proj.in_features == 24
@@ -174,7 +185,9 @@ def test_metadata_and_records():
     assert model.arch.layers[1].loops == 0 and model.arch.layers[1].looped_heads == ()
     record = surgery.set_loops(model, 0, 1, [0, 2])
     assert model.arch.layers[0].looped_heads == (0, 2) and record.loops == 1
-    assert torch.equal(model.transformer.layers[0].loop_rows, torch.cat([torch.arange(8), torch.arange(16, 24)]))
+    assert torch.equal(
+        model.transformer.layers[0].loop_rows, torch.cat([torch.arange(8), torch.arange(16, 24)])
+    )
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -36,8 +35,14 @@ def config(**changes) -> dict:
         "checkpoint_every": 6,
         "log_every": 4,
         "task_options": {"n_train": 256, "n_val": 64, "k": 2, "seq_len": 12},
-        "model": {"d_model": 32, "n_layers": 2, "heads": 2, "head_dim": 8, "ffn_dim": 64,
-                  "dropout": 0.1},
+        "model": {
+            "d_model": 32,
+            "n_layers": 2,
+            "heads": 2,
+            "head_dim": 8,
+            "ffn_dim": 64,
+            "dropout": 0.1,
+        },
         "device": "cpu",
     }
     return {**base, **changes}
@@ -64,8 +69,18 @@ def test_summary_has_the_promised_fields(straight):
     out, summary = straight
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk == summary
-    for key in ("task", "policy", "seed", "steps", "architecture", "params", "metrics",
-                "events", "train_flops", "wall_s"):
+    for key in (
+        "task",
+        "policy",
+        "seed",
+        "steps",
+        "architecture",
+        "params",
+        "metrics",
+        "events",
+        "train_flops",
+        "wall_s",
+    ):
         assert key in summary
     assert summary["steps"] == 24 and summary["train_flops"] > 0
     assert {"val_loss", "val_accuracy"} <= summary["metrics"].keys()
@@ -120,8 +135,17 @@ def test_sigterm_stops_with_a_checkpoint_and_resumes_exactly(tmp_path):
     cfg = config(steps=4000, decay_steps=24, checkpoint_every=1000, eval_every=1000, log_every=1)
     (tmp_path / "c.json").write_text(json.dumps(cfg))
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "growformer.cli", "train", "--config", str(tmp_path / "c.json"),
-           "--out", str(run), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "growformer.cli",
+        "train",
+        "--config",
+        str(tmp_path / "c.json"),
+        "--out",
+        str(run),
+        "--no-progress",
+    ]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while not (run / "metrics.jsonl").exists() and time.time() < deadline:
@@ -142,7 +166,9 @@ def test_sigterm_stops_with_a_checkpoint_and_resumes_exactly(tmp_path):
     train(TrainConfig.from_dict({**cfg, "steps": total}), tmp_path / "straight", progress=False)
     resumed, expected = _files(run), _files(tmp_path / "straight")
     assert (resumed["weights"], resumed["optimizer"], resumed["events"]) == (
-        expected["weights"], expected["optimizer"], expected["events"]
+        expected["weights"],
+        expected["optimizer"],
+        expected["events"],
     )
 
 
@@ -178,13 +204,21 @@ def test_run_dir_mistakes(straight, tmp_path):
         train(TrainConfig.from_dict(config()), out, progress=False)
     with pytest.raises(ConfigError, match="cannot resume: seed is 3"):
         train(TrainConfig.from_dict(config(seed=3)), out, resume=True, progress=False)
-    bad = config(model={"layers": [{"heads": 1, "head_dim": 8, "ffn_dim": 8, "loops": 1, "looped_heads": [4]}]})
+    bad = config(
+        model={
+            "layers": [{"heads": 1, "head_dim": 8, "ffn_dim": 8, "loops": 1, "looped_heads": [4]}]
+        }
+    )
     with pytest.raises(ConfigError, match="looped head 4 is out of range"):
         train(TrainConfig.from_dict(bad), tmp_path / "x", progress=False)
 
 
 def test_resume_refuses_changed_data(tmp_path):
-    train(TrainConfig.from_dict(config(steps=4, policy="static", policy_options={})), tmp_path, progress=False)
+    train(
+        TrainConfig.from_dict(config(steps=4, policy="static", policy_options={})),
+        tmp_path,
+        progress=False,
+    )
     changed = config(steps=8, policy="static", policy_options={})
     changed["task_options"] = {**changed["task_options"], "n_train": 300}
     with pytest.raises((ConfigError, DataError), match="task_options"):
@@ -192,8 +226,15 @@ def test_resume_refuses_changed_data(tmp_path):
 
 
 def test_lm_task_trains_and_reports_perplexity(tmp_path):
-    cfg = config(task="lm", policy="static", policy_options={}, task_options={"max_chars": 60_000},
-                 steps=6, max_len=32, vocab_size=400)
+    cfg = config(
+        task="lm",
+        policy="static",
+        policy_options={},
+        task_options={"max_chars": 60_000},
+        steps=6,
+        max_len=32,
+        vocab_size=400,
+    )
     summary = train(TrainConfig.from_dict(cfg), tmp_path, progress=False)
     assert summary["architecture"]["kind"] == "causal_lm"
     assert {"val_loss", "val_ppl"} <= summary["metrics"].keys()
@@ -203,7 +244,5 @@ def test_lm_task_trains_and_reports_perplexity(tmp_path):
 def test_no_pickle_in_checkpoints(straight):
     out, _ = straight
     ckpt = out / "checkpoints" / (out / "checkpoints" / "LATEST").read_text().strip()
-    assert sorted(p.suffix for p in ckpt.iterdir()) == sorted(
-        [".safetensors"] * 3 + [".json"] * 7
-    )
+    assert sorted(p.suffix for p in ckpt.iterdir()) == sorted([".safetensors"] * 3 + [".json"] * 7)
     assert not [p for p in ckpt.iterdir() if p.suffix in (".pt", ".pkl", ".bin")]

@@ -124,7 +124,9 @@ class Architecture:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["layers"] = [{**layer, "looped_heads": list(layer["looped_heads"])} for layer in d["layers"]]
+        d["layers"] = [
+            {**layer, "looped_heads": list(layer["looped_heads"])} for layer in d["layers"]
+        ]
         return d
 
     @classmethod

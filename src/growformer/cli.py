@@ -100,7 +100,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     if ckpt.model.arch.kind == "classifier":
         texts, labels = read_labeled(args.data)
         data = encode_classification(
-            tokenizer, texts, labels, ckpt.task["label_names"], max_len, source=f"data file {args.data}"
+            tokenizer,
+            texts,
+            labels,
+            ckpt.task["label_names"],
+            max_len,
+            source=f"data file {args.data}",
         )
     else:
         data = encode_lm(tokenizer, read_text(args.data), max_len, source=f"text file {args.data}")

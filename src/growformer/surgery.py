@@ -9,7 +9,7 @@ returns an :class:`Event` record. It is safe between two optimizer steps.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -57,17 +57,6 @@ class Event:
         if "looped_heads" in d:
             d["looped_heads"] = list(d["looped_heads"])
         return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Event:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(d.keys() - known)
-        if unknown:
-            raise SurgeryError(f"event has unknown field(s) {', '.join(unknown)}")
-        d = dict(d)
-        if d.get("looped_heads") is not None:
-            d["looped_heads"] = tuple(d["looped_heads"])
-        return cls(**d)
 
 
 def apply(model: ElasticModel, optimizer: torch.optim.Optimizer | None, event: Event) -> Event:

@@ -61,7 +61,7 @@ class ModelConfig:
     heads: int = 4
     head_dim: int = 32
     ffn_dim: int = 512
-    dropout: float = 0.1
+    dropout: float = 0.2
     layers: list[dict[str, Any]] | None = None
 
 
@@ -99,13 +99,13 @@ class TrainConfig:
     task: str = "sst2"
     policy: str = "static"
     seed: int = 0
-    steps: int = 3000
+    steps: int = 2000
     batch_size: int = 64
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 200
     decay_steps: int | None = None
-    weight_decay: float = 0.01
+    weight_decay: float = 0.1
     grad_clip: float = 1.0
     eval_every: int = 500
     checkpoint_every: int = 500
@@ -226,13 +226,13 @@ def evaluate(model: ElasticModel, data: Any, *, batch_size: int, pad_id: int) ->
         n += batch["input_ids"].shape[0]
         loss_sum += F.cross_entropy(logits.flatten(0, -2), labels.flatten(), reduction="sum").item()
         count += labels.numel()
-        if model.arch.kind == "classifier":
+        if model.kind == "classifier":
             correct += (logits.argmax(-1) == labels).sum().item()
     model.train(was_training)
     if n == 0:
         raise DataError("evaluation data is empty")
     loss = loss_sum / count
-    if model.arch.kind == "classifier":
+    if model.kind == "classifier":
         return {"loss": loss, "accuracy": correct / count, "n": n}
     return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "n": n, "tokens": count}
 
@@ -419,7 +419,9 @@ class TrainingStopped(Exception):
     """Training stopped on a signal after saving a checkpoint at ``step``."""
 
     def __init__(self, step: int, out: Path) -> None:
-        super().__init__(f"stopped at step {step}; checkpoint saved in {out} (resume with --resume)")
+        super().__init__(
+            f"stopped at step {step}; checkpoint saved in {out} (resume with --resume)"
+        )
         self.step = step
 
 

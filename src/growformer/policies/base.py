@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
+from growformer.errors import CheckpointError, ConfigError
 from growformer.surgery import Event
 
 
@@ -19,8 +20,6 @@ class Policy(ABC):
     options_known: frozenset[str] = frozenset()
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
-        from growformer.errors import ConfigError
-
         options = dict(options or {})
         unknown = sorted(options.keys() - self.options_known)
         if unknown:
@@ -39,4 +38,8 @@ class Policy(ABC):
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
+        """Restore what :meth:`state_dict` returned (stateless policies accept only ``{}``)."""
+        if state:
+            raise CheckpointError(
+                f"policy {self.name!r} keeps no state, but the checkpoint has some"
+            )
