@@ -101,6 +101,21 @@ def _error(args: list[str], capsys) -> str:
     return lines[0]
 
 
+def _train_args(data: Path, config: Path, out: Path) -> list[str]:
+    return [
+        "train",
+        "--data",
+        str(data),
+        "--config",
+        str(config),
+        "--out",
+        str(out),
+        "--steps",
+        "2",
+        "--no-progress",
+    ]
+
+
 def _write(path: Path, content: str | bytes) -> Path:
     (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
     return path
@@ -121,21 +136,7 @@ def test_bad_training_data(name, content, message, files, tmp_path, capsys):
     path = tmp_path / name
     if content is not None:
         _write(path, content)
-    line = _error(
-        [
-            "train",
-            "--data",
-            str(path),
-            "--config",
-            str(files["config"]),
-            "--out",
-            str(tmp_path / "out"),
-            "--steps",
-            "2",
-            "--no-progress",
-        ],
-        capsys,
-    )
+    line = _error(_train_args(path, files["config"], tmp_path / "out"), capsys)
     assert message in line and str(path) in line
 
 
@@ -155,21 +156,7 @@ def test_bad_training_data(name, content, message, files, tmp_path, capsys):
 )
 def test_bad_config_or_architecture(config, message, files, tmp_path, capsys):
     path = _write(tmp_path / "c.json", config)
-    line = _error(
-        [
-            "train",
-            "--data",
-            str(files["train"]),
-            "--config",
-            str(path),
-            "--out",
-            str(tmp_path / "out"),
-            "--steps",
-            "2",
-            "--no-progress",
-        ],
-        capsys,
-    )
+    line = _error(_train_args(files["train"], path, tmp_path / "out"), capsys)
     assert message in line
 
 
@@ -273,3 +260,22 @@ def test_no_traceback_from_the_installed_command(files, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
     assert "no checkpoint at" in proc.stderr
+
+
+def test_cli_resume_in_two_halves_equals_one_run(tmp_path):
+    """N steps straight vs N/2, stop, --resume, N/2 more: same weights and events.jsonl."""
+    from test_train import _files, config
+
+    cfg = config()
+    del cfg["steps"], cfg["decay_steps"]
+    path = _write(tmp_path / "c.json", json.dumps(cfg))
+    common = ["train", "--config", str(path), "--no-progress"]
+    assert main([*common, "--out", str(tmp_path / "straight"), "--steps", "24"]) == 0
+    half = [*common, "--out", str(tmp_path / "halves")]
+    assert main([*half, "--steps", "12", "--decay-steps", "24"]) == 0
+    assert main(["train", "--out", str(tmp_path / "halves"), "--resume", "--steps", "24",
+                 "--no-progress"]) == 0
+    straight, halves = _files(tmp_path / "straight"), _files(tmp_path / "halves")
+    assert halves["weights"] == straight["weights"]
+    assert halves["optimizer"] == straight["optimizer"]
+    assert halves["events"] == straight["events"] and halves["events"].count(b"\n") == 4

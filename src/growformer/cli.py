@@ -27,6 +27,7 @@ OVERRIDES = (
     "device",
     "data_dir",
     "data_file",
+    "decay_steps",
 )
 
 
@@ -43,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--policy", help="structure policy: static or scheduled (default: static)")
     t.add_argument("--steps", type=int, help="optimizer steps in total")
+    t.add_argument(
+        "--decay-steps",
+        type=int,
+        help="end of the cosine decay (default: --steps); fix it to "
+        "split one schedule over several runs with --resume",
+    )
     t.add_argument("--seed", type=int, help="random seed")
     t.add_argument("--config", help="JSON configuration file (flags override it)")
     t.add_argument("--resume", action="store_true", help="continue from DIR's newest checkpoint")

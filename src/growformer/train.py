@@ -264,155 +264,197 @@ def train(
     Returns:
         The summary written to ``out/summary.json``.
     """
-    out = Path(out)
-    ckpt = checkpoint.load(out) if resume else None
-    if ckpt is not None:
-        _check_resumable(ckpt.config, cfg)
-    elif (out / "checkpoints").exists():
-        raise ConfigError(
-            f"{out} already holds a run; pass --resume to continue it or pick another --out"
+    return Trainer(cfg, out, resume=resume).run(progress=progress)
+
+
+class Trainer:
+    """One run: its data, model, optimizer, policy, logs and counters.
+
+    Args:
+        cfg: The run's configuration.
+        out: Run directory.
+        resume: Continue from the newest checkpoint in ``out``.
+    """
+
+    def __init__(self, cfg: TrainConfig, out: str | Path, *, resume: bool = False) -> None:
+        self.cfg, self.out = cfg, Path(out)
+        ckpt = checkpoint.load(self.out) if resume else None
+        if ckpt is not None:
+            _check_resumable(ckpt.config, cfg)
+        elif (self.out / "checkpoints").exists():
+            raise ConfigError(
+                f"{self.out} already holds a run; pass --resume to continue it, or another --out"
+            )
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.device = resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+
+        self.data = load_task(
+            cfg.task,
+            data_dir=cfg.data_dir,
+            data_file=cfg.data_file,
+            seed=cfg.seed,
+            max_len=cfg.max_len,
+            vocab_size=cfg.vocab_size,
+            options=cfg.task_options,
         )
-    out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-
-    data = load_task(
-        cfg.task,
-        data_dir=cfg.data_dir,
-        data_file=cfg.data_file,
-        seed=cfg.seed,
-        max_len=cfg.max_len,
-        vocab_size=cfg.vocab_size,
-        options=cfg.task_options,
-    )
-    tokenizer_json = data.tokenizer.to_json()
-    if ckpt is not None and ckpt.tokenizer_json != tokenizer_json:
-        raise DataError(f"the task's data differ from those the checkpoint in {out} was trained on")
-    model = ckpt.model if ckpt is not None else build_model(build_arch(cfg, data))
-    model.to(device).train()
-    optimizer = make_optimizer(model, cfg)
-    policy = make_policy(cfg.policy, cfg.policy_options)
-    state = {
-        "step": 0,
-        "train_flops": 0,
-        "wall_s": 0.0,
-        "events": 0,
-        "metrics": 0,
-        "loss_sum": 0.0,
-        "loss_n": 0,
-    }
-    if ckpt is not None:
-        ckpt.load_optimizer(optimizer)
-        policy.load_state_dict(ckpt.trainer_state["policy"])
-        state = {k: ckpt.trainer_state[k] for k in state}
-        random.setstate(_tuple_state(ckpt.trainer_state["python_rng"]))
-        ckpt.restore_rng()
-    events_log = _Log(out / "events.jsonl", keep=state["events"])
-    metrics_log = _Log(out / "metrics.jsonl", keep=state["metrics"])
-    task_meta = {
-        "name": data.name,
-        "kind": data.kind,
-        "label_names": data.label_names,
-        "max_len": data.max_len,
-        "info": data.info,
-    }
-    pad_id = data.tokenizer.pad_id
-    stream = BatchStream(data.train, cfg.batch_size, cfg.seed, pad_id)
-    started = time.perf_counter()
-    wall_before = state["wall_s"]
-    arch = model.arch
-    metrics: dict[str, float] = {}
-
-    def save() -> None:
-        state["wall_s"] = wall_before + time.perf_counter() - started
-        trainer_state = {
-            **state,
-            "policy": policy.state_dict(),
-            "python_rng": random.getstate(),
+        self.tokenizer_json = self.data.tokenizer.to_json()
+        if ckpt is not None and ckpt.tokenizer_json != self.tokenizer_json:
+            raise DataError(
+                f"the task's data differ from those the checkpoint in {self.out} was trained on"
+            )
+        self.model = ckpt.model if ckpt is not None else build_model(build_arch(cfg, self.data))
+        self.model.to(self.device).train()
+        self.optimizer = make_optimizer(self.model, cfg)
+        self.policy = make_policy(cfg.policy, cfg.policy_options)
+        self.state: dict[str, Any] = {
+            "step": 0,
+            "train_flops": 0,
+            "wall_s": 0.0,
+            "events": 0,
+            "metrics": 0,
+            "loss_sum": 0.0,
+            "loss_n": 0,
         }
-        checkpoint.save(
-            out,
-            step=state["step"],
-            model=model,
-            optimizer=optimizer,
-            config=cfg.to_dict(),
-            tokenizer_json=tokenizer_json,
-            task=task_meta,
-            trainer_state=trainer_state,
-            keep=cfg.keep_checkpoints,
+        if ckpt is not None:
+            ckpt.load_optimizer(self.optimizer)
+            self.policy.load_state_dict(ckpt.trainer_state["policy"])
+            self.state = {k: ckpt.trainer_state[k] for k in self.state}
+            random.setstate(_tuple_state(ckpt.trainer_state["python_rng"]))
+            ckpt.restore_rng()
+        self.events_log = _Log(self.out / "events.jsonl", keep=self.state["events"])
+        self.metrics_log = _Log(self.out / "metrics.jsonl", keep=self.state["metrics"])
+        self.stream = BatchStream(self.data.train, cfg.batch_size, cfg.seed, self.pad_id)
+        self.arch = self.model.arch
+        self.metrics: dict[str, float] = {}
+        self._started = time.perf_counter()
+        self._wall_before = self.state["wall_s"]
+
+    @property
+    def pad_id(self) -> int:
+        return self.data.tokenizer.pad_id
+
+    def run(self, progress: bool = True) -> dict[str, Any]:
+        """Train to ``cfg.steps``; return the summary (also written to summary.json)."""
+        cfg = self.cfg
+        bar = tqdm(
+            total=cfg.steps,
+            initial=self.state["step"],
+            desc=f"{cfg.task}/{cfg.policy}",
+            disable=not progress,
+            file=sys.stderr,
+            mininterval=0.5 if sys.stderr.isatty() else 30.0,
+            dynamic_ncols=True,
+        )
+        with bar, _stop_requests() as stop:
+            while self.state["step"] < cfg.steps:
+                lr = self.train_step()
+                step = self.state["step"]
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    train_loss = self._log_train_loss(lr)
+                    bar.set_postfix(
+                        loss=f"{train_loss:.3f}", heads=_heads(self.arch), refresh=False
+                    )
+                if step % cfg.eval_every == 0 or step == cfg.steps:
+                    self.evaluate()
+                if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop:
+                    self.save()
+                bar.update(1)
+                if stop:
+                    raise TrainingStopped(step, self.out)
+        if not self.metrics:
+            self.evaluate(log=False)
+        summary = self.summary()
+        checkpoint.atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2))
+        return summary
+
+    def train_step(self) -> float:
+        """One optimizer step, then the policy's structural events; returns the step's lr."""
+        batch = {k: v.to(self.device) for k, v in self.stream.batch(self.state["step"]).items()}
+        lr = lr_at(self.state["step"], self.cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss = self.model(**batch).loss
+        loss.backward()
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state["train_flops"] += train_step_flops(self.arch, *batch["input_ids"].shape)
+        self.state["step"] += 1
+        self.state["loss_sum"] += loss.item()
+        self.state["loss_n"] += 1
+        for request in self.policy.decide(self.state["step"]):
+            request.step = self.state["step"]
+            record = surgery.apply(self.model, self.optimizer, request)
+            self.events_log.write(record.to_dict())
+            self.state["events"] += 1
+            self.arch = self.model.arch
+        return lr
+
+    def evaluate(self, log: bool = True) -> dict[str, float]:
+        """Validation metrics (``val_loss``, ``val_accuracy`` or ``val_ppl``)."""
+        result = evaluate(
+            self.model, self.data.val, batch_size=self.cfg.batch_size, pad_id=self.pad_id
+        )
+        self.metrics = {f"val_{k}": v for k, v in result.items() if k not in ("n", "tokens")}
+        if log:
+            self.metrics_log.write({"step": self.state["step"], **self.metrics})
+            self.state["metrics"] += 1
+        return self.metrics
+
+    def save(self) -> Path:
+        """Checkpoint everything a resumed run needs."""
+        self.state["wall_s"] = self._wall()
+        return checkpoint.save(
+            self.out,
+            step=self.state["step"],
+            model=self.model,
+            optimizer=self.optimizer,
+            config=self.cfg.to_dict(),
+            tokenizer_json=self.tokenizer_json,
+            task={
+                "name": self.data.name,
+                "kind": self.data.kind,
+                "label_names": self.data.label_names,
+                "max_len": self.data.max_len,
+                "info": self.data.info,
+            },
+            trainer_state={
+                **self.state,
+                "policy": self.policy.state_dict(),
+                "python_rng": random.getstate(),
+            },
+            keep=self.cfg.keep_checkpoints,
         )
 
-    bar = tqdm(
-        total=cfg.steps,
-        initial=state["step"],
-        desc=f"{cfg.task}/{cfg.policy}",
-        disable=not progress,
-        file=sys.stderr,
-        mininterval=0.5 if sys.stderr.isatty() else 30.0,
-        dynamic_ncols=True,
-    )
-    with bar, _stop_requests() as stop:
-        while state["step"] < cfg.steps:
-            batch = {k: v.to(device) for k, v in stream.batch(state["step"]).items()}
-            lr = lr_at(state["step"], cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss = model(**batch).loss
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            state["train_flops"] += train_step_flops(arch, *batch["input_ids"].shape)
-            state["step"] += 1
-            step = state["step"]
-            state["loss_sum"] += loss.item()
-            state["loss_n"] += 1
+    def summary(self) -> dict[str, Any]:
+        cfg, data = self.cfg, self.data
+        return {
+            "task": cfg.task,
+            "policy": cfg.policy,
+            "seed": cfg.seed,
+            "steps": self.state["step"],
+            "architecture": self.arch.to_dict(),
+            "params": self.model.num_params(),
+            "metrics": self.metrics,
+            "events": self.events_log.read(),
+            "train_flops": self.state["train_flops"],
+            "wall_s": round(self._wall(), 3),
+            "device": str(self.device),
+            "data": {"train": len(data.train), "val": len(data.val), "vocab_size": data.vocab_size},
+        }
 
-            for request in policy.decide(step):
-                request.step = step
-                record = surgery.apply(model, optimizer, request)
-                events_log.write(record.to_dict())
-                state["events"] += 1
-                arch = model.arch
+    def _log_train_loss(self, lr: float) -> float:
+        train_loss = self.state["loss_sum"] / self.state["loss_n"]
+        self.metrics_log.write({"step": self.state["step"], "train_loss": train_loss, "lr": lr})
+        self.state["metrics"] += 1
+        self.state["loss_sum"], self.state["loss_n"] = 0.0, 0
+        return train_loss
 
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                train_loss = state["loss_sum"] / state["loss_n"]
-                metrics_log.write({"step": step, "train_loss": train_loss, "lr": lr})
-                state["metrics"] += 1
-                bar.set_postfix(loss=f"{train_loss:.3f}", heads=_heads(arch), refresh=False)
-                state["loss_sum"], state["loss_n"] = 0.0, 0
-            if step % cfg.eval_every == 0 or step == cfg.steps:
-                result = evaluate(model, data.val, batch_size=cfg.batch_size, pad_id=pad_id)
-                metrics = {f"val_{k}": v for k, v in result.items() if k not in ("n", "tokens")}
-                metrics_log.write({"step": step, **metrics})
-                state["metrics"] += 1
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop:
-                save()
-            bar.update(1)
-            if stop:
-                raise TrainingStopped(step, out)
-
-    if not metrics:
-        result = evaluate(model, data.val, batch_size=cfg.batch_size, pad_id=pad_id)
-        metrics = {f"val_{k}": v for k, v in result.items() if k not in ("n", "tokens")}
-    summary = {
-        "task": cfg.task,
-        "policy": cfg.policy,
-        "seed": cfg.seed,
-        "steps": state["step"],
-        "architecture": arch.to_dict(),
-        "params": model.num_params(),
-        "metrics": metrics,
-        "events": events_log.read(),
-        "train_flops": state["train_flops"],
-        "wall_s": round(wall_before + time.perf_counter() - started, 3),
-        "device": str(device),
-        "data": {"train": len(data.train), "val": len(data.val), "vocab_size": data.vocab_size},
-    }
-    checkpoint.atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
-    return summary
+    def _wall(self) -> float:
+        return self._wall_before + time.perf_counter() - self._started
 
 
 class TrainingStopped(Exception):
