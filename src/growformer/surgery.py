@@ -32,24 +32,31 @@ class Event:
         layer: Layer index.
         head: Head removed (remove_head) or index of the head added (filled in by surgery).
         init: Initialisation of an added head, ``"random"`` or ``"function_preserving"``.
+        init_std: Standard deviation of an added head's weights (None: the INCRT reference
+            scale, see :func:`add_head`).
         loops: New loop depth (set_loops).
         looped_heads: Heads the loops re-run (set_loops).
         step: Optimizer steps taken when the change happened (filled in by the trainer).
         reason: Why the policy asked for it.
         heads_after: Head count of the layer after the change (filled in by surgery).
         params_after: Model parameter count after the change (filled in by surgery).
+        loss_before: Loss on the current batch just before the change (filled in by the trainer).
+        loss_after: The same loss just after the change (filled in by the trainer).
     """
 
     op: str
     layer: int
     head: int | None = None
     init: str | None = None
+    init_std: float | None = None
     loops: int | None = None
     looped_heads: tuple[int, ...] | None = None
     step: int | None = None
     reason: str | None = None
     heads_after: int | None = None
     params_after: int | None = None
+    loss_before: float | None = None
+    loss_after: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict without the unset fields."""
@@ -62,7 +69,13 @@ class Event:
 def apply(model: ElasticModel, optimizer: torch.optim.Optimizer | None, event: Event) -> Event:
     """Apply a requested change and return its completed record."""
     if event.op == "add_head":
-        record = add_head(model, optimizer, event.layer, init=event.init or "function_preserving")
+        record = add_head(
+            model,
+            optimizer,
+            event.layer,
+            init=event.init or "function_preserving",
+            init_std=event.init_std,
+        )
     elif event.op == "remove_head":
         if event.head is None:
             raise SurgeryError("remove_head needs a head index")
@@ -82,6 +95,7 @@ def add_head(
     optimizer: torch.optim.Optimizer | None,
     layer: int,
     init: str = "function_preserving",
+    init_std: float | None = None,
 ) -> Event:
     """Append one head to ``layer``.
 
@@ -89,22 +103,28 @@ def add_head(
         model: The model to change in place.
         optimizer: Its optimizer (state carried), or None.
         layer: Layer index.
-        init: ``"random"``: W_Q, W_K, W_V ~ N(0, 1/d_model), W_O ~ N(0, 1/head_dim) (the
-            INCRT reference). ``"function_preserving"``: the same, but W_O starts at zero,
-            so the model's outputs do not change at insertion.
+        init: ``"random"`` or ``"function_preserving"`` (the same, but W_O starts at zero,
+            so the model's outputs do not change at insertion).
+        init_std: W_Q, W_K, W_V ~ N(0, init_std^2) and W_O ~ N(0, init_std^2 / (2 n_layers)),
+            as the model initialises its own heads; None: the INCRT reference scale,
+            W_Q, W_K, W_V ~ N(0, 1/d_model) and W_O ~ N(0, 1/head_dim).
     """
     if init not in INITS:
         raise SurgeryError(f"unknown head init {init!r} (known: {', '.join(INITS)})")
     block = _block(model, layer)
     attn = block.attn
     d_model, hd = attn.q_proj.in_features, attn.head_dim
+    if init_std is None:
+        in_std, out_std = 1 / math.sqrt(d_model), 1 / math.sqrt(hd)
+    else:
+        in_std, out_std = init_std, init_std / math.sqrt(2 * len(model.transformer.layers))
     keep = torch.arange(attn.heads * hd, device=attn.q_proj.weight.device)
     for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
         w = proj.weight
-        extra = torch.randn(hd, d_model, dtype=w.dtype, device=w.device) / math.sqrt(d_model)
+        extra = torch.randn(hd, d_model, dtype=w.dtype, device=w.device) * in_std
         _rebuild(proj, optimizer, dim=0, keep=keep, extra=extra)
     w = attn.o_proj.weight
-    extra = torch.randn(d_model, hd, dtype=w.dtype, device=w.device) / math.sqrt(hd)
+    extra = torch.randn(d_model, hd, dtype=w.dtype, device=w.device) * out_std
     if init == "function_preserving":
         extra.zero_()
     _rebuild(attn.o_proj, optimizer, dim=1, keep=keep, extra=extra)

@@ -9,6 +9,7 @@ random numbers, same optimizer state, same logs.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import random
@@ -18,7 +19,7 @@ import threading
 import time
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,9 @@ from growformer.arch import Architecture, LayerSpec
 from growformer.data import BatchStream, TaskData, eval_batches, load_task
 from growformer.errors import ArchitectureError, ConfigError, DataError
 from growformer.flops import train_step_flops
-from growformer.model import ElasticModel, build_model
+from growformer.model import ATTN_INITS, ElasticModel, build_model
 from growformer.policies import make_policy
+from growformer.statistics import InputCapture, LayerStats, capture_inputs, layer_stats
 
 # Settings that may differ between a run and its resumption (they do not change the math).
 RESUMABLE_CHANGES = frozenset(
@@ -54,6 +56,8 @@ class ModelConfig:
         dropout: Dropout probability.
         layers: Explicit per-layer shapes (``heads``, ``head_dim``, ``ffn_dim``, ``loops``,
             ``looped_heads``); when given, it replaces n_layers/heads/head_dim/ffn_dim.
+        attn_init: Attention initialisation, ``"gpt2"`` or ``"reference"`` (see
+            :meth:`ElasticModel.init_weights`); default: the policy's choice.
     """
 
     d_model: int = 128
@@ -63,6 +67,7 @@ class ModelConfig:
     ffn_dim: int = 512
     dropout: float = 0.2
     layers: list[dict[str, Any]] | None = None
+    attn_init: str | None = None
 
 
 @dataclass
@@ -304,10 +309,17 @@ class Trainer:
             raise DataError(
                 f"the task's data differ from those the checkpoint in {self.out} was trained on"
             )
-        self.model = ckpt.model if ckpt is not None else build_model(build_arch(cfg, self.data))
+        self.policy = make_policy(cfg.policy, cfg.policy_options)
+        if ckpt is not None:
+            self.model = ckpt.model
+        else:
+            arch = self.policy.initial_arch(build_arch(cfg, self.data))
+            attn_init = cfg.model.attn_init or self.policy.attn_init
+            if attn_init not in ATTN_INITS:
+                raise ConfigError(f"model.attn_init must be one of {ATTN_INITS}, got {attn_init!r}")
+            self.model = build_model(arch, attn_init)
         self.model.to(self.device).train()
         self.optimizer = make_optimizer(self.model, cfg)
-        self.policy = make_policy(cfg.policy, cfg.policy_options)
         self.state: dict[str, Any] = {
             "step": 0,
             "train_flops": 0,
@@ -316,6 +328,7 @@ class Trainer:
             "metrics": 0,
             "loss_sum": 0.0,
             "loss_n": 0,
+            "stats": 0,
         }
         if ckpt is not None:
             ckpt.load_optimizer(self.optimizer)
@@ -325,7 +338,11 @@ class Trainer:
             ckpt.restore_rng()
         self.events_log = _Log(self.out / "events.jsonl", keep=self.state["events"])
         self.metrics_log = _Log(self.out / "metrics.jsonl", keep=self.state["metrics"])
+        self.stats_log = _Log(self.out / "stats.jsonl", keep=self.state["stats"])
         self.stream = BatchStream(self.data.train, cfg.batch_size, cfg.seed, self.pad_id)
+        if ckpt is None and self.policy.calibration_batches:
+            batches = (self.stream.batch(i) for i in range(self.policy.calibration_batches))
+            self.policy.calibrate([self.statistics([b]) for b in batches])
         self.arch = self.model.arch
         self.metrics: dict[str, float] = {}
         self._started = time.perf_counter()
@@ -366,6 +383,10 @@ class Trainer:
         if not self.metrics:
             self.evaluate(log=False)
         summary = self.summary()
+        if self.policy.heldout_batches:
+            val = eval_batches(self.data.val, cfg.batch_size, self.pad_id)
+            heldout = self.statistics(itertools.islice(val, self.policy.heldout_batches))
+            summary.update(self.policy.report(heldout))
         checkpoint.atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2))
         return summary
 
@@ -375,7 +396,12 @@ class Trainer:
         lr = lr_at(self.state["step"], self.cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        loss = self.model(**batch).loss
+        capture = InputCapture(len(self.model.transformer.layers))
+        if self.policy.wants_stats(self.state["step"] + 1):
+            with capture_inputs(self.model, batch.get("attention_mask"), capture):
+                loss = self.model(**batch).loss
+        else:
+            loss = self.model(**batch).loss
         loss.backward()
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
@@ -385,13 +411,41 @@ class Trainer:
         self.state["step"] += 1
         self.state["loss_sum"] += loss.item()
         self.state["loss_n"] += 1
-        for request in self.policy.decide(self.state["step"]):
+        stats = layer_stats(self.model, capture) if capture.tokens[0] else None
+        requests = self.policy.decide(self.state["step"], stats)
+        for record in self.policy.drain_log():
+            self.stats_log.write(record)
+            self.state["stats"] += 1
+        for request in requests:
             request.step = self.state["step"]
+            request.loss_before = self._probe_loss(batch)
             record = surgery.apply(self.model, self.optimizer, request)
+            record.loss_before, record.loss_after = request.loss_before, self._probe_loss(batch)
             self.events_log.write(record.to_dict())
             self.state["events"] += 1
             self.arch = self.model.arch
         return lr
+
+    @torch.no_grad()
+    def _probe_loss(self, batch: dict[str, torch.Tensor]) -> float:
+        """The loss on ``batch`` without dropout (to measure a structural change's jump)."""
+        self.model.eval()
+        loss = self.model(**batch).loss.item()
+        self.model.train()
+        return loss
+
+    @torch.no_grad()
+    def statistics(self, batches: Iterable[dict[str, torch.Tensor]]) -> list[LayerStats]:
+        """Layer statistics of the current model over ``batches`` (eval mode, no dropout)."""
+        was_training = self.model.training
+        self.model.eval()
+        capture = InputCapture(len(self.model.transformer.layers))
+        for batch in batches:
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            with capture_inputs(self.model, batch.get("attention_mask"), capture):
+                self.model(batch["input_ids"], batch.get("attention_mask"))
+        self.model.train(was_training)
+        return layer_stats(self.model, capture)
 
     def evaluate(self, log: bool = True) -> dict[str, float]:
         """Validation metrics (``val_loss``, ``val_accuracy`` or ``val_ppl``)."""

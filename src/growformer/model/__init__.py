@@ -3,6 +3,7 @@
 from growformer.model.attention import ElasticAttention, head_rows
 from growformer.model.block import MLP, Block
 from growformer.model.transformer import (
+    ATTN_INITS,
     MODELS,
     ElasticForCausalLM,
     ElasticForSequenceClassification,
@@ -13,6 +14,7 @@ from growformer.model.transformer import (
 )
 
 __all__ = [
+    "ATTN_INITS",
     "MLP",
     "MODELS",
     "Block",

@@ -85,8 +85,17 @@ class ElasticModel(nn.Module):
         """The current architecture, read off the modules (always in sync with the weights)."""
         return replace(self._base, layers=tuple(b.spec for b in self.transformer.layers))
 
-    def init_weights(self) -> None:
-        """GPT-2 style initialisation; residual output projections scaled down by depth."""
+    def init_weights(self, attn_init: str = "gpt2") -> None:
+        """GPT-2 style initialisation; residual output projections scaled down by depth.
+
+        Args:
+            attn_init: ``"gpt2"`` (N(0, 0.02^2) like every matrix) or ``"reference"``: the
+                INCRT reference scale for attention, W_Q, W_K, W_V ~ N(0, 1/d_model) and
+                W_O ~ N(0, 1/head_dim), the scale at which :func:`surgery.add_head` inserts
+                heads by default.
+        """
+        if attn_init not in ATTN_INITS:
+            raise ValueError(f"attn_init must be one of {ATTN_INITS}, got {attn_init!r}")
         std = 0.02
         resid_std = std / math.sqrt(2 * len(self.transformer.layers))
         for name, p in self.named_parameters():
@@ -98,6 +107,13 @@ class ElasticModel(nn.Module):
                 nn.init.normal_(p, 0.0, resid_std)
             else:
                 nn.init.normal_(p, 0.0, std)
+        if attn_init == "reference":
+            d_model = self.transformer.tok_emb.embedding_dim
+            for block in self.transformer.layers:
+                a = block.attn
+                for proj in (a.q_proj, a.k_proj, a.v_proj):
+                    nn.init.normal_(proj.weight, 0.0, 1 / math.sqrt(d_model))
+                nn.init.normal_(a.o_proj.weight, 0.0, 1 / math.sqrt(a.head_dim))
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -108,10 +124,10 @@ class ElasticForSequenceClassification(ElasticModel):
 
     kind = "classifier"
 
-    def __init__(self, arch: Architecture) -> None:
+    def __init__(self, arch: Architecture, attn_init: str = "gpt2") -> None:
         super().__init__(arch)
         self.classifier = nn.Linear(arch.d_model, arch.num_labels)
-        self.init_weights()
+        self.init_weights(attn_init)
 
     def forward(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, labels: Tensor | None = None
@@ -127,10 +143,10 @@ class ElasticForCausalLM(ElasticModel):
 
     kind = "causal_lm"
 
-    def __init__(self, arch: Architecture) -> None:
+    def __init__(self, arch: Architecture, attn_init: str = "gpt2") -> None:
         super().__init__(arch)
         self.lm_head = nn.Linear(arch.d_model, arch.vocab_size, bias=False)
-        self.init_weights()
+        self.init_weights(attn_init)
 
     def forward(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, labels: Tensor | None = None
@@ -143,12 +159,14 @@ class ElasticForCausalLM(ElasticModel):
         return ModelOutput(logits=logits, loss=loss)
 
 
+ATTN_INITS = ("gpt2", "reference")
+
 MODELS: dict[str, type[ElasticModel]] = {
     "classifier": ElasticForSequenceClassification,
     "causal_lm": ElasticForCausalLM,
 }
 
 
-def build_model(arch: Architecture) -> ElasticModel:
-    """Instantiate the model class for ``arch.kind``."""
-    return MODELS[arch.kind](arch)
+def build_model(arch: Architecture, attn_init: str = "gpt2") -> ElasticModel:
+    """Instantiate the model class for ``arch.kind`` (see :meth:`ElasticModel.init_weights`)."""
+    return MODELS[arch.kind](arch, attn_init)

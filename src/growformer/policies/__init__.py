@@ -6,10 +6,13 @@ from typing import Any
 
 from growformer.errors import ConfigError
 from growformer.policies.base import Policy
+from growformer.policies.incrt import IncrtPolicy
 from growformer.policies.scheduled import ScheduledPolicy
 from growformer.policies.static import StaticPolicy
 
-POLICIES: dict[str, type[Policy]] = {p.name: p for p in (StaticPolicy, ScheduledPolicy)}
+POLICIES: dict[str, type[Policy]] = {
+    p.name: p for p in (StaticPolicy, ScheduledPolicy, IncrtPolicy)
+}
 
 
 def make_policy(name: str, options: dict[str, Any] | None = None) -> Policy:
@@ -19,4 +22,4 @@ def make_policy(name: str, options: dict[str, Any] | None = None) -> Policy:
     return POLICIES[name](options)
 
 
-__all__ = ["POLICIES", "Policy", "ScheduledPolicy", "StaticPolicy", "make_policy"]
+__all__ = ["POLICIES", "IncrtPolicy", "Policy", "ScheduledPolicy", "StaticPolicy", "make_policy"]

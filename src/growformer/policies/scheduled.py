@@ -7,10 +7,11 @@ Configured as ``{"events": [{"step": 100, "op": "add_head", "layer": 0}, ...]}``
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from growformer.errors import ConfigError
 from growformer.policies.base import Policy
+from growformer.statistics import LayerStats
 from growformer.surgery import OPS, Event
 
 
@@ -18,7 +19,7 @@ class ScheduledPolicy(Policy):
     """Emit the configured events when their step is reached."""
 
     name = "scheduled"
-    options_known = frozenset({"events"})
+    defaults: ClassVar[dict[str, Any]] = {"events": []}
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         super().__init__(options)
@@ -27,7 +28,7 @@ class ScheduledPolicy(Policy):
             event = _parse(i, raw)
             self.schedule.setdefault(event.step, []).append(event)
 
-    def decide(self, step: int) -> list[Event]:
+    def decide(self, step: int, stats: list[LayerStats] | None) -> list[Event]:
         return [Event(**vars(e)) for e in self.schedule.get(step, [])]
 
 
@@ -45,7 +46,7 @@ def _parse(i: int, raw: Any) -> Event:
             or value < (1 if key == "step" else 0)
         ):
             raise ConfigError(f"{where}: {key} must be an integer (step >= 1), got {value!r}")
-    allowed = {"op", "step", "layer", "head", "init", "loops", "looped_heads", "reason"}
+    allowed = {"op", "step", "layer", "head", "init", "init_std", "loops", "looped_heads", "reason"}
     unknown = sorted(raw.keys() - allowed)
     if unknown:
         raise ConfigError(f"{where} has unknown field(s) {', '.join(unknown)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from growformer.policies.base import Policy
+from growformer.statistics import LayerStats
 from growformer.surgery import Event
 
 
@@ -11,5 +12,5 @@ class StaticPolicy(Policy):
 
     name = "static"
 
-    def decide(self, step: int) -> list[Event]:
+    def decide(self, step: int, stats: list[LayerStats] | None) -> list[Event]:
         return []
