@@ -273,8 +273,20 @@ def test_cli_resume_in_two_halves_equals_one_run(tmp_path):
     assert main([*common, "--out", str(tmp_path / "straight"), "--steps", "24"]) == 0
     half = [*common, "--out", str(tmp_path / "halves")]
     assert main([*half, "--steps", "12", "--decay-steps", "24"]) == 0
-    assert main(["train", "--out", str(tmp_path / "halves"), "--resume", "--steps", "24",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--out",
+                str(tmp_path / "halves"),
+                "--resume",
+                "--steps",
+                "24",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     straight, halves = _files(tmp_path / "straight"), _files(tmp_path / "halves")
     assert halves["weights"] == straight["weights"]
     assert halves["optimizer"] == straight["optimizer"]
