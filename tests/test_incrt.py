@@ -30,14 +30,16 @@ def _stats(scales, seed=0):
     return [LayerStats(cov=x.T @ x / 64, forms=_forms(scales, seed), tokens=64)]
 
 
+# Refractory times are in steps: 10 steps = 2 checks of 5 steps.
 OPTIONS = {
     "calibration_batches": 1,
     "homeostasis_checks": 3,
-    "min_refractory": 2,
-    "max_refractory": 2,
+    "min_refractory": 10,
+    "max_refractory": 10,
     "prune_patience": 3,
     "grace_checks": 0,
     "max_heads": 3,
+    "threshold_mode": "calibrated",
 }
 
 
@@ -131,7 +133,7 @@ def run_config(**changes):
         "policy_options": {
             "calibration_batches": 4,
             "heldout_batches": 2,
-            "max_refractory": 3,
+            "max_refractory": 15,
             "homeostasis_checks": 4,
             "max_heads": 4,
         },

@@ -89,8 +89,8 @@ def test_online_state_round_trip():
 
 
 def test_refractory_and_kstar():
-    assert theory.refractory_checks(0.0, 8) == math.inf
-    assert theory.refractory_checks(2.0, 8) == math.ceil(2 * 80 / 4 * math.log(20))
+    assert theory.refractory_steps(0.0, 8) == math.inf
+    assert theory.refractory_steps(2.0, 8) == math.ceil(2 * 80 / 4 * math.log(20))
     assert theory.kstar(2.0, 10.0, 1.0) == pytest.approx(4 * math.log(10))
     assert theory.kstar(2.0, 0.5, 1.0) == 0.0
 

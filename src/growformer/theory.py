@@ -123,9 +123,9 @@ def _unit(w: Tensor, q: Tensor | None) -> Tensor:
     return w / w.norm().clamp_min(1e-30)
 
 
-def refractory_checks(gap: float, dim: int, *, kappa: float = 2.0, eps: float = 0.05) -> float:
+def refractory_steps(gap: float, dim: int, *, kappa: float = 2.0, eps: float = 0.05) -> float:
     """Reference refractory time ``ceil(kappa / (eta * gap^2) * ln(1/eps))``, eta = 1/(10 d),
-    in tracker updates; infinite for a zero gap."""
+    in optimizer steps; infinite for a zero gap."""
     if gap <= 0:
         return math.inf
     return math.ceil(kappa * 10 * dim / gap**2 * math.log(1 / eps))

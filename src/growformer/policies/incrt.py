@@ -15,6 +15,7 @@ See ``../shared/specs/incrt.md``.
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, ClassVar
@@ -40,7 +41,7 @@ class _Gate:
     directions: list[list[float] | None] = field(default_factory=list)
     low_checks: list[int] = field(default_factory=list)
     born_check: list[int] = field(default_factory=list)
-    last_growth_check: int = -(10**9)
+    last_growth_step: int = -(10**9)
     refractory: float = 0.0
     lambda_max: float = 0.0
     min_energy: float = 0.0
@@ -68,12 +69,12 @@ class IncrtPolicy(Policy):
         "grace_checks": 20,
         "kappa": 2.0,
         "eps": 0.05,
-        "min_refractory": 2,
-        "max_refractory": 20,
+        "min_refractory": 25,
+        "max_refractory": None,
         "homeostasis_checks": 20,
         "init": "function_preserving",
         "init_std": None,
-        "threshold_mode": "calibrated",
+        "threshold_mode": "relative",
     }
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
@@ -202,19 +203,24 @@ class IncrtPolicy(Policy):
                 "energies": energies,
             }
         )
-        since_growth = self.checks - gate.last_growth_check
+        # The refractory time follows the current spectral gap: growth waits until the
+        # dominant uncaptured direction stands out clearly enough for a tracker to find it.
+        t_d = theory.refractory_steps(spectrum.gap, a.shape[0], kappa=o["kappa"], eps=o["eps"])
+        t_d = max(t_d, o["min_refractory"])
+        if o["max_refractory"] is not None:
+            t_d = min(t_d, o["max_refractory"])
+        gate.refractory = t_d if math.isfinite(t_d) else -1.0
+        self._log[-1].update(gap=spectrum.gap, refractory=gate.refractory)
         if (
             spectrum.lambda_max > gate.theta_w
             and spectrum.lambda_min < gate.phi_w
-            and since_growth >= gate.refractory
+            and step - gate.last_growth_step >= t_d
             and heads < o["max_heads"]
         ):
             gate.directions.append(spectrum.u_plus.tolist())
             gate.low_checks.append(0)
             gate.born_check.append(self.checks)
-            gate.last_growth_check = self.checks
-            t_d = theory.refractory_checks(spectrum.gap, a.shape[0], kappa=o["kappa"], eps=o["eps"])
-            gate.refractory = min(max(t_d, o["min_refractory"]), o["max_refractory"])
+            gate.last_growth_step = step
             return Event(
                 op="add_head",
                 layer=layer,
