@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--task", help="sst2, retrieval, lm or file (default: sst2, or file with --data)"
     )
-    t.add_argument("--policy", help="structure policy: static or scheduled (default: static)")
+    t.add_argument(
+        "--policy", help="structure policy: static, scheduled or incrt (default: static)"
+    )
     t.add_argument("--steps", type=int, help="optimizer steps in total")
     t.add_argument(
         "--decay-steps",
