@@ -170,7 +170,7 @@ def test_incrt_run_grows_from_one_head_and_reports(tmp_path):
     assert "converged_step" in s
     rows = [json.loads(line) for line in (tmp_path / "a" / "stats.jsonl").read_text().splitlines()]
     assert len(rows) == 2 * (60 // 5)
-    assert {"lambda_max", "theta_w", "energies", "heads"} <= rows[0].keys()
+    assert {"lambda_max", "theta_w", "energies", "heads", "gap", "refractory"} <= rows[0].keys()
     for e in s["events"]:  # function-preserving insertion: the loss does not move
         assert abs(e["loss_after"] - e["loss_before"]) <= 1e-6 * e["loss_before"]
 

@@ -42,7 +42,6 @@ class _Gate:
     low_checks: list[int] = field(default_factory=list)
     born_check: list[int] = field(default_factory=list)
     last_growth_step: int = -(10**9)
-    refractory: float = 0.0
     lambda_max: float = 0.0
     min_energy: float = 0.0
     tracker: dict[str, list[float]] | None = None
@@ -209,8 +208,8 @@ class IncrtPolicy(Policy):
         t_d = max(t_d, o["min_refractory"])
         if o["max_refractory"] is not None:
             t_d = min(t_d, o["max_refractory"])
-        gate.refractory = t_d if math.isfinite(t_d) else -1.0
-        self._log[-1].update(gap=spectrum.gap, refractory=gate.refractory)
+        # JSON has no infinity: -1 marks a refractory time without end (zero gap).
+        self._log[-1].update(gap=spectrum.gap, refractory=t_d if math.isfinite(t_d) else -1)
         if (
             spectrum.lambda_max > gate.theta_w
             and spectrum.lambda_min < gate.phi_w
