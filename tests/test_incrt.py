@@ -78,12 +78,14 @@ def test_thresholds_are_fractions_of_the_calibrated_energy():
 
 def test_growth_refractory_and_cap():
     p = _policy()
-    events = p.decide(5, _stats([20.0]))
+    # The initial head counts as grown at step 0: no growth before the refractory time.
+    assert p.decide(5, _stats([20.0])) == []
+    events = p.decide(10, _stats([20.0]))
     assert [(e.op, e.layer) for e in events] == [("add_head", 0)]
     assert "lambda_max" in events[0].reason and len(p.gates[0].directions) == 2
-    assert p.decide(10, _stats([20.0, 20.0])) == []  # refractory (2 checks)
-    assert [e.op for e in p.decide(15, _stats([20.0, 20.0]))] == ["add_head"]
-    for step in (20, 25, 30, 35):
+    assert p.decide(15, _stats([20.0, 20.0])) == []  # refractory: 10 steps
+    assert [e.op for e in p.decide(20, _stats([20.0, 20.0]))] == ["add_head"]
+    for step in (25, 30, 35, 40):
         assert p.decide(step, _stats([20.0, 20.0, 20.0])) == []  # cap of 3 heads
     assert p.converged_step is None  # insufficient: energy above theta_w remains
 
@@ -92,15 +94,16 @@ def test_silent_head_is_pruned_after_patience():
     p = _policy(max_heads=2)
     scales = [20.0]
     events = []
-    for step in range(5, 45, 5):
+    for step in range(10, 50, 5):
         for e in p.decide(step, _stats(scales)):
             events.append((step, e.op, e.head))
             # The model follows the events: a grown head stays silent, as if its weights were 0.
             scales = (
                 [*scales, 0.0] if e.op == "add_head" else scales[: e.head] + scales[e.head + 1 :]
             )
-    # Grown at 5; silent for prune_patience = 3 checks (10, 15, 20): pruned at 20; regrown after.
-    assert events[:3] == [(5, "add_head", None), (20, "remove_head", 1), (25, "add_head", None)]
+    # Grown at 10; silent for prune_patience = 3 checks (15, 20, 25): pruned at 25; regrown
+    # once the refractory time since the growth at 10 has passed.
+    assert events[:3] == [(10, "add_head", None), (25, "remove_head", 1), (30, "add_head", None)]
     assert len(p.gates[0].directions) == len(scales)
 
 
@@ -117,7 +120,7 @@ def test_homeostasis_certificate():
 
 def test_state_round_trip_continues_identically():
     p = _policy(estimator="online")
-    p.decide(5, _stats([20.0]))
+    p.decide(10, _stats([20.0]))
     q = IncrtPolicy({**OPTIONS, "estimator": "online"})
     q.load_state_dict(json.loads(json.dumps(p.state_dict())))
     for step in (10, 15, 20):

@@ -41,7 +41,8 @@ class _Gate:
     directions: list[list[float] | None] = field(default_factory=list)
     low_checks: list[int] = field(default_factory=list)
     born_check: list[int] = field(default_factory=list)
-    last_growth_step: int = -(10**9)
+    # The initial heads count as grown at step 0: the first growth waits its refractory time.
+    last_growth_step: int = 0
     lambda_max: float = 0.0
     min_energy: float = 0.0
     tracker: dict[str, list[float]] | None = None
