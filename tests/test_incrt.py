@@ -40,6 +40,7 @@ OPTIONS = {
     "grace_checks": 0,
     "max_heads": 3,
     "threshold_mode": "calibrated",
+    "refractory_from_start": True,
 }
 
 
@@ -88,6 +89,10 @@ def test_growth_refractory_and_cap():
     for step in (25, 30, 35, 40):
         assert p.decide(step, _stats([20.0, 20.0, 20.0])) == []  # cap of 3 heads
     assert p.converged_step is None  # insufficient: energy above theta_w remains
+    # By default the first growth is not held back: nothing was deflated yet.
+    assert [e.op for e in _policy(refractory_from_start=False).decide(5, _stats([20.0]))] == [
+        "add_head"
+    ]
 
 
 def test_silent_head_is_pruned_after_patience():

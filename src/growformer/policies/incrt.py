@@ -41,8 +41,7 @@ class _Gate:
     directions: list[list[float] | None] = field(default_factory=list)
     low_checks: list[int] = field(default_factory=list)
     born_check: list[int] = field(default_factory=list)
-    # The initial heads count as grown at step 0: the first growth waits its refractory time.
-    last_growth_step: int = 0
+    last_growth_step: int = -(10**9)
     lambda_max: float = 0.0
     min_energy: float = 0.0
     tracker: dict[str, list[float]] | None = None
@@ -75,6 +74,7 @@ class IncrtPolicy(Policy):
         "init": "function_preserving",
         "init_std": None,
         "threshold_mode": "relative",
+        "refractory_from_start": False,
     }
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
@@ -120,6 +120,9 @@ class IncrtPolicy(Policy):
             ]
             heads = batches[0][layer].forms.shape[0]
             gate = _Gate(directions=[None] * heads, low_checks=[0] * heads, born_check=[0] * heads)
+            if self.options["refractory_from_start"]:
+                # Count the initial heads as grown at step 0, so the first growth waits too.
+                gate.last_growth_step = 0
             self._set_thresholds(gate, statistics.median(norms))
             self.gates.append(gate)
         self.dim = batches[0][0].cov.shape[0]
