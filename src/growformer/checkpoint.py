@@ -160,6 +160,11 @@ def resolve(path: str | Path) -> Path:
     )
 
 
+def read_config(path: str | Path) -> dict[str, Any]:
+    """The training configuration of a checkpoint, without loading its tensors."""
+    return _read_json(resolve(path) / "config.json")
+
+
 def load(path: str | Path) -> Checkpoint:
     """Load and verify a checkpoint (run directory or checkpoint directory)."""
     ckpt_dir = resolve(path)

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 def _train(args: argparse.Namespace) -> int:
     base: dict[str, Any] = {}
     if args.resume:
-        base = checkpoint.load(args.out).config
+        base = checkpoint.read_config(args.out)
     if args.config:
         base.update(read_config(args.config))
     flags = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None}

@@ -220,26 +220,37 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 @torch.no_grad()
 def evaluate(model: ElasticModel, data: Any, *, batch_size: int, pad_id: int) -> dict[str, float]:
     """Loss and accuracy (classification) or perplexity (LM) over every example of ``data``."""
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     loss_sum, correct, count, n = 0.0, 0, 0, 0
-    for batch in eval_batches(data, batch_size, pad_id):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        logits = model(batch["input_ids"], batch.get("attention_mask")).logits
-        labels = batch["labels"]
-        n += batch["input_ids"].shape[0]
-        loss_sum += F.cross_entropy(logits.flatten(0, -2), labels.flatten(), reduction="sum").item()
-        count += labels.numel()
-        if model.kind == "classifier":
-            correct += (logits.argmax(-1) == labels).sum().item()
-    model.train(was_training)
+    with eval_mode(model):
+        for batch in eval_batches(data, batch_size, pad_id):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            logits = model(batch["input_ids"], batch.get("attention_mask")).logits
+            labels = batch["labels"]
+            n += batch["input_ids"].shape[0]
+            loss_sum += F.cross_entropy(
+                logits.flatten(0, -2), labels.flatten(), reduction="sum"
+            ).item()
+            count += labels.numel()
+            if model.kind == "classifier":
+                correct += (logits.argmax(-1) == labels).sum().item()
     if n == 0:
         raise DataError("evaluation data is empty")
     loss = loss_sum / count
     if model.kind == "classifier":
         return {"loss": loss, "accuracy": correct / count, "n": n}
     return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "n": n, "tokens": count}
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Run the block without dropout, then restore the model's training mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -396,11 +407,10 @@ class Trainer:
         lr = lr_at(self.state["step"], self.cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        capture = InputCapture(len(self.model.transformer.layers))
-        if self.policy.wants_stats(self.state["step"] + 1):
-            with capture_inputs(self.model, batch.get("attention_mask"), capture):
-                loss = self.model(**batch).loss
-        else:
+        wants_stats = self.policy.wants_stats(self.state["step"] + 1)
+        mask = batch.get("attention_mask")
+        watch = capture_inputs(self.model, mask) if wants_stats else contextlib.nullcontext()
+        with watch as capture:
             loss = self.model(**batch).loss
         loss.backward()
         if self.cfg.grad_clip > 0:
@@ -411,16 +421,16 @@ class Trainer:
         self.state["step"] += 1
         self.state["loss_sum"] += loss.item()
         self.state["loss_n"] += 1
-        stats = layer_stats(self.model, capture) if capture.tokens[0] else None
+        stats = layer_stats(self.model, capture) if wants_stats else None
         requests = self.policy.decide(self.state["step"], stats)
         for record in self.policy.drain_log():
             self.stats_log.write(record)
             self.state["stats"] += 1
         for request in requests:
             request.step = self.state["step"]
-            request.loss_before = self._probe_loss(batch)
+            loss_before = self._probe_loss(batch)
             record = surgery.apply(self.model, self.optimizer, request)
-            record.loss_before, record.loss_after = request.loss_before, self._probe_loss(batch)
+            record.loss_before, record.loss_after = loss_before, self._probe_loss(batch)
             self.events_log.write(record.to_dict())
             self.state["events"] += 1
             self.arch = self.model.arch
@@ -429,22 +439,18 @@ class Trainer:
     @torch.no_grad()
     def _probe_loss(self, batch: dict[str, torch.Tensor]) -> float:
         """The loss on ``batch`` without dropout (to measure a structural change's jump)."""
-        self.model.eval()
-        loss = self.model(**batch).loss.item()
-        self.model.train()
-        return loss
+        with eval_mode(self.model):
+            return self.model(**batch).loss.item()
 
     @torch.no_grad()
     def statistics(self, batches: Iterable[dict[str, torch.Tensor]]) -> list[LayerStats]:
         """Layer statistics of the current model over ``batches`` (eval mode, no dropout)."""
-        was_training = self.model.training
-        self.model.eval()
         capture = InputCapture(len(self.model.transformer.layers))
-        for batch in batches:
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            with capture_inputs(self.model, batch.get("attention_mask"), capture):
-                self.model(batch["input_ids"], batch.get("attention_mask"))
-        self.model.train(was_training)
+        with eval_mode(self.model):
+            for batch in batches:
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                with capture_inputs(self.model, batch.get("attention_mask"), capture):
+                    self.model(batch["input_ids"], batch.get("attention_mask"))
         return layer_stats(self.model, capture)
 
     def evaluate(self, log: bool = True) -> dict[str, float]:
