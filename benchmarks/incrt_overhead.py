@@ -11,7 +11,8 @@ writes; spread over ``check_every`` steps, that is compared with the plain step 
 Part 2 (agreement): the same structure trains on a slice of SST-2 (random tokens if the
 data is absent); at every check the residual operator ``A_res`` of each layer goes to
 both estimators, in the same order. Reports |online - exact| / |exact| of lambda_max
-after 1, 5, 10, 20, 50 checks, and its mean / max once the tracker had time to converge.
+after 1, 5, 10, ... checks, and its mean / max once the tracker had time to converge, for
+the policy's default step size and for the reference code's 1 / (10 d).
 
     python benchmarks/incrt_overhead.py [--data-dir ../shared/data/sst2] \
         [--out runs/incrt_overhead.json]
@@ -247,20 +248,16 @@ def operator_sequence(args: argparse.Namespace) -> tuple[list[list[torch.Tensor]
     return operators, source
 
 
-def track(operators: list[list[torch.Tensor]], deflated: bool) -> dict[str, list[list[float]]]:
+def track(
+    operators: list[list[torch.Tensor]], deflated: bool, policy: IncrtPolicy
+) -> dict[str, list[list[float]]]:
     """Relative errors [check][layer] of the online extreme eigenvalues against the exact ones.
 
     With ``deflated``, each layer's top exact eigenvector at the first check is held as a
     captured direction (as after one growth) and both estimators see ``A_res = P A P``.
     """
-    dim = operators[0][0].shape[0]
-    policy = IncrtPolicy()
     generator = torch.Generator().manual_seed(0)
-    # Built as IncrtPolicy builds its trackers (same seed, step size and iterations).
-    trackers = [
-        theory.OnlineSpectrum(dim, iters=policy.options["online_iters"], generator=generator)
-        for _ in operators[0]
-    ]
+    trackers = [policy.new_tracker(a.shape[0], generator) for a in operators[0]]
     qs = [theory.exact_spectrum(a).u_plus[:, None] if deflated else None for a in operators[0]]
     errors: dict[str, list[list[float]]] = {"lambda_max": [], "lambda_min": []}
     for ops in operators:
@@ -275,15 +272,13 @@ def track(operators: list[list[torch.Tensor]], deflated: bool) -> dict[str, list
     return errors
 
 
-def frozen_convergence(a: torch.Tensor, max_checks: int) -> dict[str, int | None]:
+def frozen_convergence(
+    a: torch.Tensor, max_checks: int, policy: IncrtPolicy
+) -> dict[str, int | None]:
     """Checks a fresh tracker needs on one operator held fixed to come within each level
     of the exact lambda_max (None: not within ``max_checks``): its convergence speed
     without the drift of training."""
-    policy = IncrtPolicy()
-    generator = torch.Generator().manual_seed(0)
-    tracker = theory.OnlineSpectrum(
-        a.shape[0], iters=policy.options["online_iters"], generator=generator
-    )
+    tracker = policy.new_tracker(a.shape[0], torch.Generator().manual_seed(0))
     exact = theory.exact_spectrum(a).lambda_max
     reached: dict[str, int | None] = {f"{level:.0%}": None for level in FROZEN_LEVELS}
     for n in range(1, max_checks + 1):
@@ -297,6 +292,7 @@ def frozen_convergence(a: torch.Tensor, max_checks: int) -> dict[str, int | None
 
 
 def agreement(args: argparse.Namespace) -> dict[str, Any]:
+    """Online vs exact, for the policy's default step size and the reference 1 / (10 d)."""
     operators, source = operator_sequence(args)
     result: dict[str, Any] = {
         "source": source,
@@ -304,20 +300,31 @@ def agreement(args: argparse.Namespace) -> dict[str, Any]:
         "layers": len(operators[0]),
         "online_iters": IncrtPolicy().options["online_iters"],
         "converge_checks": args.converge_checks,
+        "frozen_max_checks": args.frozen_checks,
     }
-    for scenario in ("undeflated", "deflated"):
-        errors = track(operators, scenario == "deflated")
-        r: dict[str, Any] = {"per_check": errors}
-        lmax = errors["lambda_max"]
-        r["curve"] = {n: max(lmax[n - 1]) for n in CURVE if n <= len(lmax)}
-        for key, rows in errors.items():
-            settled = [e for row in rows[args.converge_checks - 1 :] for e in row]
-            r[f"{key}_mean"] = statistics.fmean(settled) if settled else None
-            r[f"{key}_max"] = max(settled) if settled else None
-        result[scenario] = r
-    # The last operator of each layer, held fixed: how many checks the tracker needs at all.
-    result["frozen_max_checks"] = args.frozen_checks
-    result["frozen"] = [frozen_convergence(a, args.frozen_checks) for a in operators[-1]]
+    dim = operators[0][0].shape[0]
+    rates = {
+        f"default step {IncrtPolicy().options['online_lr']}": IncrtPolicy(),
+        f"reference step 1/(10 d) = {1 / (10 * dim):.5f}": IncrtPolicy({"online_lr": None}),
+    }
+    for rate, policy in rates.items():
+        per_rate: dict[str, Any] = {}
+        for scenario in ("undeflated", "deflated"):
+            errors = track(operators, scenario == "deflated", policy)
+            r: dict[str, Any] = {"per_check": errors}
+            lmax = errors["lambda_max"]
+            r["curve"] = {n: max(lmax[n - 1]) for n in CURVE if n <= len(lmax)}
+            for key, rows in errors.items():
+                settled = [e for row in rows[args.converge_checks - 1 :] for e in row]
+                r[f"{key}_mean"] = statistics.fmean(settled) if settled else None
+                r[f"{key}_max"] = max(settled) if settled else None
+            per_rate[scenario] = r
+        # The last operator of each layer, held fixed: how many checks the tracker needs.
+        per_rate["frozen"] = [
+            frozen_convergence(a, args.frozen_checks, policy) for a in operators[-1]
+        ]
+        result[rate] = per_rate
+    result["rates"] = list(rates)
     return result
 
 
@@ -351,30 +358,31 @@ def report(cost: dict[str, Any], agree: dict[str, Any], args: argparse.Namespace
             f"plain step (target <= {100 * TARGET:.0f}%; checking every step: "
             f"{100 * r['ratio_every_step']:.1f}%)"
         )
-    for scenario, what in (("undeflated", "A_res = A"), ("deflated", "one captured direction")):
-        r = agree[scenario]
-        curve = ", ".join(f"{n}: {100 * e:.2f}%" for n, e in r["curve"].items())
-        verdicts.append(
-            f"info: online vs exact lambda_max, {what}, {agree['checks']} checks x "
-            f"{agree['layers']} layers of {agree['source']}: relative error after N checks "
-            f"(max over layers) {curve}"
-        )
-        if r["lambda_max_mean"] is not None:
+    for rate in agree["rates"]:
+        for scenario, what in (("undeflated", "A_res = A"), ("deflated", "one captured direction")):
+            r = agree[rate][scenario]
+            curve = ", ".join(f"{n}: {100 * e:.2f}%" for n, e in r["curve"].items())
             verdicts.append(
-                f"info:   from check {agree['converge_checks']} on: lambda_max mean "
-                f"{100 * r['lambda_max_mean']:.2f}%, max {100 * r['lambda_max_max']:.2f}%; "
-                f"lambda_min mean {100 * r['lambda_min_mean']:.2f}%, "
-                f"max {100 * r['lambda_min_max']:.2f}%"
+                f"info: online ({rate}) vs exact lambda_max, {what}, {agree['checks']} checks "
+                f"x {agree['layers']} layers of {agree['source']}: relative error after N "
+                f"checks (max over layers) {curve}"
             )
-    frozen = "; ".join(
-        f"layer {i}: "
-        + ", ".join(
-            f"{level} after {'>' + str(agree['frozen_max_checks']) if n is None else n}"
-            for level, n in reached.items()
+            if r["lambda_max_mean"] is not None:
+                verdicts.append(
+                    f"info:   from check {agree['converge_checks']} on: lambda_max mean "
+                    f"{100 * r['lambda_max_mean']:.2f}%, max {100 * r['lambda_max_max']:.2f}%; "
+                    f"lambda_min mean {100 * r['lambda_min_mean']:.2f}%, "
+                    f"max {100 * r['lambda_min_max']:.2f}%"
+                )
+        frozen = "; ".join(
+            f"layer {i}: "
+            + ", ".join(
+                f"{level} after {'>' + str(agree['frozen_max_checks']) if n is None else n}"
+                for level, n in reached.items()
+            )
+            for i, reached in enumerate(agree[rate]["frozen"])
         )
-        for i, reached in enumerate(agree["frozen"])
-    )
-    verdicts.append(f"info: online tracker on the final operator held fixed: {frozen} checks")
+        verdicts.append(f"info: online ({rate}) on the final operator held fixed: {frozen} checks")
     return verdicts
 
 

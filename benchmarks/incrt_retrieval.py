@@ -53,7 +53,7 @@ def base_config(args: argparse.Namespace, k: int, seed: int) -> dict[str, Any]:
             "k": k,
             "seq_len": args.seq_len,
             "symbols": args.symbols,
-            "num_labels": 2,
+            "label": args.label,
             "n_train": 20000,
             "n_val": 2000,
         },
@@ -331,6 +331,13 @@ def main() -> None:
     p.add_argument("--head-dim", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=16)
     p.add_argument("--symbols", type=int, default=16)
+    p.add_argument(
+        "--label",
+        choices=["sum_mod", "count"],
+        default="sum_mod",
+        help="sum_mod: parity of the k symbols' sum; count: how many of the k symbols are "
+        "marked at their position",
+    )
     p.add_argument("--threshold-mode", choices=["relative", "calibrated"], default="relative")
     p.add_argument(
         "--init", choices=["function_preserving", "random"], default="function_preserving"
@@ -377,7 +384,8 @@ def main() -> None:
     print()
     print(
         f"retrieval, 1 layer, d_model {args.d_model}, head_dim {args.head_dim}, "
-        f"seq_len {args.seq_len}, symbols {args.symbols}, {args.steps} steps, "
+        f"seq_len {args.seq_len}, symbols {args.symbols}, label {args.label}, "
+        f"{args.steps} steps, "
         f"threshold_mode {args.threshold_mode}, init {args.init}"
     )
     print(table(rows, args.compare_init))

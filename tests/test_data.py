@@ -281,6 +281,31 @@ def test_retrieval_labels_follow_the_sum_rule():
     assert len(set(task.train.labels.tolist())) == 3
 
 
+def test_retrieval_count_label_uses_a_mark_per_position():
+    options = {"k": 3, "seq_len": 10, "symbols": 6, "label": "count", "n_train": 400, "n_val": 50}
+    task = load_task("retrieval", seed=2, options=options)
+    assert task.num_labels == 4 and task.info["label"] == "count"
+    marks = torch.tensor(task.info["marks"])
+    assert marks.shape == (3, 6) and (marks.sum(dim=1) == 3).all()
+    assert len({tuple(m) for m in marks.tolist()}) > 1  # positions mark different halves
+    x = collate(task.train, list(range(len(task.train))), pad_id=0)["input_ids"]
+    picked = (x[:, 1:] - 4)[:, task.info["positions"]]
+    assert torch.equal(task.train.labels, marks[torch.arange(3), picked].sum(dim=1))
+    assert set(task.train.labels.tolist()) == {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"label": "max"}, "label must be 'sum_mod' or 'count'"),
+        ({"label": "count", "k": 2, "num_labels": 5}, "k\\+1 = 3 classes, not num_labels=5"),
+    ],
+)
+def test_retrieval_label_errors(options, message):
+    with pytest.raises(ConfigError, match=message):
+        load_task("retrieval", options=options)
+
+
 def test_retrieval_is_deterministic_per_seed():
     a, b, c = retrieval(0), retrieval(0), retrieval(1)
     assert a.info == b.info and a.train.ids == b.train.ids and a.val.ids == b.val.ids
@@ -291,7 +316,7 @@ def test_retrieval_is_deterministic_per_seed():
 def test_task_config_errors():
     with pytest.raises(ConfigError, match="file, lm, retrieval, sst2"):
         load_task("imdb")
-    with pytest.raises(ConfigError, match="valid: k, n_train"):
+    with pytest.raises(ConfigError, match="valid: k, label, n_train"):
         load_task("retrieval", options={"heads": 2})
     with pytest.raises(ConfigError, match="k=5 exceeds"):
         load_task("retrieval", options={"k": 5, "seq_len": 4})

@@ -64,6 +64,8 @@ def test_initial_structure_and_options():
         {"init": "zeros"},
         {"initial_heads": 0},
         {"initial_heads": 4, "max_heads": 2},
+        {"online_lr": 0.9},
+        {"online_lr": True},
         {"speed": 1},
     ):
         with pytest.raises(ConfigError):
@@ -121,6 +123,20 @@ def test_homeostasis_certificate():
     report = p.report(_stats([0.05]))
     assert report["converged_step"] == 15 and report["predicted_heads"] == [0]
     assert set(report["thresholds"][0]) == {"gamma_res", "theta_w", "phi_w", "phi_g"}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_online_estimator_agrees_with_the_exact_one(seed):
+    # Thresholds out of reach: the structure stays, only the estimates are compared.
+    exact, online = _policy(growth_ratio=1e6), _policy(estimator="online", growth_ratio=1e6)
+    for step in range(5, 30, 5):
+        s = _stats([3.0], seed=seed)  # a fixed operator, seen at every check
+        exact.decide(step, s)
+        online.decide(step, s)
+        e, o = exact.drain_log()[-1], online.drain_log()[-1]
+        if step >= 10:  # the default step size converges within a check or two
+            assert o["lambda_max"] == pytest.approx(e["lambda_max"], rel=1e-3)
+            assert o["lambda_min"] == pytest.approx(e["lambda_min"], rel=1e-3)
 
 
 def test_state_round_trip_continues_identically():

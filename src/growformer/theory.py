@@ -72,8 +72,10 @@ class OnlineSpectrum:
 
     Args:
         dim: Operator size d.
-        lr: Step size (reference: 1 / (10 d)); applied to the operator scaled to unit
-            spectral radius so that it does not depend on the operator's magnitude.
+        lr: Step size on the operator scaled to unit spectral radius (so it does not
+            depend on the operator's magnitude); None: the reference 1 / (10 d). Up to
+            0.5 the update is a power iteration on a positive shift of the operator,
+            which converges without overshoot.
         iters: Steps per update.
         generator: Random start vectors.
     """

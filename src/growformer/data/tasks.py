@@ -25,7 +25,8 @@ TASK_OPTIONS: dict[str, dict[str, Any]] = {
         "k": 2,
         "seq_len": 32,
         "symbols": 16,
-        "num_labels": 2,
+        "label": "sum_mod",
+        "num_labels": None,
         "n_train": 20_000,
         "n_val": 2_000,
     },
@@ -153,9 +154,11 @@ def load_task(
     """Load, tokenize and split a task.
 
     Tasks: "sst2" (GLUE SST-2 from `data_dir`, $GROWFORMER_SST2_DIR or Hugging Face
-    `datasets`), "retrieval" (synthetic: the label is a sum of the symbols at k hidden
-    positions), "lm" (Python source files: the stdlib, or `data_dir`), "file" (a user
-    TSV/CSV `data_file`). See `TASK_OPTIONS` for each task's options and defaults.
+    `datasets`), "retrieval" (synthetic: the label is read off the symbols at k hidden
+    positions: their sum modulo `num_labels`, or with `label="count"` how many of them
+    fall in their position's own random half of the alphabet), "lm" (Python source files:
+    the stdlib, or `data_dir`), "file" (a user TSV/CSV `data_file`). See `TASK_OPTIONS` for
+    each task's options and defaults.
 
     Args:
         name: Task name.
@@ -300,18 +303,35 @@ def _retrieval(opts: dict[str, Any], seed: int, max_len: int) -> TaskData:
             f"task 'retrieval': max_len {max_len} is shorter than seq_len+1 = {seq_len + 1}"
         )
     symbols = _int("retrieval", "symbols", opts["symbols"], 2)
-    num_labels = _int("retrieval", "num_labels", opts["num_labels"], 2)
+    rule = opts["label"]
+    if rule not in ("sum_mod", "count"):
+        raise ConfigError(f"task 'retrieval': label must be 'sum_mod' or 'count', got {rule!r}")
+    num_labels = k + 1 if rule == "count" else 2
+    if opts["num_labels"] is not None:
+        num_labels = _int("retrieval", "num_labels", opts["num_labels"], 2)
+        if rule == "count" and num_labels != k + 1:
+            raise ConfigError(
+                f"task 'retrieval': label 'count' has k+1 = {k + 1} classes, "
+                f"not num_labels={num_labels}"
+            )
     n_train = _int("retrieval", "n_train", opts["n_train"], 1)
     n_val = _int("retrieval", "n_val", opts["n_val"], 1)
 
     gen = torch.Generator().manual_seed(seed)
     positions = torch.randperm(seq_len, generator=gen)[:k].sort().values
     tokenizer = Tokenizer.word_level([f"s{i}" for i in range(symbols)])
+    # Each position marks its own random half of the alphabet, so a symbol counts or not
+    # depending on where it stands: a head that averages two positions cannot tell.
+    marks = torch.stack([torch.randperm(symbols, generator=gen) < symbols // 2 for _ in range(k)])
 
     def make(n: int) -> ClassificationData:
         seqs = torch.randint(symbols, (n, seq_len), generator=gen)
         texts = [" ".join(f"s{i}" for i in row) for row in seqs.tolist()]
-        labels = seqs[:, positions].sum(dim=1) % num_labels
+        picked = seqs[:, positions]
+        if rule == "count":
+            labels = marks[torch.arange(k), picked].sum(dim=1)
+        else:
+            labels = picked.sum(dim=1) % num_labels
         return ClassificationData(tokenizer.encode(texts, add_cls=True, max_len=None), labels)
 
     train = make(n_train)
@@ -326,7 +346,14 @@ def _retrieval(opts: dict[str, Any], seed: int, max_len: int) -> TaskData:
         label_names=[str(i) for i in range(num_labels)],
         # Sequences have a fixed length, so that is all the positions a model needs.
         max_len=seq_len + 1,
-        info={"positions": positions.tolist(), "k": k, "seq_len": seq_len, "symbols": symbols},
+        info={
+            "positions": positions.tolist(),
+            "k": k,
+            "seq_len": seq_len,
+            "symbols": symbols,
+            "label": rule,
+            **({"marks": marks.int().tolist()} if rule == "count" else {}),
+        },
     )
 
 
