@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from growformer.errors import ConfigError, DataError
-from growformer.train import TrainConfig, lr_at, train
+from growformer.train import TrainConfig, lr_at, macro_f1, train
 
 EVENTS = [
     {"step": 5, "op": "add_head", "layer": 0, "init": "random"},
@@ -246,3 +247,13 @@ def test_no_pickle_in_checkpoints(straight):
     ckpt = out / "checkpoints" / (out / "checkpoints" / "LATEST").read_text().strip()
     assert sorted(p.suffix for p in ckpt.iterdir()) == sorted([".safetensors"] * 3 + [".json"] * 7)
     assert not [p for p in ckpt.iterdir() if p.suffix in (".pt", ".pkl", ".bin")]
+
+
+def test_macro_f1_by_hand():
+    # labels x predictions: class 0: 3 right, 1 called 1; class 1: 1 right; class 2 never seen,
+    # but predicted once for a class-1 example.
+    confusion = torch.tensor([[3, 1, 0], [0, 1, 1], [0, 0, 0]])
+    f1 = [2 * 3 / (4 + 3), 2 * 1 / (2 + 2), 0.0]
+    assert macro_f1(confusion) == pytest.approx(sum(f1) / 3)
+    # A class absent from labels and predictions does not count.
+    assert macro_f1(torch.tensor([[2, 0, 0], [0, 2, 0], [0, 0, 0]])) == 1.0

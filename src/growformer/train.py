@@ -219,9 +219,11 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 @torch.no_grad()
 def evaluate(model: ElasticModel, data: Any, *, batch_size: int, pad_id: int) -> dict[str, float]:
-    """Loss and accuracy (classification) or perplexity (LM) over every example of ``data``."""
+    """Loss, accuracy and macro-F1 (classification) or perplexity (LM) over all of ``data``."""
     device = next(model.parameters()).device
-    loss_sum, correct, count, n = 0.0, 0, 0, 0
+    loss_sum, count, n = 0.0, 0, 0
+    # confusion[label, prediction], for accuracy and per-class F1.
+    confusion = torch.zeros(model.arch.num_labels, model.arch.num_labels, dtype=torch.long)
     with eval_mode(model):
         for batch in eval_batches(data, batch_size, pad_id):
             batch = {k: v.to(device) for k, v in batch.items()}
@@ -233,13 +235,29 @@ def evaluate(model: ElasticModel, data: Any, *, batch_size: int, pad_id: int) ->
             ).item()
             count += labels.numel()
             if model.kind == "classifier":
-                correct += (logits.argmax(-1) == labels).sum().item()
+                pairs = labels.cpu() * confusion.shape[0] + logits.argmax(-1).cpu()
+                confusion += torch.bincount(pairs, minlength=confusion.numel()).view_as(confusion)
     if n == 0:
         raise DataError("evaluation data is empty")
     loss = loss_sum / count
     if model.kind == "classifier":
-        return {"loss": loss, "accuracy": correct / count, "n": n}
+        return {
+            "loss": loss,
+            "accuracy": confusion.diag().sum().item() / count,
+            "macro_f1": macro_f1(confusion),
+            "n": n,
+        }
     return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "n": n, "tokens": count}
+
+
+def macro_f1(confusion: torch.Tensor) -> float:
+    """Mean F1 over the classes present in the labels or the predictions of
+    ``confusion[label, prediction]`` (a class absent from both has no defined F1)."""
+    tp = confusion.diag().double()
+    support, predicted = confusion.sum(1).double(), confusion.sum(0).double()
+    present = (support + predicted) > 0
+    f1 = 2 * tp / (support + predicted).clamp_min(1)
+    return f1[present].mean().item()
 
 
 @contextlib.contextmanager
@@ -454,7 +472,7 @@ class Trainer:
         return layer_stats(self.model, capture)
 
     def evaluate(self, log: bool = True) -> dict[str, float]:
-        """Validation metrics (``val_loss``, ``val_accuracy`` or ``val_ppl``)."""
+        """Validation metrics: val_loss, then val_accuracy and val_macro_f1, or val_ppl."""
         result = evaluate(
             self.model, self.data.val, batch_size=self.cfg.batch_size, pad_id=self.pad_id
         )
