@@ -19,3 +19,12 @@ def sst2_dir() -> Path:
     if not (d / "train.tsv").is_file():
         pytest.skip(f"SST-2 files not found at {d}")
     return d
+
+
+@pytest.fixture(scope="session")
+def sarscov2_dir() -> Path:
+    """The pangoLEARN lineage tree, reference genome and alias table of ../shared/data."""
+    d = SHARED_DATA / "sarscov2"
+    if not (d / "lineageTree.pb").is_file():
+        pytest.skip(f"SARS-CoV-2 files not found at {d}")
+    return d

@@ -314,7 +314,7 @@ def test_retrieval_is_deterministic_per_seed():
 
 
 def test_task_config_errors():
-    with pytest.raises(ConfigError, match="file, lm, retrieval, sst2"):
+    with pytest.raises(ConfigError, match="fasta, file, lm, retrieval, sarscov2, sst2"):
         load_task("imdb")
     with pytest.raises(ConfigError, match="valid: k, label, n_train"):
         load_task("retrieval", options={"heads": 2})

@@ -2,6 +2,7 @@
 
 from growformer.data.datasets import BatchStream, ClassificationData, LMData, collate, eval_batches
 from growformer.data.files import label_vocab, read_labeled, read_text
+from growformer.data.sarscov2 import read_fasta_labels
 from growformer.data.tasks import TaskData, encode_classification, encode_lm, load_task
 from growformer.data.tokenizer import Tokenizer
 
@@ -17,6 +18,7 @@ __all__ = [
     "eval_batches",
     "label_vocab",
     "load_task",
+    "read_fasta_labels",
     "read_labeled",
     "read_text",
 ]

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from growformer.data import sarscov2
 from growformer.data.datasets import ClassificationData, LMData
 from growformer.data.files import label_vocab, read_labeled, read_utf8
 from growformer.data.tokenizer import Tokenizer
@@ -32,6 +33,18 @@ TASK_OPTIONS: dict[str, dict[str, Any]] = {
     },
     "lm": {"max_chars": 4_000_000, "val_fraction": 0.05},
     "file": {"val_fraction": 0.1, "val_file": None},
+    "sarscov2": {
+        "label": "who",
+        "top_lineages": 20,
+        "test_fraction": 0.2,
+        "dedup": True,
+        "kmer": 1,
+        "sites": "all",
+        "reference": None,
+        "alias_key": None,
+        "cache_dir": None,
+    },
+    "fasta": {"test_fraction": 0.2, "dedup": True, "kmer": 1, "sites": "all", "skip_bad": False},
 }
 
 _SST2_HELP = (
@@ -146,6 +159,7 @@ def load_task(
     *,
     data_dir: str | Path | None = None,
     data_file: str | Path | None = None,
+    labels_file: str | Path | None = None,
     seed: int = 0,
     max_len: int = 128,
     vocab_size: int = 8000,
@@ -157,16 +171,22 @@ def load_task(
     `datasets`), "retrieval" (synthetic: the label is read off the symbols at k hidden
     positions: their sum modulo `num_labels`, or with `label="count"` how many of them
     fall in their position's own random half of the alphabet), "lm" (Python source files:
-    the stdlib, or `data_dir`), "file" (a user TSV/CSV `data_file`). See `TASK_OPTIONS` for
-    each task's options and defaults.
+    the stdlib, or `data_dir`), "file" (a user TSV/CSV `data_file`), "sarscov2" (spike
+    proteins of the pangoLEARN lineage tree in `data_dir`, $GROWFORMER_SARSCOV2_DIR or the
+    Debian package's directory, labelled by WHO variant or Pango lineage), "fasta" (a user's
+    spike proteins or aligned genomes in `data_file`, labels in `labels_file`). See
+    `TASK_OPTIONS` for each task's options and defaults.
 
     Args:
         name: Task name.
-        data_dir: Directory with the task's files (sst2, lm).
-        data_file: Labelled table (file).
+        data_dir: Directory with the task's files (sst2, lm, sarscov2).
+        data_file: Labelled table (file) or FASTA file (fasta).
+        labels_file: CSV with columns `id,label` for the FASTA records (fasta).
         seed: Seed for generated data and random splits.
-        max_len: Longest classification input (`[CLS]` included); the LM block size.
-        vocab_size: Target BPE vocabulary size (retrieval has a fixed vocabulary).
+        max_len: Longest classification input (`[CLS]` included); the LM block size. The
+            protein tasks fail rather than truncate sequences longer than this.
+        vocab_size: Target BPE vocabulary size (retrieval, sarscov2 and fasta have residue or
+            k-mer vocabularies).
         options: Task options overriding the defaults.
 
     Returns:
@@ -187,10 +207,12 @@ def load_task(
                 f"(valid: {', '.join(sorted(valid)) or 'none'})"
             )
         opts[key] = value
-    if data_dir is not None and name not in ("sst2", "lm"):
+    if data_dir is not None and name not in ("sst2", "lm", "sarscov2"):
         raise ConfigError(f"task '{name}' takes no data directory (got {data_dir})")
-    if data_file is not None and name != "file":
+    if data_file is not None and name not in ("file", "fasta"):
         raise ConfigError(f"task '{name}' takes no data file (got {data_file}); use task 'file'")
+    if labels_file is not None and name != "fasta":
+        raise ConfigError(f"task '{name}' takes no labels file (got {labels_file}); use 'fasta'")
     max_len = _int(name, "max_len", max_len, 2)
     if name == "sst2":
         return _sst2(data_dir, opts, max_len, vocab_size)
@@ -198,6 +220,10 @@ def load_task(
         return _retrieval(opts, seed, max_len)
     if name == "lm":
         return _lm(data_dir, opts, max_len, vocab_size)
+    if name == "sarscov2":
+        return _sarscov2(data_dir, opts, seed, max_len)
+    if name == "fasta":
+        return _fasta(data_file, labels_file, opts, seed, max_len)
     return _file(data_file, opts, seed, max_len, vocab_size)
 
 
@@ -221,6 +247,15 @@ def _fraction(task: str, key: str, value: Any) -> float:
     if isinstance(value, bool) or not 0.0 < x < 1.0:
         raise ConfigError(f"task '{task}': {key} must be a number in (0, 1), got {value!r}")
     return x
+
+
+def _bool(task: str, key: str, value: Any) -> bool:
+    # Options may arrive as strings from a command line.
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ConfigError(f"task '{task}': {key} must be true or false, got {value!r}")
 
 
 def _classification(
@@ -466,4 +501,192 @@ def _file(
         vocab_size=vocab_size,
         sources=(source, source),
         info={"source": str(data_file), "val_rows": len(val_idx)},
+    )
+
+
+@dataclass(frozen=True)
+class _SpikeOptions:
+    """The options the protein tasks share, checked before any data is read."""
+
+    test_fraction: float
+    kmer: int
+    dedup: bool
+    sites: str
+
+    @classmethod
+    def parse(cls, task: str, opts: dict[str, Any]) -> _SpikeOptions:
+        if opts["sites"] not in ("all", "variable"):
+            raise ConfigError(
+                f"task '{task}': sites must be 'all' or 'variable', got {opts['sites']!r}"
+            )
+        return cls(
+            test_fraction=_fraction(task, "test_fraction", opts["test_fraction"]),
+            kmer=_int(task, "kmer", opts["kmer"], 1),
+            dedup=_bool(task, "dedup", opts["dedup"]),
+            sites=opts["sites"],
+        )
+
+
+def _sarscov2(
+    data_dir: str | Path | None, opts: dict[str, Any], seed: int, max_len: int
+) -> TaskData:
+    spike = _SpikeOptions.parse("sarscov2", opts)
+    rule = opts["label"]
+    if rule not in ("who", "lineage"):
+        raise ConfigError(f"task 'sarscov2': label must be 'who' or 'lineage', got {rule!r}")
+    top = _int("sarscov2", "top_lineages", opts["top_lineages"], 1)
+    files = sarscov2.locate_files(
+        data_dir, opts["reference"], opts["alias_key"], need_aliases=rule == "who"
+    )
+    leaves = sarscov2.load_tree_leaves(files.tree, files.reference, opts["cache_dir"])
+    info: dict[str, Any] = {
+        "source": str(files.tree),
+        "reference": str(files.reference),
+        "label": rule,
+        "samples": len(leaves.names),
+        "lineages": len(set(leaves.lineages)),
+    }
+    if rule == "who":
+        aliases = sarscov2.read_aliases(files.alias_key)
+        full = {s: sarscov2.dealias(s, aliases) for s in set(leaves.lineages)}
+        labels = [sarscov2.who_label(full[s]) for s in leaves.lineages]
+        label_names = list(sarscov2.WHO_LABELS)
+        info["alias_key"] = str(files.alias_key)
+    else:
+        labels, label_names = sarscov2.top_lineage_labels(leaves.lineages, top)
+        info["top_lineages"] = top
+    reference = sarscov2.spike_of_genome(sarscov2.read_reference(files.reference))
+    return _spike_task(
+        "sarscov2",
+        leaves.proteins,
+        labels,
+        label_names,
+        spike,
+        seed=seed,
+        max_len=max_len,
+        reference=reference,
+        source=f"tree file {files.tree}",
+        info=info,
+    )
+
+
+def _fasta(
+    data_file: str | Path | None,
+    labels_file: str | Path | None,
+    opts: dict[str, Any],
+    seed: int,
+    max_len: int,
+) -> TaskData:
+    if data_file is None or labels_file is None:
+        raise ConfigError(
+            "task 'fasta' needs a FASTA data file and a labels file (CSV with columns id,label)"
+        )
+    spike = _SpikeOptions.parse("fasta", opts)
+    skip_bad = _bool("fasta", "skip_bad", opts["skip_bad"])
+    records = sarscov2.read_fasta_labels(data_file, labels_file, skip_bad=skip_bad)
+    label_names = label_vocab(records.labels)
+    if len(label_names) < 2:
+        raise DataError(f"labels file {labels_file} has a single label {label_names!r}")
+    return _spike_task(
+        "fasta",
+        records.sequences,
+        records.labels,
+        label_names,
+        spike,
+        seed=seed,
+        max_len=max_len,
+        reference=None,
+        source=f"FASTA file {data_file}",
+        info={
+            "source": str(data_file),
+            "labels_file": str(labels_file),
+            "record_kind": records.kind,
+            "dropped": len(records.dropped),
+            # The first few reasons say what went wrong without bloating checkpoints.
+            "dropped_examples": records.dropped[:5],
+        },
+    )
+
+
+def _spike_task(
+    name: str,
+    sequences: list[str],
+    labels: list[str],
+    label_names: list[str],
+    opts: _SpikeOptions,
+    *,
+    seed: int,
+    max_len: int,
+    reference: str | None,
+    source: str,
+    info: dict[str, Any],
+) -> TaskData:
+    """Split protein sequences by identity, pick the sites, tokenize: a classification task."""
+    k = opts.kmer
+    split = sarscov2.split_by_sequence(
+        sequences, labels, test_fraction=opts.test_fraction, seed=seed, dedup=opts.dedup
+    )
+    if not split.test:
+        raise DataError(
+            f"{source} has too few distinct sequences ({split.info['train_sequences']}) per "
+            "label to split off a test set"
+        )
+    info = {
+        **info,
+        **split.info,
+        "test_fraction": opts.test_fraction,
+        "dedup": opts.dedup,
+        "kmer": k,
+        "sites": opts.sites,
+    }
+    train_sequences = sorted({s for s, _ in split.train})
+    test_sequences = sorted({s for s, _ in split.test})
+    sites = None
+    if opts.sites == "variable":
+        # Without a reference, a column varies iff some sequence differs from any one of them.
+        reference = reference if reference is not None else train_sequences[0]
+        lengths = {len(s) for s in sequences} | {len(reference)}
+        if len(lengths) > 1:
+            raise ConfigError(
+                f"task '{name}': sites='variable' needs aligned sequences of one length, but "
+                f"{source} has lengths {min(lengths)} to {max(lengths)}; use sites='all'"
+            )
+        # Chosen on the training split alone; stored so evaluation data uses the same ones.
+        sites = sarscov2.variable_sites(train_sequences, reference)
+        if not sites:
+            raise DataError(f"{source}: no site varies among the training sequences")
+        info["variable_sites"] = [i + 1 for i in sites]  # 1-based, as mutations are named
+    info["sequence_length"] = len(sites) if sites is not None else max(map(len, sequences))
+    tokens = {s: sarscov2.spike_tokens(s, sites, k) for s in train_sequences + test_sequences}
+    tokenizer = sarscov2.spike_tokenizer(k, [tokens[s] for s in train_sequences])
+    # Copies of a sequence (dedup=False) share one id list: far less memory for 42k samples.
+    encoded = tokenizer.encode_words(list(tokens.values()), add_cls=True)
+    ids = dict(zip(tokens, encoded, strict=True))
+    longest = max(map(len, encoded))
+    if longest > max_len:
+        raise ConfigError(
+            f"task '{name}': sequences need max_len {longest} ([CLS] and {longest - 1} "
+            f"tokens) but max_len is {max_len}; raise max_len"
+            + ("" if sites is not None else " or use option sites='variable'")
+        )
+    train_ids = {tuple(ids[s]) for s in train_sequences}
+    # Non-zero only with sites='variable': such test sequences differ from a training one only
+    # at sites that never vary in training, so the model cannot tell them apart.
+    info["test_sequences_matching_train"] = sum(tuple(ids[s]) in train_ids for s in test_sequences)
+    index = {label: i for i, label in enumerate(label_names)}
+
+    def encode(examples: list[tuple[str, str]]) -> ClassificationData:
+        labels = torch.tensor([index[y] for _, y in examples], dtype=torch.long)
+        return ClassificationData(ids=[ids[s] for s, _ in examples], labels=labels)
+
+    return TaskData(
+        name=name,
+        kind="classification",
+        train=encode(split.train),
+        val=encode(split.test),
+        tokenizer=tokenizer,
+        num_labels=len(label_names),
+        label_names=label_names,
+        max_len=longest,
+        info=info,
     )
