@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from growformer.cli import main
 from growformer.data import Tokenizer, load_task
 from growformer.data import sarscov2 as sc
 from growformer.errors import ConfigError, DataError
@@ -617,3 +619,42 @@ def test_fasta_task(spike, tmp_path):
     assert len(task.info["variable_sites"]) == n_train == task.max_len
     with pytest.raises(ConfigError, match="labels file"):
         load_task("fasta", data_file=fa)
+
+
+def test_cli_trains_and_evaluates_on_fasta(spike, tmp_path, capsys):
+    # Two classes told apart by a residue at one of a few sites; 40 distinct sequences.
+    sites = ["L5F", "S13I", "L18F", "T20N", "P26S", "D80A", "D138Y", "R190S", "K417N", "N501Y"]
+    records, labels = {}, {}
+    for i in range(40):
+        changes = [sites[j] for j in range(len(sites)) if (i >> j) & 1 or j == i % len(sites)]
+        label = "N501Y" if "N501Y" in changes else "other"
+        records[f"r{i}"] = mutate_protein(spike, *changes)
+        labels[f"r{i}"] = label
+    fa = write(tmp_path / "train.fasta", fasta(records))
+    csv = write(tmp_path / "train.csv", labels_csv(labels))
+    config = {
+        "model": {"d_model": 32, "n_layers": 1, "heads": 2, "head_dim": 8, "ffn_dim": 64},
+        "task_options": {"sites": "variable"},
+        "batch_size": 8,
+        "steps": 6,
+        "warmup_steps": 1,
+        "device": "cpu",
+    }
+    cfg = write(tmp_path / "c.json", json.dumps(config))
+    out = tmp_path / "run"
+    argv = ["train", "--config", str(cfg), "--data", str(fa), "--labels", str(csv)]
+    assert main([*argv, "--out", str(out), "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["task"] == "fasta" and "val_macro_f1" in summary["metrics"]
+    capsys.readouterr()
+
+    evaluate = ["evaluate", "--checkpoint", str(out), "--data", str(fa)]
+    assert main([*evaluate, "--labels", str(csv)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == 40 and 0 <= result["accuracy"] <= 1 and 0 <= result["macro_f1"] <= 1
+    # Errors: no labels for a spike model; a label the model never saw.
+    assert main(evaluate) == 2
+    assert "--labels" in capsys.readouterr().err
+    bad = write(tmp_path / "bad.csv", labels_csv({**labels, "r0": "Delta"}))
+    assert main([*evaluate, "--labels", str(bad)]) == 2
+    assert "'Delta'" in capsys.readouterr().err

@@ -12,7 +12,16 @@ import sys
 from typing import Any
 
 from growformer import checkpoint
-from growformer.data import Tokenizer, encode_classification, encode_lm, read_labeled, read_text
+from growformer.data import (
+    SPIKE_TASKS,
+    Tokenizer,
+    encode_classification,
+    encode_lm,
+    encode_spikes,
+    read_fasta_labels,
+    read_labeled,
+    read_text,
+)
 from growformer.errors import ConfigError, GrowformerError
 from growformer.train import TrainConfig, TrainingStopped, evaluate, read_config, train
 
@@ -27,6 +36,7 @@ OVERRIDES = (
     "device",
     "data_dir",
     "data_file",
+    "labels_file",
     "decay_steps",
 )
 
@@ -40,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model; writes DIR/summary.json")
     t.add_argument("--out", required=True, help="run directory")
     t.add_argument(
-        "--task", help="sst2, retrieval, lm or file (default: sst2, or file with --data)"
+        "--task",
+        help="sst2, sarscov2, retrieval, lm, file or fasta (default: sst2; file with --data, "
+        "fasta with --data and --labels)",
     )
     t.add_argument(
         "--policy", help="structure policy: static, scheduled or incrt (default: static)"
@@ -55,7 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, help="random seed")
     t.add_argument("--config", help="JSON configuration file (flags override it)")
     t.add_argument("--resume", action="store_true", help="continue from DIR's newest checkpoint")
-    t.add_argument("--data", dest="data_file", help="TSV/CSV file with a text and a label column")
+    t.add_argument(
+        "--data",
+        dest="data_file",
+        help="TSV/CSV file with a text and a label column, or a FASTA file (with --labels)",
+    )
+    t.add_argument(
+        "--labels", dest="labels_file", help="CSV id,label for the records of a FASTA --data"
+    )
     t.add_argument("--data-dir", help="directory of the task's files")
     t.add_argument("--batch-size", type=int, help="sequences per step")
     t.add_argument("--lr", type=float, help="peak learning rate")
@@ -64,7 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="evaluate a checkpoint on a data file; prints JSON")
     e.add_argument("--checkpoint", required=True, help="run directory or checkpoint directory")
-    e.add_argument("--data", required=True, help="labelled TSV/CSV (classifier) or text file (LM)")
+    e.add_argument(
+        "--data",
+        required=True,
+        help="labelled TSV/CSV or FASTA (with --labels) for a classifier, text file for an LM",
+    )
+    e.add_argument("--labels", help="CSV id,label for the records of a FASTA --data")
     e.add_argument("--batch-size", type=int, default=64)
 
     i = sub.add_parser("info", help="print a checkpoint's architecture")
@@ -93,7 +117,7 @@ def _train(args: argparse.Namespace) -> int:
         base.update(read_config(args.config))
     flags = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None}
     if "data_file" in flags and "task" not in flags and "task" not in base:
-        flags["task"] = "file"
+        flags["task"] = "fasta" if "labels_file" in flags else "file"
     cfg = TrainConfig.from_dict({**base, **flags})
     summary = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
     print(json.dumps({k: summary[k] for k in ("task", "policy", "steps", "params", "metrics")}))
@@ -106,7 +130,28 @@ def _evaluate(args: argparse.Namespace) -> int:
     ckpt = checkpoint.load(args.checkpoint)
     tokenizer = Tokenizer.from_json(ckpt.tokenizer_json)
     max_len = ckpt.model.arch.max_len
-    if ckpt.model.arch.kind == "classifier":
+    spikes = ckpt.task["name"] in SPIKE_TASKS
+    if args.labels is not None and not spikes:
+        raise ConfigError(
+            f"--labels goes with FASTA data, but {args.checkpoint} was trained on task "
+            f"{ckpt.task['name']!r}"
+        )
+    if spikes:
+        if args.labels is None:
+            raise ConfigError(
+                f"{args.checkpoint} classifies spike sequences: pass --data FASTA --labels CSV"
+            )
+        records = read_fasta_labels(args.data, args.labels)
+        data = encode_spikes(
+            tokenizer,
+            records.sequences,
+            records.labels,
+            ckpt.task["label_names"],
+            ckpt.task["info"],
+            max_len,
+            source=f"FASTA file {args.data}",
+        )
+    elif ckpt.model.arch.kind == "classifier":
         texts, labels = read_labeled(args.data)
         data = encode_classification(
             tokenizer,

@@ -94,7 +94,8 @@ class TrainConfig:
         max_len: Longest input sequence, in tokens ([CLS] included).
         vocab_size: Tokenizer vocabulary size (trained on the training split).
         data_dir: Directory of the task's files.
-        data_file: User TSV/CSV file (task ``file``).
+        data_file: User TSV/CSV file (task ``file``) or FASTA file (task ``fasta``).
+        labels_file: CSV ``id,label`` for the FASTA records (task ``fasta``).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         task_options: Task-specific options.
         policy_options: Policy-specific options.
@@ -120,6 +121,7 @@ class TrainConfig:
     vocab_size: int = 8000
     data_dir: str | None = None
     data_file: str | None = None
+    labels_file: str | None = None
     device: str = "auto"
     task_options: dict[str, Any] = field(default_factory=dict)
     policy_options: dict[str, Any] = field(default_factory=dict)
@@ -328,6 +330,7 @@ class Trainer:
             cfg.task,
             data_dir=cfg.data_dir,
             data_file=cfg.data_file,
+            labels_file=cfg.labels_file,
             seed=cfg.seed,
             max_len=cfg.max_len,
             vocab_size=cfg.vocab_size,

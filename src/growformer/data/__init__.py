@@ -3,10 +3,18 @@
 from growformer.data.datasets import BatchStream, ClassificationData, LMData, collate, eval_batches
 from growformer.data.files import label_vocab, read_labeled, read_text
 from growformer.data.sarscov2 import read_fasta_labels
-from growformer.data.tasks import TaskData, encode_classification, encode_lm, load_task
+from growformer.data.tasks import (
+    SPIKE_TASKS,
+    TaskData,
+    encode_classification,
+    encode_lm,
+    encode_spikes,
+    load_task,
+)
 from growformer.data.tokenizer import Tokenizer
 
 __all__ = [
+    "SPIKE_TASKS",
     "BatchStream",
     "ClassificationData",
     "LMData",
@@ -15,6 +23,7 @@ __all__ = [
     "collate",
     "encode_classification",
     "encode_lm",
+    "encode_spikes",
     "eval_batches",
     "label_vocab",
     "load_task",

@@ -19,6 +19,9 @@ from growformer.data.files import label_vocab, read_labeled, read_utf8
 from growformer.data.tokenizer import Tokenizer
 from growformer.errors import ConfigError, DataError
 
+# Tasks whose examples are spike proteins (encoded by `encode_spikes`).
+SPIKE_TASKS = frozenset({"sarscov2", "fasta"})
+
 # Default value of every option each task accepts; anything else is a ConfigError.
 TASK_OPTIONS: dict[str, dict[str, Any]] = {
     "sst2": {"train_limit": None},
@@ -124,6 +127,51 @@ def encode_classification(
         )
     ids = tokenizer.encode(texts, add_cls=True, max_len=max_len)
     labels = torch.tensor([index[r] for r in raw_labels], dtype=torch.long)
+    return ClassificationData(ids=ids, labels=labels)
+
+
+def encode_spikes(
+    tokenizer: Tokenizer,
+    sequences: list[str],
+    raw_labels: list[str],
+    label_names: list[str],
+    info: dict[str, Any],
+    max_len: int,
+    *,
+    source: str = "data",
+) -> ClassificationData:
+    """Encode spike proteins as a `sarscov2` or `fasta` task encoded its training data.
+
+    Args:
+        tokenizer: The task's tokenizer.
+        sequences: One protein per example.
+        raw_labels: One label name per example.
+        label_names: Known labels; example label index = position in this list.
+        info: The task's `info` (its sites and k-mer size).
+        max_len: Maximum ids per example, `[CLS]` included.
+        source: What error messages call the data.
+    """
+    index = {name: i for i, name in enumerate(label_names)}
+    unknown = sorted(set(raw_labels) - index.keys())
+    if unknown:
+        raise DataError(
+            f"{source}: labels {unknown[:5]} were not among the model's labels {label_names}"
+        )
+    sites = None
+    if info.get("variable_sites") is not None:
+        sites = [i - 1 for i in info["variable_sites"]]
+        short = [len(s) for s in sequences if len(s) <= sites[-1]]
+        if short:
+            raise DataError(
+                f"{source}: a sequence of {short[0]} residues lacks site {sites[-1] + 1}, "
+                "which the model reads"
+            )
+    tokens = [sarscov2.spike_tokens(s, sites, info["kmer"]) for s in sequences]
+    ids = tokenizer.encode_words(tokens, add_cls=True)
+    longest = max(map(len, ids), default=0)
+    if longest > max_len:
+        raise DataError(f"{source}: a sequence needs {longest} positions; the model has {max_len}")
+    labels = torch.tensor([index[y] for y in raw_labels], dtype=torch.long)
     return ClassificationData(ids=ids, labels=labels)
 
 
