@@ -349,6 +349,17 @@ def test_task_variable_sites(variable_task, leaves, who, genome):
     assert 0 < info["test_sequences_matching_train"] < info["test_sequences"]
 
 
+def test_min_site_count_keeps_sites_shared_by_enough_sequences(genome):
+    reference = sc.spike_of_genome(genome)
+    a = mutate_protein(reference, "L5F")
+    b = mutate_protein(reference, "L5F", "S13I")
+    c = mutate_protein(reference, "L5F", "S13I", "N501Y")
+    assert sc.variable_sites([a, b, c, c], reference) == [4, 12, 500]
+    # Copies count once: N501Y is in one distinct sequence.
+    assert sc.variable_sites([a, b, c, c], reference, min_count=2) == [4, 12]
+    assert sc.variable_sites([a, b, c], reference, min_count=3) == [4]
+
+
 def test_task_split_and_labels(sarscov2_dir, cache_dir, leaves, who):
     options = {"cache_dir": cache_dir}
     with pytest.raises(ConfigError, match=r"max_len 1274 .*sites='variable'"):

@@ -761,22 +761,22 @@ def split_by_sequence(
     return split
 
 
-def variable_sites(sequences: Sequence[str], reference: str) -> list[int]:
-    """Positions where some sequence differs from the reference.
+def variable_sites(sequences: Sequence[str], reference: str, min_count: int = 1) -> list[int]:
+    """Positions where at least `min_count` of the distinct sequences differ from the reference.
 
     Args:
         sequences: Aligned sequences, each as long as `reference`.
         reference: The reference sequence.
+        min_count: Distinct sequences that must differ at a position for it to be kept
+            (more than 1 leaves out sites that a single sequence varies at).
 
     Returns:
         0-based positions, ascending.
     """
-    varying: set[int] = set()
+    counts: Counter[int] = Counter()
     for sequence in set(sequences):
-        varying.update(
-            i for i, (a, b) in enumerate(zip(sequence, reference, strict=True)) if a != b
-        )
-    return sorted(varying)
+        counts.update(i for i, (a, b) in enumerate(zip(sequence, reference, strict=True)) if a != b)
+    return sorted(i for i, n in counts.items() if n >= min_count)
 
 
 def spike_tokens(sequence: str, sites: Sequence[int] | None, k: int) -> list[str]:

@@ -43,11 +43,19 @@ TASK_OPTIONS: dict[str, dict[str, Any]] = {
         "dedup": True,
         "kmer": 1,
         "sites": "all",
+        "min_site_count": 1,
         "reference": None,
         "alias_key": None,
         "cache_dir": None,
     },
-    "fasta": {"test_fraction": 0.2, "dedup": True, "kmer": 1, "sites": "all", "skip_bad": False},
+    "fasta": {
+        "test_fraction": 0.2,
+        "dedup": True,
+        "kmer": 1,
+        "sites": "all",
+        "min_site_count": 1,
+        "skip_bad": False,
+    },
 }
 
 _SST2_HELP = (
@@ -560,6 +568,7 @@ class _SpikeOptions:
     kmer: int
     dedup: bool
     sites: str
+    min_site_count: int
 
     @classmethod
     def parse(cls, task: str, opts: dict[str, Any]) -> _SpikeOptions:
@@ -572,6 +581,7 @@ class _SpikeOptions:
             kmer=_int(task, "kmer", opts["kmer"], 1),
             dedup=_bool(task, "dedup", opts["dedup"]),
             sites=opts["sites"],
+            min_site_count=_int(task, "min_site_count", opts["min_site_count"], 1),
         )
 
 
@@ -686,6 +696,7 @@ def _spike_task(
         "dedup": opts.dedup,
         "kmer": k,
         "sites": opts.sites,
+        "min_site_count": opts.min_site_count,
     }
     train_sequences = sorted({s for s, _ in split.train})
     test_sequences = sorted({s for s, _ in split.test})
@@ -700,7 +711,7 @@ def _spike_task(
                 f"{source} has lengths {min(lengths)} to {max(lengths)}; use sites='all'"
             )
         # Chosen on the training split alone; stored so evaluation data uses the same ones.
-        sites = sarscov2.variable_sites(train_sequences, reference)
+        sites = sarscov2.variable_sites(train_sequences, reference, opts.min_site_count)
         if not sites:
             raise DataError(f"{source}: no site varies among the training sequences")
         info["variable_sites"] = [i + 1 for i in sites]  # 1-based, as mutations are named
