@@ -153,6 +153,7 @@ class FineTuneResult:
     accuracy: float
     macro_f1: float
     params: int
+    attention_params: int
     heads_per_layer: list[int]
     train_s: float
     train_flops: float
@@ -247,6 +248,10 @@ def fine_tune(
         accuracy=confusion.diag().sum().item() / confusion.sum().item(),
         macro_f1=macro_f1(confusion),
         params=params,
+        attention_params=sum(
+            sum(p.numel() for m in (b.q_proj, b.k_proj, b.v_proj, b.o_proj) for p in m.parameters())
+            for b in model.layers
+        ),
         heads_per_layer=[cfg.num_attention_heads] * cfg.num_hidden_layers,
         train_s=train_s,
         train_flops=flops,

@@ -346,6 +346,9 @@ def test_task_variable_sites(variable_task, leaves, who, genome):
         [sc.spike_tokens(s, sites, 1) for s, _ in split.train], add_cls=True
     )
     assert task.train.ids == expected
+    assert task.tokenizer.tokens(task.train.ids[0][1:]) == list(
+        sc.spike_tokens(split.train[0][0], sites, 1)
+    )
     assert 0 < info["test_sequences_matching_train"] < info["test_sequences"]
 
 

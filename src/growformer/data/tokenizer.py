@@ -145,6 +145,10 @@ class Tokenizer:
         prefix = [self.cls_id] if add_cls else []
         return [prefix + [vocab.get(w, unk) for w in seq] for seq in words]
 
+    def tokens(self, ids: Sequence[int]) -> list[str]:
+        """The token strings of `ids` (for a word-level tokenizer, the words they encode)."""
+        return [self._tok.id_to_token(i) for i in ids]
+
     def to_json(self) -> str:
         """Serialize to the `tokenizers` JSON format."""
         return self._tok.to_str()
