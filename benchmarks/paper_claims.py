@@ -41,18 +41,21 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pretrained
 
-from growformer.data import load_task, read_labeled
-from growformer.train import TrainConfig, Trainer
+from growformer import checkpoint
+from growformer.data import TaskData, eval_batches, load_task, read_labeled
+from growformer.train import TrainConfig, Trainer, eval_mode, macro_f1
 
 STATIC_HEADS = 12
 AGREEMENT = 0.12
 BERT_BASE = {"name": "BERT-base (published)", "accuracy": 0.927, "params": 110_000_000}
 MINILM = "all-MiniLM-L6-v2 fine-tuned (pre-trained)"
+NEAREST = "nearest training spike (no model)"
 SHORT = {
     "INCRT (from 1 head per layer)": "INCRT",
     "static, 12 heads per layer": "static-12",
     MINILM: "MiniLM (pre-trained)",
     BERT_BASE["name"]: "BERT-base (published)",
+    NEAREST: "1-NN spike",
 }
 
 # Per task: growformer model and schedule, and the fine-tuning budget of the pre-trained
@@ -143,6 +146,54 @@ def growformer_row(name: str, s: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def load_sarscov2(args: argparse.Namespace) -> TaskData:
+    """The SARS-CoV-2 task exactly as the growformer runs load it."""
+    base = growformer_base("sarscov2", args)
+    return load_task(
+        "sarscov2",
+        data_dir=base["data_dir"],
+        seed=args.seed,
+        max_len=base["max_len"],
+        options=base["task_options"],
+    )
+
+
+def confusion_of(run_dir: Path, data: TaskData) -> torch.Tensor:
+    """confusion[label, prediction] of a run's final checkpoint on the task's test split."""
+    model = checkpoint.load(run_dir).model
+    n = data.num_labels
+    confusion = torch.zeros(n, n, dtype=torch.long)
+    with eval_mode(model), torch.no_grad():
+        for batch in eval_batches(data.val, 64, data.tokenizer.pad_id):
+            pred = model(batch["input_ids"], batch.get("attention_mask")).logits.argmax(-1)
+            confusion += torch.bincount(batch["labels"] * n + pred, minlength=n * n).view(n, n)
+    return confusion
+
+
+def class_f1(confusion: torch.Tensor, names: list[str]) -> dict[str, float]:
+    tp = confusion.diag().double()
+    f1 = 2 * tp / (confusion.sum(0) + confusion.sum(1)).double().clamp_min(1)
+    return {name: round(v, 3) for name, v in zip(names, f1.tolist(), strict=True)}
+
+
+def nearest_neighbour_row(data: TaskData) -> dict[str, Any]:
+    """Each test spike takes the label of its nearest training spike (Hamming distance on
+    the same sites): what memorising the training set alone reaches on this split."""
+    train = torch.tensor(data.train.ids)
+    test = torch.tensor(data.val.ids)
+    nearest = torch.cat(
+        [(chunk[:, None, :] != train[None]).sum(-1).argmin(1) for chunk in test.split(64)]
+    )
+    pred, gold, n = data.train.labels[nearest], data.val.labels, data.num_labels
+    confusion = torch.bincount(gold * n + pred, minlength=n * n).view(n, n)
+    return {
+        "name": NEAREST,
+        "accuracy": (pred == gold).double().mean().item(),
+        "macro_f1": macro_f1(confusion),
+        "class_f1": class_f1(confusion, data.label_names),
+    }
+
+
 def texts_and_labels(task: str, args: argparse.Namespace) -> tuple[tuple, tuple, int]:
     """Train / test texts and label indices for the pre-trained model, the same examples
     the growformer models see (SARS-CoV-2: the same split and sites, residues as words)."""
@@ -155,14 +206,7 @@ def texts_and_labels(task: str, args: argparse.Namespace) -> tuple[tuple, tuple,
             (test[0], [names.index(y) for y in test[1]]),
             len(names),
         )
-    base = growformer_base(task, args)
-    data = load_task(
-        task,
-        data_dir=base["data_dir"],
-        seed=args.seed,
-        max_len=base["max_len"],
-        options=base["task_options"],
-    )
+    data = load_sarscov2(args)
 
     def split(part: Any) -> tuple[list[str], list[int]]:
         texts = [" ".join(data.tokenizer.tokens(ids[1:])) for ids in part.ids]
@@ -266,6 +310,8 @@ def claims(task: str, rows: dict[str, dict[str, Any]]) -> list[str]:
             f"{'PASS' if ok else 'FAIL'}: INCRT macro-F1 {inc['macro_f1']:.3f} on the "
             "de-duplicated test split (target >= 0.95)"
         )
+        for name in ("incrt", "static12"):
+            out.append(f"info: per-class F1, {name}: {rows[name]['class_f1']}")
     out.append(
         f"{'PASS' if fewer >= 3 else 'FAIL'}: INCRT attention parameters "
         f"{inc['attention_params']:,} vs static-12 {static['attention_params']:,}: "
@@ -307,7 +353,8 @@ def plot(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
     fig, axes = plt.subplots(2, len(results), figsize=(5.5 * len(results), 6.5), squeeze=False)
     for col, (task, rows) in enumerate(results.items()):
         names = [SHORT.get(r["name"], r["name"]) for r in rows]
-        colors = ["tab:green", "tab:blue", "tab:orange", "tab:grey"][: len(rows)]
+        palette = ["tab:green", "tab:blue", "tab:orange", "tab:grey"]
+        colors = palette[: len(rows)]
         acc, top = axes[0][col], axes[1][col]
         acc.bar(names, [100 * r["accuracy"] for r in rows], color=colors)
         for i, r in enumerate(rows):
@@ -315,7 +362,12 @@ def plot(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
             acc.text(i, y, f"{y:.1f}", ha="center", va="bottom")
         low = min(100 * r["accuracy"] for r in rows)
         acc.set(ylim=(max(0, low - 10), 100), ylabel="accuracy %", title=task)
-        top.bar(names, [r["params"] for r in rows], color=colors)
+        sized = [i for i, r in enumerate(rows) if r.get("params")]
+        top.bar(
+            [names[i] for i in sized],
+            [rows[i]["params"] for i in sized],
+            color=[palette[i] for i in sized],
+        )
         top.set(yscale="log", ylabel="parameters (log)")
         for ax in (acc, top):
             ax.tick_params(axis="x", labelrotation=15)
@@ -356,9 +408,16 @@ def main() -> None:
             "incrt": growformer_row("INCRT (from 1 head per layer)", incrt),
             "static12": growformer_row("static, 12 heads per layer", static),
         }
+        if task == "sarscov2":
+            data = load_sarscov2(args)
+            for name in ("incrt", "static12"):
+                confusion = confusion_of(out / task / name, data)
+                rows[name]["class_f1"] = class_f1(confusion, data.label_names)
         if not args.no_pretrained:
             rows["minilm"] = run_pretrained(task, args, out / task / "minilm")
         results[task] = list(rows.values())
+        if task == "sarscov2":
+            results[task].append(nearest_neighbour_row(data))
         if task == "sst2":
             results[task].append(dict(BERT_BASE))
         verdicts[task] = claims(task, rows)
