@@ -62,12 +62,12 @@ SHORT = {
 # model; "quick" scales both down for a run of a few minutes.
 SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "sarscov2": {
-        "full": {"steps": 1500, "minilm_steps": 120, "minilm_batch": 16},
-        "quick": {"steps": 300, "minilm_steps": 25, "minilm_batch": 16},
+        "full": {"steps": 1500, "minilm_steps": 300, "minilm_batch": 16, "minilm_lr": 1e-4},
+        "quick": {"steps": 300, "minilm_steps": 25, "minilm_batch": 16, "minilm_lr": 1e-4},
     },
     "sst2": {
-        "full": {"steps": 2000, "minilm_steps": 300, "minilm_batch": 32},
-        "quick": {"steps": 300, "minilm_steps": 40, "minilm_batch": 32},
+        "full": {"steps": 2000, "minilm_steps": 900, "minilm_batch": 32, "minilm_lr": 5e-5},
+        "quick": {"steps": 300, "minilm_steps": 40, "minilm_batch": 32, "minilm_lr": 5e-5},
     },
 }
 
@@ -222,6 +222,7 @@ def run_pretrained(task: str, args: argparse.Namespace, out: Path) -> dict[str, 
         "seed": args.seed,
         "steps": setting["minilm_steps"],
         "batch": setting["minilm_batch"],
+        "lr": setting["minilm_lr"],
         "min_site_count": args.min_site_count if task == "sarscov2" else None,
     }
     path = out / "result.json"
@@ -238,6 +239,7 @@ def run_pretrained(task: str, args: argparse.Namespace, out: Path) -> dict[str, 
         num_labels,
         steps=setting["minilm_steps"],
         batch_size=setting["minilm_batch"],
+        lr=setting["minilm_lr"],
         max_len=512 if task == "sarscov2" else 128,
         seed=args.seed,
         log_every=max(1, setting["minilm_steps"] // 4),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from growformer.arch import Architecture, LayerSpec
+from growformer.arch import Architecture, LayerSpec, LoopFade
 
 VOCAB = 61
 MAX_LEN = 24
@@ -12,12 +12,17 @@ MAX_LEN = 24
 
 def arch(kind: str, variant: str, dropout: float = 0.0) -> Architecture:
     """A small architecture: ``uniform``, ``nonuniform`` (per-layer heads and widths),
-    ``looped`` (SGT loops) or ``empty_layer`` (one layer without heads)."""
+    ``looped`` (SGT loops), ``empty_layer`` (one layer without heads) or ``fading`` (a
+    block loop, and SGT loops in their soft start)."""
     layers = {
         "uniform": (LayerSpec(2, 8, 48),) * 2,
         "nonuniform": (LayerSpec(1, 16, 64), LayerSpec(3, 8, 32), LayerSpec(2, 4, 48)),
         "looped": (LayerSpec(3, 8, 48), LayerSpec(2, 8, 48, loops=2, looped_heads=(1,))),
         "empty_layer": (LayerSpec(2, 8, 48), LayerSpec(0, 8, 48)),
+        "fading": (
+            LayerSpec(2, 8, 48, block_loops=1),
+            LayerSpec(3, 8, 48, loops=2, looped_heads=(0, 2), fade=LoopFade(0, 8, "cosine")),
+        ),
     }[variant]
     return Architecture(
         kind=kind,
@@ -31,7 +36,7 @@ def arch(kind: str, variant: str, dropout: float = 0.0) -> Architecture:
 
 
 KINDS = ("classifier", "causal_lm")
-VARIANTS = ("uniform", "nonuniform", "looped", "empty_layer")
+VARIANTS = ("uniform", "nonuniform", "looped", "empty_layer", "fading")
 
 
 def batch(kind: str, b: int = 4, t: int = 12, seed: int = 0) -> dict[str, torch.Tensor]:

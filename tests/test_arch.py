@@ -58,11 +58,30 @@ def _layer(**changes):
         (_layer(heads=0, loops=1, looped_heads=[0]), "out of range"),
         (_layer(width=3), "layer 0 has unknown field"),
         (_layer(looped_heads="0"), "must be a list"),
+        (_layer(block_loops=-1), "layer 0: block_loops must be an integer >= 0"),
+        (_layer(fade={"start": 0, "steps": 4}), "a fade needs loops > 0"),
+        (_layer(loops=1, looped_heads=[0], fade={"start": 0}), "fade is missing steps"),
+        (_layer(loops=1, looped_heads=[0], fade=[0, 4]), "fade must be an object"),
+        (_layer(loops=1, looped_heads=[0], fade={"start": 0, "steps": 0}), "steps must be an"),
+        (_layer(loops=1, looped_heads=[0], fade={"start": -1, "steps": 2}), "start must be an"),
+        (
+            _layer(loops=1, looped_heads=[0], fade={"start": 0, "steps": 2, "shape": "step"}),
+            "fade shape must be one of",
+        ),
+        (_layer(loops=1, looped_heads=[0], fade={"start": 0, "steps": 2, "at": 1}), "unknown"),
     ],
 )
 def test_invalid_architectures_name_the_problem(d, message):
     with pytest.raises(ArchitectureError, match=message):
         Architecture.from_dict(d)
+
+
+def test_loop_fields_at_their_defaults_are_left_out_of_the_json():
+    plain = arch("causal_lm", "looped").to_dict()["layers"]
+    assert all("block_loops" not in layer and "fade" not in layer for layer in plain)
+    fading = arch("causal_lm", "fading").to_dict()["layers"]
+    assert fading[0]["block_loops"] == 1 and "fade" not in fading[0]
+    assert fading[1]["fade"] == {"start": 0, "steps": 8, "shape": "cosine"}
 
 
 def test_missing_fields_and_bad_json(tmp_path):

@@ -6,11 +6,12 @@ import json
 
 import pytest
 import torch
-from helpers import arch
+from helpers import arch, batch
 
 from growformer.errors import ConfigError
+from growformer.model import build_model
 from growformer.policies import IncrtPolicy, make_policy
-from growformer.statistics import LayerStats
+from growformer.statistics import LayerStats, capture_inputs
 from growformer.train import TrainConfig, train
 
 D = 8
@@ -227,3 +228,24 @@ def test_resume_in_the_middle_of_growth_is_exact(tmp_path, options):
         assert (tmp_path / "h" / name).read_bytes() == (tmp_path / "s" / name).read_bytes()
     ckpt = "checkpoints/step_00000060/model.safetensors"
     assert (tmp_path / "h" / ckpt).read_bytes() == (tmp_path / "s" / ckpt).read_bytes()
+
+
+@pytest.mark.parametrize("variant", ["looped", "fading"])
+def test_moments_count_each_layer_first_attention_pass_only(variant):
+    torch.manual_seed(0)
+    model = build_model(arch("classifier", variant), "reference").eval()
+    b = batch("classifier")
+    inputs: list[torch.Tensor] = []
+    handles = [
+        block.register_forward_pre_hook(lambda m, args: inputs.append(m.ln_1(args[0])))
+        for block in model.transformer.layers
+    ]
+    with torch.no_grad(), capture_inputs(model, b["attention_mask"]) as capture:
+        model(b["input_ids"], b["attention_mask"])
+    for h in handles:
+        h.remove()
+    real = b["attention_mask"]
+    for layer, cov in enumerate(capture.covariances()):
+        z = inputs[layer][real].double()
+        assert capture.tokens[layer] == int(real.sum())
+        torch.testing.assert_close(cov, z.T @ z / len(z))

@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 from helpers import KINDS, MAX_LEN, VARIANTS, VOCAB, arch, batch
 
-from growformer.model import build_model
+from growformer import surgery
+from growformer.arch import Architecture, LayerSpec, LoopFade
+from growformer.model import KVCache, build_model
 
 
 @pytest.fixture(params=[(k, v) for k in KINDS for v in VARIANTS], ids=lambda p: "-".join(p))
@@ -96,6 +98,78 @@ def test_loops_rerun_only_the_looped_heads():
     expected = h + block.mlp(block.ln_2(h))
     with torch.no_grad():
         assert torch.allclose(block(x, None, True), expected, atol=1e-6)
+
+
+def test_block_loops_rerun_the_whole_block():
+    torch.manual_seed(0)
+    model = build_model(arch("classifier", "fading")).eval()
+    block = model.transformer.layers[0]
+    x = torch.randn(2, 7, 32)
+    with torch.no_grad():
+        looped = block(x, None, False)
+        block.block_loops = 0  # the same block, one pass at a time
+        once = block(block(x, None, False), None, False)
+    assert torch.allclose(looped, once, atol=1e-6)
+
+
+def _decoding_model():
+    """Non-uniform heads; loops of depth 1-3 over head subsets; block loops; a fade."""
+    layers = (
+        LayerSpec(2, 8, 48, loops=1, looped_heads=(1,)),
+        LayerSpec(3, 8, 32, loops=3, looped_heads=(0, 2), block_loops=1),
+        LayerSpec(1, 16, 64, block_loops=2),
+        LayerSpec(4, 4, 48, loops=2, looped_heads=(3,), fade=LoopFade(0, 10, "linear")),
+        LayerSpec(2, 8, 32, loops=2, looped_heads=(0, 1)),
+    )
+    a = Architecture(kind="causal_lm", d_model=32, vocab_size=VOCAB, max_len=MAX_LEN, layers=layers)
+    torch.manual_seed(0)
+    model = build_model(a).eval()
+    surgery.advance(model, 3)  # the fading layer at level 0.7
+    return model
+
+
+def test_cached_decoding_equals_the_full_forward():
+    model = _decoding_model()
+    ids = torch.randint(4, VOCAB, (3, 16))
+    with torch.no_grad():
+        full = model(ids).logits
+        cache = KVCache()
+        pieces = [model(ids[:, :5], cache=cache).logits, model(ids[:, 5:8], cache=cache).logits]
+        pieces += [model(ids[:, t : t + 1], cache=cache).logits for t in range(8, 16)]
+    # One entry per attention call: 1+1 | (1+3)*2 | 1*3 | 1+2 | 1+2.
+    assert len(cache.entries) == 2 + 8 + 3 + 3 + 3 and cache.length == 16
+    assert (torch.cat(pieces, 1) - full).abs().max().item() <= 1e-5
+
+
+def test_generate_continues_greedily_with_the_cache():
+    model = _decoding_model()
+    prompt = torch.randint(4, VOCAB, (2, 6))
+    out = model.generate(prompt, 8)
+    ids = prompt
+    with torch.no_grad():
+        for _ in range(8):  # without a cache: the whole sequence every time
+            ids = torch.cat([ids, model(ids).logits[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(out, ids)
+    sampled = model.generate(prompt, 4, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    assert sampled.shape == (2, 10) and torch.equal(sampled[:, :6], prompt)
+    with pytest.raises(ValueError, match="exceeds max_len"):
+        model.generate(prompt, MAX_LEN)
+    with pytest.raises(ValueError, match="causal, unpadded"):
+        model(prompt, torch.ones_like(prompt), cache=KVCache())
+
+
+@pytest.mark.parametrize(
+    "layer", [4, 0], ids=["fewer-calls-of-the-same-shape", "a-call-of-another-shape"]
+)
+def test_a_cache_refuses_a_changed_structure(layer):
+    model = _decoding_model()
+    cache = KVCache()
+    ids = torch.randint(4, VOCAB, (1, 4))
+    with torch.no_grad():
+        model(ids, cache=cache)
+        surgery.set_loops(model, layer, 0)
+        with pytest.raises(ValueError, match="structure changed"):
+            model(ids[:, :1], cache=cache)
 
 
 def test_too_long_input_is_refused():

@@ -8,6 +8,7 @@ as JSON next to the weights.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,42 @@ from typing import Any
 from growformer.errors import ArchitectureError
 
 KINDS = ("classifier", "causal_lm")
+FADES = ("linear", "cosine", "exponential")
+# Decay rate of the "exponential" fade, rescaled to end at exactly 0: the level is at
+# about 8% of its start halfway through.
+_EXP_RATE = 5.0
+
+
+@dataclass(frozen=True)
+class LoopFade:
+    """Soft start of a layer's loops (SGT): while it lasts, the loop passes run every head,
+    the heads outside ``looped_heads`` weighted by a level that falls from 1 to 0.
+
+    Args:
+        start: Optimizer steps done when the fade began (the forward pass of that step
+            index runs at level 1).
+        steps: Length of the fade in optimizer steps.
+        shape: ``"linear"``, ``"cosine"`` or ``"exponential"`` fall of the level.
+    """
+
+    start: int
+    steps: int
+    shape: str = "linear"
+
+    @property
+    def end(self) -> int:
+        """Step index from which only the looped heads run."""
+        return self.start + self.steps
+
+    def level(self, step: int) -> float:
+        """Weight of the non-looped heads in the forward pass of step index ``step``."""
+        p = min(1.0, max(0.0, (step - self.start) / self.steps))
+        if self.shape == "linear":
+            return 1.0 - p
+        if self.shape == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * p))
+        floor = math.exp(-_EXP_RATE)
+        return (math.exp(-_EXP_RATE * p) - floor) / (1.0 - floor)
 
 
 @dataclass(frozen=True)
@@ -27,6 +64,9 @@ class LayerSpec:
         ffn_dim: Hidden width of the feed-forward sublayer.
         loops: Extra attention passes (SGT); each re-runs only ``looped_heads``.
         looped_heads: Indices of the heads that the extra passes re-run.
+        block_loops: Extra passes of the whole layer (attention with its loops, then the
+            feed-forward), the static block-looping baseline.
+        fade: Soft start of the loops in progress, or None (see :class:`LoopFade`).
     """
 
     heads: int
@@ -34,6 +74,8 @@ class LayerSpec:
     ffn_dim: int
     loops: int = 0
     looped_heads: tuple[int, ...] = field(default_factory=tuple)
+    block_loops: int = 0
+    fade: LoopFade | None = None
 
     @property
     def attn_dim(self) -> int:
@@ -123,10 +165,18 @@ class Architecture:
             _validate_layer(i, layer)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict; ``block_loops`` and ``fade`` only where set, so files of
+        models without them read as before."""
         d = asdict(self)
-        d["layers"] = [
-            {**layer, "looped_heads": list(layer["looped_heads"])} for layer in d["layers"]
-        ]
+        layers = []
+        for layer in d["layers"]:
+            layer["looped_heads"] = list(layer["looped_heads"])
+            if not layer["block_loops"]:
+                del layer["block_loops"]
+            if layer["fade"] is None:
+                del layer["fade"]
+            layers.append(layer)
+        d["layers"] = layers
         return d
 
     @classmethod
@@ -141,21 +191,8 @@ class Architecture:
             raise ArchitectureError(f"architecture is missing {', '.join(missing)}")
         if not isinstance(d["layers"], list):
             raise ArchitectureError("architecture 'layers' must be a list of layer objects")
-        layers = []
-        for i, layer in enumerate(d["layers"]):
-            if not isinstance(layer, dict):
-                raise ArchitectureError(f"layer {i} must be an object")
-            _no_unknown_keys(
-                f"layer {i}", layer, {"heads", "head_dim", "ffn_dim", "loops", "looped_heads"}
-            )
-            missing = sorted({"heads", "head_dim", "ffn_dim"} - layer.keys())
-            if missing:
-                raise ArchitectureError(f"layer {i} is missing {', '.join(missing)}")
-            looped = layer.get("looped_heads", [])
-            if not isinstance(looped, list):
-                raise ArchitectureError(f"layer {i}: looped_heads must be a list of head indices")
-            layers.append(LayerSpec(**{**layer, "looped_heads": tuple(looped)}))
-        return cls(**{**d, "layers": tuple(layers)})
+        layers = tuple(layer_from_dict(i, layer) for i, layer in enumerate(d["layers"]))
+        return cls(**{**d, "layers": layers})
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -184,6 +221,31 @@ class Architecture:
             raise ArchitectureError(f"{p}: {e}") from None
 
 
+def layer_from_dict(i: int, layer: Any) -> LayerSpec:
+    """Layer ``i`` from a dict as written by :meth:`Architecture.to_dict` (not validated
+    against the other fields until it is part of an :class:`Architecture`)."""
+    if not isinstance(layer, dict):
+        raise ArchitectureError(f"layer {i} must be an object")
+    known = {"heads", "head_dim", "ffn_dim", "loops", "looped_heads", "block_loops", "fade"}
+    _no_unknown_keys(f"layer {i}", layer, known)
+    missing = sorted({"heads", "head_dim", "ffn_dim"} - layer.keys())
+    if missing:
+        raise ArchitectureError(f"layer {i} is missing {', '.join(missing)}")
+    looped = layer.get("looped_heads", [])
+    if not isinstance(looped, list):
+        raise ArchitectureError(f"layer {i}: looped_heads must be a list of head indices")
+    fade = layer.get("fade")
+    if fade is not None:
+        if not isinstance(fade, dict):
+            raise ArchitectureError(f"layer {i}: fade must be an object or null")
+        _no_unknown_keys(f"layer {i} fade", fade, {"start", "steps", "shape"})
+        missing = sorted({"start", "steps"} - fade.keys())
+        if missing:
+            raise ArchitectureError(f"layer {i} fade is missing {', '.join(missing)}")
+        fade = LoopFade(**fade)
+    return LayerSpec(**{**layer, "looped_heads": tuple(looped), "fade": fade})
+
+
 def _positive_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ArchitectureError(f"{name} must be a positive integer, got {value!r}")
@@ -198,7 +260,7 @@ def _no_unknown_keys(where: str, d: dict, known: set[str]) -> None:
 
 
 def _validate_layer(i: int, layer: LayerSpec) -> None:
-    for name in ("heads", "loops"):
+    for name in ("heads", "loops", "block_loops"):
         value = getattr(layer, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ArchitectureError(f"layer {i}: {name} must be an integer >= 0, got {value!r}")
@@ -218,3 +280,20 @@ def _validate_layer(i: int, layer: LayerSpec) -> None:
         raise ArchitectureError(f"layer {i}: loops={layer.loops} needs at least one looped head")
     if layer.loops == 0 and looped:
         raise ArchitectureError(f"layer {i}: looped_heads given but loops is 0")
+    fade = layer.fade
+    if fade is None:
+        return
+    if not isinstance(fade, LoopFade):
+        raise ArchitectureError(f"layer {i}: fade must be a LoopFade, got {fade!r}")
+    if layer.loops == 0:
+        raise ArchitectureError(f"layer {i}: a fade needs loops > 0")
+    for name, low in (("start", 0), ("steps", 1)):
+        value = getattr(fade, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ArchitectureError(
+                f"layer {i}: fade {name} must be an integer >= {low}, got {value!r}"
+            )
+    if fade.shape not in FADES:
+        raise ArchitectureError(
+            f"layer {i}: fade shape must be one of {', '.join(FADES)}, got {fade.shape!r}"
+        )

@@ -55,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
         "fasta with --data and --labels)",
     )
     t.add_argument(
-        "--policy", help="structure policy: static, scheduled or incrt (default: static)"
+        "--policy",
+        help="structure policy: static, scheduled, incrt, sgt, all_head_loop, low_entropy_loop "
+        "or block_loop; A+B runs two together, e.g. incrt+sgt (default: static)",
     )
     t.add_argument("--steps", type=int, help="optimizer steps in total")
     t.add_argument(

@@ -2,20 +2,42 @@
 
 Matrix products count 2 FLOPs per multiply-add; a training step costs forward plus
 backward, taken as 3x the forward. Attention scores and mixing are counted over all
-``seq`` keys (what the kernels compute), loops over the heads they really compute.
+``seq`` keys (what the kernels compute), head loops over the heads they really compute
+(every head during a soft start, the looped heads after it), block loops as whole extra
+passes of their layer. Norms, softmax and the soft start's head weights are not counted.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from growformer.arch import Architecture, LayerSpec
+
+COMPONENTS = ("attention", "head_loops", "ffn", "block_loops")
+
+
+def layer_components(d_model: int, layer: LayerSpec, seq: int) -> dict[str, int]:
+    """Forward FLOPs of one layer for one token of a ``seq``-long sequence, by component.
+
+    ``block_loops`` is the cost of the extra passes of the whole layer (its attention,
+    head loops and feed-forward again).
+    """
+    attention = _attn_flops(d_model, layer.heads, layer.head_dim, seq)
+    loop_heads = layer.heads if layer.fade is not None else len(layer.looped_heads)
+    head_loops = layer.loops * _attn_flops(d_model, loop_heads, layer.head_dim, seq)
+    ffn = 2 * 2 * d_model * layer.ffn_dim
+    block_loops = layer.block_loops * (attention + head_loops + ffn)
+    return {
+        "attention": attention,
+        "head_loops": head_loops,
+        "ffn": ffn,
+        "block_loops": block_loops,
+    }
 
 
 def layer_forward_flops(d_model: int, layer: LayerSpec, seq: int) -> int:
     """Forward FLOPs of one layer for one token of a ``seq``-long sequence."""
-    ffn = 2 * 2 * d_model * layer.ffn_dim
-    attn = _attn_flops(d_model, layer.heads, layer.head_dim, seq)
-    loops = layer.loops * _attn_flops(d_model, len(layer.looped_heads), layer.head_dim, seq)
-    return ffn + attn + loops
+    return sum(layer_components(d_model, layer, seq).values())
 
 
 def _attn_flops(d_model: int, heads: int, head_dim: int, seq: int) -> int:
@@ -38,3 +60,14 @@ def forward_flops(arch: Architecture, batch: int, seq: int) -> int:
 def train_step_flops(arch: Architecture, batch: int, seq: int) -> int:
     """Forward + backward FLOPs of one training step."""
     return 3 * forward_flops(arch, batch, seq)
+
+
+def without_loops(arch: Architecture) -> Architecture:
+    """The same model without head loops, block loops or fades (the overhead baseline)."""
+    return replace(
+        arch,
+        layers=tuple(
+            replace(layer, loops=0, looped_heads=(), block_loops=0, fade=None)
+            for layer in arch.layers
+        ),
+    )

@@ -2,18 +2,31 @@
 
 This is the one place that reads model tensors on a policy's behalf: policies receive
 the results (plain tensors detached from the model) and never see the model itself.
+
+A policy names what it needs (:data:`STATISTICS`): ``"moments"`` (INCRT: per layer a
+:class:`LayerStats`), ``"entropy"`` (SGT: per layer a (heads,) tensor of normalised
+attention entropies of one query row per sequence) or ``"entropy_all"`` (the same,
+averaged over every valid query row). :func:`capture` records them during the training
+forward pass.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import math
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from growformer.model import ElasticModel
+from growformer.model import Block, ElasticModel
+
+MOMENTS = "moments"
+ENTROPY = "entropy"
+ENTROPY_ALL = "entropy_all"
+STATISTICS = (MOMENTS, ENTROPY, ENTROPY_ALL)
 
 
 @dataclass
@@ -57,6 +70,10 @@ def capture_inputs(
 ) -> Iterator[InputCapture]:
     """Record each layer's normalised attention input during the forward passes inside.
 
+    Only the layer's first attention pass counts: the hook sits on the block and applies
+    its pre-norm itself, because loop passes and block loops call the pre-norm again on
+    streams the gate does not describe.
+
     Args:
         model: The model whose layers to watch.
         attention_mask: (batch, seq) True for real tokens (None: all real).
@@ -64,10 +81,13 @@ def capture_inputs(
     """
     layers = model.transformer.layers
     capture = capture or InputCapture(len(layers))
+
+    def hook(i: int, block: Block, hidden_states: Tensor) -> None:
+        with torch.no_grad():
+            capture.add(i, block.ln_1(hidden_states), attention_mask)
+
     handles = [
-        block.ln_1.register_forward_hook(
-            lambda module, args, out, i=i: capture.add(i, out, attention_mask)
-        )
+        block.register_forward_pre_hook(lambda module, args, i=i: hook(i, module, args[0]))
         for i, block in enumerate(layers)
     ]
     try:
@@ -98,3 +118,175 @@ def layer_stats(model: ElasticModel, capture: InputCapture) -> list[LayerStats]:
         )
         for i in range(len(covs))
     ]
+
+
+@torch.no_grad()
+def attention_entropy(
+    z: Tensor,
+    wq: Tensor,
+    wk: Tensor,
+    head_dim: int,
+    key_mask: Tensor | None = None,
+    *,
+    causal: bool,
+    all_rows: bool = False,
+) -> Tensor:
+    """Per sequence and head, the Shannon entropy of attention rows over log(valid keys).
+
+    The row is the last real position (causal) or the first, [CLS], position (encoder),
+    or, with ``all_rows``, every real position, averaged. Valid keys are the real
+    positions (causal: up to the query); a row with one valid key has entropy 0.
+
+    Args:
+        z: (batch, seq, d_model) the layer's normalised attention input.
+        wq: (heads * head_dim, d_model) query projection.
+        wk: (heads * head_dim, d_model) key projection.
+        head_dim: Width of each head.
+        key_mask: (batch, seq) True for real tokens (None: all real).
+        causal: Whether queries see only earlier keys.
+        all_rows: Average over every real query row instead of one.
+
+    Returns:
+        (batch, heads) normalised entropies in [0, 1].
+    """
+    z = z.float()
+    b, t, d = z.shape
+    heads = wq.shape[0] // head_dim
+    wq = wq.float().view(heads, head_dim, d)
+    wk = wk.float().view(heads, head_dim, d)
+    real = torch.ones(b, t, dtype=torch.bool, device=z.device) if key_mask is None else key_mask
+    real = real.bool()
+    pos = torch.arange(t, device=z.device)
+    scale = 1 / math.sqrt(head_dim)
+    if all_rows:
+        q = torch.einsum("btd,hed->bhte", z, wq)
+        k = torch.einsum("btd,hed->bhte", z, wk)
+        scores = q @ k.transpose(-1, -2) * scale  # (b, h, query, key)
+        keys = real[:, None, None, :]
+        if causal:
+            keys = keys & (pos[None, :] <= pos[:, None])
+    else:
+        # One query row: fold its query into the key projection, so the scores cost
+        # seq * d_model per head instead of projecting every key.
+        row = (pos * real).argmax(-1) if causal else torch.zeros_like(real[:, 0], dtype=torch.long)
+        q = torch.einsum("bd,hed->bhe", z[torch.arange(b, device=z.device), row], wq)
+        u = torch.einsum("bhe,hed->bhd", q, wk)
+        scores = torch.einsum("btd,bhd->bht", z, u)[:, :, None, :] * scale  # (b, h, 1, key)
+        keys = real[:, None, None, :]
+        if causal:
+            keys = keys & (pos <= row[:, None])[:, None, None, :]
+    log_p = torch.log_softmax(scores.masked_fill(~keys, -math.inf), -1)
+    entropy = -torch.where(keys, log_p.exp() * log_p, 0.0).sum(-1)
+    n = keys.sum(-1)
+    normalised = torch.where(n > 1, entropy / torch.log(n.clamp_min(2).float()), 0.0)
+    if not all_rows:
+        return normalised[:, :, 0]
+    rows = real[:, None, :].float()
+    return (normalised * rows).sum(-1) / rows.sum(-1).clamp_min(1)
+
+
+class EntropyCapture:
+    """Accumulates every layer's per-head attention entropy, averaged over sequences.
+
+    Args:
+        n_layers: Number of layers.
+        all_rows: Average over every real query row (see :func:`attention_entropy`).
+    """
+
+    def __init__(self, n_layers: int, all_rows: bool = False) -> None:
+        self.all_rows = all_rows
+        self.sums: list[Tensor | None] = [None] * n_layers
+        self.sequences = [0] * n_layers
+
+    def add(self, layer: int, block: Block, h: Tensor, mask: Tensor | None, causal: bool) -> None:
+        """Record the first attention pass of layer ``layer``.
+
+        Args:
+            layer: Layer index.
+            block: The layer.
+            h: (batch, seq, d_model) the block's input (before its pre-norm).
+            mask: (batch, seq) True for real tokens (None: all real).
+            causal: Whether the model is causal.
+        """
+        attn = block.attn
+        with torch.no_grad():
+            e = attention_entropy(
+                block.ln_1(h),
+                attn.q_proj.weight,
+                attn.k_proj.weight,
+                attn.head_dim,
+                mask,
+                causal=causal,
+                all_rows=self.all_rows,
+            ).sum(0)
+        self.sums[layer] = e if self.sums[layer] is None else self.sums[layer] + e
+        self.sequences[layer] += h.shape[0]
+
+    def entropies(self) -> list[Tensor]:
+        """(heads,) mean entropy per layer, on the model's device (no host synchronisation)."""
+        return [s / max(n, 1) for s, n in zip(self.sums, self.sequences, strict=True)]
+
+
+@contextlib.contextmanager
+def capture_entropy(
+    model: ElasticModel, attention_mask: Tensor | None, capture: EntropyCapture
+) -> Iterator[EntropyCapture]:
+    """Record each layer's attention entropy during the forward passes inside.
+
+    The hook sits on the block, not on its pre-norm, so that a layer's loop passes and
+    block loops (which reuse the pre-norm) do not count: the entropy is that of the
+    layer's first attention pass.
+    """
+    handles = [
+        block.register_forward_pre_hook(
+            lambda module, args, i=i: capture.add(i, module, args[0], attention_mask, args[2])
+        )
+        for i, block in enumerate(model.transformer.layers)
+    ]
+    try:
+        yield capture
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class Capture:
+    """The statistics named in ``needs``, recorded over forward passes (see :func:`capture`).
+
+    Args:
+        n_layers: Number of layers.
+        needs: Names from :data:`STATISTICS`.
+    """
+
+    def __init__(self, n_layers: int, needs: Collection[str]) -> None:
+        unknown = sorted(set(needs) - set(STATISTICS))
+        if unknown:
+            raise ValueError(f"unknown statistics {unknown} (known: {', '.join(STATISTICS)})")
+        self.inputs = InputCapture(n_layers) if MOMENTS in needs else None
+        self.entropy = {
+            name: EntropyCapture(n_layers, all_rows=name == ENTROPY_ALL)
+            for name in (ENTROPY, ENTROPY_ALL)
+            if name in needs
+        }
+
+    def results(self, model: ElasticModel) -> dict[str, Any]:
+        """Statistic name -> per-layer values (moments use the model's current forms)."""
+        out: dict[str, Any] = {name: c.entropies() for name, c in self.entropy.items()}
+        if self.inputs is not None:
+            out[MOMENTS] = layer_stats(model, self.inputs)
+        return out
+
+
+@contextlib.contextmanager
+def capture(
+    model: ElasticModel, attention_mask: Tensor | None, needs: Collection[str]
+) -> Iterator[Capture]:
+    """Record the statistics named in ``needs`` during the forward passes inside; nothing
+    (no hook) when ``needs`` is empty."""
+    recorded = Capture(len(model.transformer.layers), needs)
+    with contextlib.ExitStack() as stack:
+        if recorded.inputs is not None:
+            stack.enter_context(capture_inputs(model, attention_mask, recorded.inputs))
+        for c in recorded.entropy.values():
+            stack.enter_context(capture_entropy(model, attention_mask, c))
+        yield recorded

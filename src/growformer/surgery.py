@@ -4,6 +4,13 @@ Every change rebuilds the affected parameters, carries the optimizer state of ev
 surviving slice (Adam/AdamW moments and step, SGD momentum: any state tensor shaped like
 its parameter), gives new slices zero state, keeps the gradient if one is pending, and
 returns an :class:`Event` record. It is safe between two optimizer steps.
+
+A loop's soft start is a structure that changes with the step: :func:`advance`, called
+by the trainer after every optimizer step, sets each fading layer's level for the next
+forward pass from the schedule that the ``set_loops`` event recorded in the layer's
+:class:`~growformer.arch.LoopFade`, and asks for ``end_fade`` once it is over. The level
+is a Python float written into a device buffer (no host synchronisation), and the fade
+costs one event to start and one to end instead of one a step.
 """
 
 from __future__ import annotations
@@ -15,11 +22,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from growformer.arch import FADES, LoopFade
 from growformer.errors import ArchitectureError, SurgeryError
 from growformer.model import ElasticModel, head_rows
 from growformer.model.block import Block
 
-OPS = ("add_head", "remove_head", "set_loops")
+OPS = ("add_head", "remove_head", "set_loops", "end_fade")
 INITS = ("random", "function_preserving")
 
 
@@ -28,14 +36,18 @@ class Event:
     """A structural change: emitted by a policy as a request, returned by surgery as a record.
 
     Args:
-        op: ``"add_head"``, ``"remove_head"`` or ``"set_loops"``.
+        op: ``"add_head"``, ``"remove_head"``, ``"set_loops"`` or ``"end_fade"``.
         layer: Layer index.
         head: Head removed (remove_head) or index of the head added (filled in by surgery).
         init: Initialisation of an added head, ``"random"`` or ``"function_preserving"``.
         init_std: Standard deviation of an added head's weights (None: the INCRT reference
             scale, see :func:`add_head`).
         loops: New loop depth (set_loops).
-        looped_heads: Heads the loops re-run (set_loops).
+        looped_heads: Heads the loops re-run (set_loops; None keeps the layer's).
+        fade: Soft start of set_loops: shape of the fall of the other heads' loop weight
+            from 1 to 0 (see :data:`growformer.arch.FADES`); None: the looped heads alone
+            from now on (a fade already running goes on).
+        fade_steps: Length of that fall in optimizer steps.
         step: Optimizer steps taken when the change happened (filled in by the trainer).
         reason: Why the policy asked for it.
         heads_after: Head count of the layer after the change (filled in by surgery).
@@ -51,6 +63,8 @@ class Event:
     init_std: float | None = None
     loops: int | None = None
     looped_heads: tuple[int, ...] | None = None
+    fade: str | None = None
+    fade_steps: int | None = None
     step: int | None = None
     reason: str | None = None
     heads_after: int | None = None
@@ -83,11 +97,27 @@ def apply(model: ElasticModel, optimizer: torch.optim.Optimizer | None, event: E
     elif event.op == "set_loops":
         if event.loops is None:
             raise SurgeryError("set_loops needs a loop depth")
-        record = set_loops(model, event.layer, event.loops, event.looped_heads or ())
+        record = set_loops(
+            model, event.layer, event.loops, event.looped_heads, fade=_fade_of(event)
+        )
+    elif event.op == "end_fade":
+        record = end_fade(model, event.layer)
     else:
         raise SurgeryError(f"unknown structural op {event.op!r} (known: {', '.join(OPS)})")
     record.step, record.reason = event.step, event.reason
     return record
+
+
+def _fade_of(event: Event) -> LoopFade | None:
+    if event.fade is None:
+        return None
+    if event.fade not in FADES:
+        raise SurgeryError(f"unknown fade {event.fade!r} (known: {', '.join(FADES)})")
+    if event.step is None:
+        raise SurgeryError("a fade starts at the event's step, but the event has none")
+    if not isinstance(event.fade_steps, int) or event.fade_steps < 1:
+        raise SurgeryError(f"a fade needs fade_steps >= 1, got {event.fade_steps!r}")
+    return LoopFade(start=event.step, steps=event.fade_steps, shape=event.fade)
 
 
 def add_head(
@@ -128,6 +158,8 @@ def add_head(
     if init == "function_preserving":
         extra.zero_()
     _rebuild(attn.o_proj, optimizer, dim=1, keep=keep, extra=extra)
+    # A fade's per-head weights follow the head count (the new head is not looped).
+    block.set_loops(block.loops, block.looped_heads, block.fade)
     return _record(model, Event(op="add_head", layer=layer, head=attn.heads - 1, init=init))
 
 
@@ -148,27 +180,81 @@ def remove_head(
         _rebuild(proj, optimizer, dim=0, keep=keep)
     _rebuild(attn.o_proj, optimizer, dim=1, keep=keep)
     looped = tuple(h - (h > head) for h in block.looped_heads if h != head)
-    block.set_loops(block.loops if looped else 0, looped)
+    if looped:
+        block.set_loops(block.loops, looped, block.fade)
+    else:
+        block.set_loops(0, ())
     return _record(model, Event(op="remove_head", layer=layer, head=head))
 
 
 def set_loops(
-    model: ElasticModel, layer: int, loops: int, looped_heads: tuple[int, ...] | list[int]
+    model: ElasticModel,
+    layer: int,
+    loops: int,
+    looped_heads: tuple[int, ...] | list[int] | None = None,
+    fade: LoopFade | None = None,
 ) -> Event:
     """Set how many extra attention passes ``layer`` runs and which heads they re-run.
 
-    No parameter changes: the loops reuse the layer's projections.
+    No parameter changes: the loops reuse the layer's projections, so the optimizer
+    state is untouched.
+
+    Args:
+        model: The model to change in place.
+        layer: Layer index.
+        loops: New loop depth (0 stops the loops).
+        looped_heads: Heads the loops re-run; None keeps the layer's current ones.
+        fade: Start a soft start (every head in the loops, the others at weight 1 falling
+            to 0 by ``fade.end``); None lets a fade in progress go on.
     """
     block = _block(model, layer)
+    if looped_heads is None:
+        looped_heads = block.looped_heads if loops else ()
     looped_heads = tuple(looped_heads)
+    started = fade is not None
+    if fade is None and loops:
+        fade = block.fade
     try:
-        model.arch.with_layer(layer, loops=loops, looped_heads=looped_heads)
+        model.arch.with_layer(layer, loops=loops, looped_heads=looped_heads, fade=fade)
     except ArchitectureError as e:
         raise SurgeryError(str(e)) from None
-    block.set_loops(loops, looped_heads)
+    block.set_loops(loops, looped_heads, fade)
+    record = Event(op="set_loops", layer=layer, loops=loops, looped_heads=looped_heads)
+    if started:
+        record.fade, record.fade_steps = fade.shape, fade.steps
+    return _record(model, record)
+
+
+def end_fade(model: ElasticModel, layer: int) -> Event:
+    """End ``layer``'s soft start: from now on its loops compute only the looped heads."""
+    block = _block(model, layer)
+    if block.fade is None:
+        raise SurgeryError(f"layer {layer} has no fade to end")
+    block.set_loops(block.loops, block.looped_heads)
     return _record(
-        model, Event(op="set_loops", layer=layer, loops=loops, looped_heads=looped_heads)
+        model,
+        Event(op="end_fade", layer=layer, loops=block.loops, looped_heads=block.looped_heads),
     )
+
+
+def advance(model: ElasticModel, step: int) -> list[Event]:
+    """Set every fading layer's level for the forward pass of step index ``step``.
+
+    Args:
+        model: The model whose fades to move on.
+        step: Optimizer steps done.
+
+    Returns:
+        ``end_fade`` requests for the fades that are over (their level is now 0, so
+        ending them does not change the function).
+    """
+    requests = []
+    for i, block in enumerate(model.transformer.layers):
+        if block.fade is not None:
+            block.loop_fade_level.fill_(block.fade.level(step))
+            if step >= block.fade.end:
+                requests.append(Event(op="end_fade", layer=i, reason="fade over"))
+    return requests
 
 
 def _block(model: ElasticModel, layer: int) -> Block:

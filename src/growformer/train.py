@@ -1,4 +1,4 @@
-"""Training loop: batches -> model -> policy -> events -> surgery, with logs and checkpoints.
+"""Training loop: batches -> model -> statistics -> policy -> events -> surgery, logged.
 
 A run directory holds ``events.jsonl`` (one structural change a line), ``metrics.jsonl``
 (training loss and evaluations), ``checkpoints/`` and, at the end, ``summary.json``.
@@ -28,11 +28,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from growformer import checkpoint, surgery
-from growformer.arch import Architecture, LayerSpec
+from growformer import checkpoint, statistics, surgery
+from growformer.arch import Architecture, layer_from_dict
 from growformer.data import BatchStream, TaskData, eval_batches, load_task
 from growformer.errors import ArchitectureError, ConfigError, DataError
-from growformer.flops import train_step_flops
+from growformer.flops import train_step_flops, without_loops
 from growformer.model import ATTN_INITS, ElasticModel, build_model
 from growformer.policies import make_policy
 from growformer.statistics import InputCapture, LayerStats, capture_inputs, layer_stats
@@ -55,7 +55,9 @@ class ModelConfig:
         ffn_dim: Feed-forward hidden width.
         dropout: Dropout probability.
         layers: Explicit per-layer shapes (``heads``, ``head_dim``, ``ffn_dim``, ``loops``,
-            ``looped_heads``); when given, it replaces n_layers/heads/head_dim/ffn_dim.
+            ``looped_heads``, ``block_loops``, ``fade``: the fields of
+            :meth:`Architecture.to_dict`); when given, it replaces
+            n_layers/heads/head_dim/ffn_dim.
         attn_init: Attention initialisation, ``"gpt2"`` or ``"reference"`` (see
             :meth:`ElasticModel.init_weights`); default: the policy's choice.
     """
@@ -76,7 +78,8 @@ class TrainConfig:
 
     Args:
         task: ``sst2``, ``retrieval``, ``lm`` or ``file``.
-        policy: Structure policy name (``static``, ``scheduled``, ...).
+        policy: Structure policy name (``static``, ``scheduled``, ``incrt``, ``sgt``, ...;
+            ``a+b`` composes policies).
         seed: Seed of model initialisation, data order and dropout.
         steps: Optimizer steps in total.
         batch_size: Sequences per step.
@@ -182,9 +185,7 @@ def build_arch(cfg: TrainConfig, data: TaskData) -> Architecture:
         m.layers or [{"heads": m.heads, "head_dim": m.head_dim, "ffn_dim": m.ffn_dim}] * m.n_layers
     )
     try:
-        layers = tuple(
-            LayerSpec(**{**s, "looped_heads": tuple(s.get("looped_heads", ()))}) for s in specs
-        )
+        layers = tuple(layer_from_dict(i, s) for i, s in enumerate(specs))
         return Architecture(
             kind="classifier" if data.kind == "classification" else "causal_lm",
             d_model=m.d_model,
@@ -224,8 +225,9 @@ def evaluate(model: ElasticModel, data: Any, *, batch_size: int, pad_id: int) ->
     """Loss, accuracy and macro-F1 (classification) or perplexity (LM) over all of ``data``."""
     device = next(model.parameters()).device
     loss_sum, count, n = 0.0, 0, 0
-    # confusion[label, prediction], for accuracy and per-class F1.
-    confusion = torch.zeros(model.arch.num_labels, model.arch.num_labels, dtype=torch.long)
+    # confusion[label, prediction], for accuracy and per-class F1 (empty for language models).
+    classes = model.arch.num_labels or 0
+    confusion = torch.zeros(classes, classes, dtype=torch.long)
     with eval_mode(model):
         for batch in eval_batches(data, batch_size, pad_id):
             batch = {k: v.to(device) for k, v in batch.items()}
@@ -355,6 +357,8 @@ class Trainer:
         self.state: dict[str, Any] = {
             "step": 0,
             "train_flops": 0,
+            # The same steps without any loops: the baseline of flops_overhead_pct.
+            "train_flops_no_loops": 0,
             "wall_s": 0.0,
             "events": 0,
             "metrics": 0,
@@ -365,7 +369,11 @@ class Trainer:
         if ckpt is not None:
             ckpt.load_optimizer(self.optimizer)
             self.policy.load_state_dict(ckpt.trainer_state["policy"])
-            self.state = {k: ckpt.trainer_state[k] for k in self.state}
+            saved = ckpt.trainer_state
+            # Checkpoints from before the baseline was kept start it at train_flops (exact
+            # for runs without loops).
+            saved.setdefault("train_flops_no_loops", saved["train_flops"])
+            self.state = {k: saved[k] for k in self.state}
             random.setstate(_tuple_state(ckpt.trainer_state["python_rng"]))
             ckpt.restore_rng()
         self.events_log = _Log(self.out / "events.jsonl", keep=self.state["events"])
@@ -423,39 +431,53 @@ class Trainer:
         return summary
 
     def train_step(self) -> float:
-        """One optimizer step, then the policy's structural events; returns the step's lr."""
+        """One optimizer step, then the structural events; returns the step's lr.
+
+        Events come from two places, in this order: fades that are over (the schedule a
+        ``set_loops`` event started, see :func:`surgery.advance`), then the policy.
+        """
         batch = {k: v.to(self.device) for k, v in self.stream.batch(self.state["step"]).items()}
         lr = lr_at(self.state["step"], self.cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        wants_stats = self.policy.wants_stats(self.state["step"] + 1)
-        mask = batch.get("attention_mask")
-        watch = capture_inputs(self.model, mask) if wants_stats else contextlib.nullcontext()
-        with watch as capture:
+        needs = self.policy.needs(self.state["step"] + 1)
+        with statistics.capture(self.model, batch.get("attention_mask"), needs) as captured:
             loss = self.model(**batch).loss
         loss.backward()
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.state["train_flops"] += train_step_flops(self.arch, *batch["input_ids"].shape)
+        shape = batch["input_ids"].shape
+        self.state["train_flops"] += train_step_flops(self.arch, *shape)
+        self.state["train_flops_no_loops"] += train_step_flops(without_loops(self.arch), *shape)
         self.state["step"] += 1
         self.state["loss_sum"] += loss.item()
         self.state["loss_n"] += 1
-        stats = layer_stats(self.model, capture) if wants_stats else None
-        requests = self.policy.decide(self.state["step"], stats)
+        step = self.state["step"]
+        stats = captured.results(self.model)
+        turns = itertools.chain(
+            [surgery.advance(self.model, step)], self.policy.decide_from(step, stats)
+        )
+        for requests in turns:
+            records = [self._apply(r, batch) for r in requests]
+            if records:
+                self.policy.observe(records)
         for record in self.policy.drain_log():
             self.stats_log.write(record)
             self.state["stats"] += 1
-        for request in requests:
-            request.step = self.state["step"]
-            loss_before = self._probe_loss(batch)
-            record = surgery.apply(self.model, self.optimizer, request)
-            record.loss_before, record.loss_after = loss_before, self._probe_loss(batch)
-            self.events_log.write(record.to_dict())
-            self.state["events"] += 1
-            self.arch = self.model.arch
         return lr
+
+    def _apply(self, request: surgery.Event, batch: dict[str, torch.Tensor]) -> surgery.Event:
+        """Apply one structural change, measuring the loss on ``batch`` around it; log it."""
+        request.step = self.state["step"]
+        loss_before = self._probe_loss(batch)
+        record = surgery.apply(self.model, self.optimizer, request)
+        record.loss_before, record.loss_after = loss_before, self._probe_loss(batch)
+        self.events_log.write(record.to_dict())
+        self.state["events"] += 1
+        self.arch = self.model.arch
+        return record
 
     @torch.no_grad()
     def _probe_loss(self, batch: dict[str, torch.Tensor]) -> float:
@@ -512,6 +534,7 @@ class Trainer:
 
     def summary(self) -> dict[str, Any]:
         cfg, data = self.cfg, self.data
+        flops, base = self.state["train_flops"], self.state["train_flops_no_loops"]
         return {
             "task": cfg.task,
             "policy": cfg.policy,
@@ -522,6 +545,15 @@ class Trainer:
             "metrics": self.metrics,
             "events": self.events_log.read(),
             "train_flops": self.state["train_flops"],
+            "flops_overhead_pct": 100 * (flops / base - 1) if base else 0.0,
+            "loop_structure": [
+                {
+                    "loops": layer.loops,
+                    "looped_heads": list(layer.looped_heads),
+                    "block_loops": layer.block_loops,
+                }
+                for layer in self.arch.layers
+            ],
             "wall_s": round(self._wall(), 3),
             "device": str(self.device),
             "data": {"train": len(data.train), "val": len(data.val), "vocab_size": data.vocab_size},

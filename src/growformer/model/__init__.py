@@ -1,6 +1,6 @@
 """Elastic transformer modules: attention, blocks, backbone and task heads."""
 
-from growformer.model.attention import ElasticAttention, head_rows
+from growformer.model.attention import ElasticAttention, KVCache, head_rows
 from growformer.model.block import MLP, Block
 from growformer.model.transformer import (
     ATTN_INITS,
@@ -23,6 +23,7 @@ __all__ = [
     "ElasticForSequenceClassification",
     "ElasticModel",
     "ElasticTransformer",
+    "KVCache",
     "ModelOutput",
     "build_model",
     "head_rows",

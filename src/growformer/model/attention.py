@@ -45,6 +45,8 @@ class ElasticAttention(nn.Module):
         attn_mask: Tensor | None = None,
         is_causal: bool = False,
         rows: Tensor | None = None,
+        head_weights: Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> Tensor:
         """Attend and project back to the residual width.
 
@@ -54,6 +56,10 @@ class ElasticAttention(nn.Module):
             is_causal: Apply a causal mask (language modelling).
             rows: Projection rows of a subset of heads to compute (looped passes); None
                 computes every head.
+            head_weights: (heads,) factors on each computed head's output (a loop's soft
+                start); None weighs every head 1.
+            cache: Keys and values of the earlier positions (incremental decoding); this
+                call's are appended to it.
         """
         if rows is None:
             q, k, v = (
@@ -69,6 +75,16 @@ class ElasticAttention(nn.Module):
             wo = self.o_proj.weight[:, rows]
         b, t, _ = hidden_states.shape
         q, k, v = (x.view(b, t, -1, self.head_dim).transpose(1, 2) for x in (q, k, v))
+        if cache is not None:
+            k, v = cache.extend(k, v)
+            past = k.shape[2] - t
+            if past and is_causal:
+                # The new queries sit at positions past..past+t-1; the kernel's own causal
+                # mask would align them with the first keys instead.
+                if t > 1:
+                    attn_mask = torch.ones(t, past + t, dtype=torch.bool, device=k.device)
+                    attn_mask = attn_mask.tril(past)
+                is_causal = False
         y = F.scaled_dot_product_attention(
             q,
             k,
@@ -77,8 +93,58 @@ class ElasticAttention(nn.Module):
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=is_causal,
         )
+        if head_weights is not None:
+            y = y * head_weights.view(1, -1, 1, 1)
         y = y.transpose(1, 2).reshape(b, t, -1)
         return self.resid_drop(F.linear(y, wo))
+
+
+class KVCache:
+    """Keys and values of every attention call of a forward pass, one entry per call.
+
+    A looped layer makes several attention calls per forward pass, each on a different
+    residual stream: every pass needs its own keys and values. The calls come in the same
+    order at every pass over the same structure, so entries are matched by position;
+    :meth:`start` rewinds at the beginning of a pass and :meth:`finish` checks that the
+    pass made exactly the calls the cache holds.
+    """
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[Tensor, Tensor]] = []
+        self._cursor = 0
+
+    @property
+    def length(self) -> int:
+        """Positions cached so far."""
+        return self.entries[0][0].shape[2] if self.entries else 0
+
+    def start(self) -> None:
+        """Rewind to the first attention call (a new forward pass begins)."""
+        self._cursor = 0
+
+    def extend(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Append this call's (batch, heads, new, head_dim) keys and values; return all."""
+        if self._cursor < len(self.entries):
+            past_k, past_v = self.entries[self._cursor]
+            if past_k.shape[:2] + past_k.shape[3:] != k.shape[:2] + k.shape[3:]:
+                raise ValueError(
+                    f"attention call {self._cursor} has keys of shape {tuple(k.shape)} but the "
+                    f"cache holds {tuple(past_k.shape)}: the structure changed since it was filled"
+                )
+            k, v = torch.cat([past_k, k], 2), torch.cat([past_v, v], 2)
+            self.entries[self._cursor] = (k, v)
+        else:
+            self.entries.append((k, v))
+        self._cursor += 1
+        return k, v
+
+    def finish(self) -> None:
+        """Check that the forward pass made as many attention calls as the cache holds."""
+        if self._cursor != len(self.entries):
+            raise ValueError(
+                f"the cache holds {len(self.entries)} attention calls but this pass made "
+                f"{self._cursor}: the structure changed since the cache was filled"
+            )
 
 
 def head_rows(heads: list[int] | tuple[int, ...], head_dim: int) -> Tensor:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
-from growformer.arch import LayerSpec
-from growformer.model.attention import ElasticAttention, head_rows
+from growformer.arch import LayerSpec, LoopFade
+from growformer.model.attention import ElasticAttention, KVCache, head_rows
 
 
 class MLP(nn.Module):
@@ -30,7 +31,12 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
     """One layer: ``h + attn(ln(h))``, then ``loops`` extra passes of the looped heads
-    through the same projections (SGT), then ``h + mlp(ln(h))``.
+    through the same projections (SGT), then ``h + mlp(ln(h))``; all of it run
+    ``1 + block_loops`` times.
+
+    During a loop's soft start (``fade``) the loop passes run every head, the heads outside
+    ``looped_heads`` weighted by ``loop_fade_level``; afterwards they compute only the
+    looped heads' projection rows, so their cost follows the looped head count.
 
     Args:
         d_model: Width of the residual stream.
@@ -46,18 +52,40 @@ class Block(nn.Module):
         )
         self.ln_2 = nn.LayerNorm(d_model)
         self.mlp = MLP(d_model=d_model, ffn_dim=spec.ffn_dim, dropout=dropout)
-        self.set_loops(spec.loops, spec.looped_heads)
+        self.block_loops = spec.block_loops
+        self.fade: LoopFade | None = None
+        self.set_loops(spec.loops, spec.looped_heads, spec.fade)
 
-    def set_loops(self, loops: int, looped_heads: tuple[int, ...]) -> None:
-        """Set the looped passes; called by construction and by surgery only."""
+    def set_loops(
+        self, loops: int, looped_heads: tuple[int, ...], fade: LoopFade | None = None
+    ) -> None:
+        """Set the looped passes; called by construction and by surgery only.
+
+        A new ``fade`` starts at level 1; the same fade as before keeps its level (the
+        head count or loop depth changed during it). The level is a persistent buffer, so
+        a checkpoint taken during a fade restores the exact function.
+        """
+        continuing = fade is not None and fade == self.fade
         self.loops = loops
         self.looped_heads = tuple(looped_heads)
-        device = self.attn.q_proj.weight.device
+        self.fade = fade
+        weight = self.attn.q_proj.weight
         self.register_buffer(
             "loop_rows",
-            head_rows(self.looped_heads, self.attn.head_dim).to(device),
+            head_rows(self.looped_heads, self.attn.head_dim).to(weight.device),
             persistent=False,
         )
+        if fade is None:
+            self.register_buffer("loop_kept", None, persistent=False)
+            self.register_buffer("loop_fade_level", None)
+            return
+        kept = torch.zeros(self.attn.heads, dtype=weight.dtype, device=weight.device)
+        kept[list(self.looped_heads)] = 1.0
+        self.register_buffer("loop_kept", kept, persistent=False)
+        if not continuing:
+            self.register_buffer(
+                "loop_fade_level", torch.ones((), dtype=weight.dtype, device=weight.device)
+            )
 
     @property
     def spec(self) -> LayerSpec:
@@ -68,12 +96,38 @@ class Block(nn.Module):
             ffn_dim=self.mlp.fc_in.out_features,
             loops=self.loops,
             looped_heads=self.looped_heads,
+            block_loops=self.block_loops,
+            fade=self.fade,
         )
 
-    def forward(self, hidden_states: Tensor, attn_mask: Tensor | None, is_causal: bool) -> Tensor:
+    def forward(
+        self,
+        hidden_states: Tensor,
+        attn_mask: Tensor | None,
+        is_causal: bool,
+        cache: KVCache | None = None,
+    ) -> Tensor:
         h = hidden_states
+        for _ in range(1 + self.block_loops):
+            h = self._pass(h, attn_mask, is_causal, cache)
+        return h
+
+    def _pass(
+        self, h: Tensor, attn_mask: Tensor | None, is_causal: bool, cache: KVCache | None
+    ) -> Tensor:
         if self.attn.heads:
-            h = h + self.attn(self.ln_1(h), attn_mask, is_causal)
+            h = h + self.attn(self.ln_1(h), attn_mask, is_causal, cache=cache)
+            rows, weights = self.loop_rows, None
+            if self.fade is not None:
+                rows = None
+                weights = self.loop_kept + (1 - self.loop_kept) * self.loop_fade_level
             for _ in range(self.loops):
-                h = h + self.attn(self.ln_1(h), attn_mask, is_causal, rows=self.loop_rows)
+                h = h + self.attn(
+                    self.ln_1(h),
+                    attn_mask,
+                    is_causal,
+                    rows=rows,
+                    head_weights=weights,
+                    cache=cache,
+                )
         return h + self.mlp(self.ln_2(h))

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from growformer.arch import Architecture
+from growformer.model.attention import KVCache
 from growformer.model.block import Block
 
 
@@ -44,7 +45,11 @@ class ElasticTransformer(nn.Module):
         self.ln_f = nn.LayerNorm(arch.d_model)
 
     def forward(
-        self, input_ids: Tensor, attention_mask: Tensor | None = None, is_causal: bool = False
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        is_causal: bool = False,
+        cache: KVCache | None = None,
     ) -> Tensor:
         """Return the final hidden states (batch, seq, d_model).
 
@@ -52,15 +57,25 @@ class ElasticTransformer(nn.Module):
             input_ids: (batch, seq) token ids.
             attention_mask: (batch, seq) bool or 0/1, True for real tokens; None = all real.
             is_causal: Mask future positions.
+            cache: Keys and values of the positions before ``input_ids`` (causal, unpadded
+                input only); this pass's are appended.
         """
-        t = input_ids.shape[1]
+        past = 0
+        if cache is not None:
+            if attention_mask is not None or not is_causal:
+                raise ValueError("a key/value cache needs causal, unpadded input")
+            past = cache.length
+            cache.start()
+        t = past + input_ids.shape[1]
         if t > self.pos_emb.num_embeddings:
             raise ValueError(f"sequence length {t} exceeds max_len {self.pos_emb.num_embeddings}")
-        pos = torch.arange(t, device=input_ids.device)
+        pos = torch.arange(past, t, device=input_ids.device)
         h = self.drop(self.tok_emb(input_ids) + self.pos_emb(pos))
         mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
         for block in self.layers:
-            h = block(h, mask, is_causal)
+            h = block(h, mask, is_causal, cache)
+        if cache is not None:
+            cache.finish()
         return self.ln_f(h)
 
 
@@ -149,14 +164,62 @@ class ElasticForCausalLM(ElasticModel):
         self.init_weights(attn_init)
 
     def forward(
-        self, input_ids: Tensor, attention_mask: Tensor | None = None, labels: Tensor | None = None
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> ModelOutput:
-        hidden_states = self.transformer(input_ids, attention_mask, is_causal=True)
+        """Logits (and loss) of every position of ``input_ids``.
+
+        Args:
+            input_ids: (batch, seq) token ids.
+            attention_mask: (batch, seq) True for real tokens; None = all real.
+            labels: (batch, seq) targets, -100 where ignored.
+            cache: Incremental decoding: ``input_ids`` continue the positions cached so
+                far (unpadded batches only); the cache is extended in place.
+        """
+        hidden_states = self.transformer(input_ids, attention_mask, is_causal=True, cache=cache)
         logits = self.lm_head(hidden_states)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
         return ModelOutput(logits=logits, loss=loss)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: Tensor,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Continue the (batch, seq) prompts by ``max_new_tokens`` tokens with a cache.
+
+        Call it in eval mode (dropout would make the cached passes disagree).
+
+        Args:
+            input_ids: (batch, seq) unpadded prompts.
+            max_new_tokens: Tokens to add.
+            temperature: 0 picks the most likely token; above 0 samples from the softmax
+                of ``logits / temperature``.
+            generator: Random generator of the sampling.
+
+        Returns:
+            (batch, seq + max_new_tokens) prompts and continuations.
+        """
+        cache = KVCache()
+        tokens = [input_ids]
+        step_ids = input_ids
+        for _ in range(max_new_tokens):
+            logits = self(step_ids, cache=cache).logits[:, -1]
+            if temperature > 0:
+                probs = F.softmax(logits / temperature, -1)
+                step_ids = torch.multinomial(probs, 1, generator=generator)
+            else:
+                step_ids = logits.argmax(-1, keepdim=True)
+            tokens.append(step_ids)
+        return torch.cat(tokens, 1)
 
 
 ATTN_INITS = ("gpt2", "reference")

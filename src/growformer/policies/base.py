@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, ClassVar
+
+from torch import Tensor
 
 from growformer.arch import Architecture
 from growformer.errors import CheckpointError, ConfigError
-from growformer.statistics import LayerStats
+from growformer.statistics import MOMENTS, LayerStats
 from growformer.surgery import Event
 
 
@@ -15,8 +18,14 @@ class Policy:
 
     The trainer asks a policy, in this order: :meth:`initial_arch` (fresh runs), then
     statistics of ``calibration_batches`` training batches for :meth:`calibrate`; at
-    every step, whether it :meth:`wants_stats`, and then :meth:`decide`; at the end,
-    statistics of ``heldout_batches`` validation batches for :meth:`report`.
+    every step, which statistics it :meth:`needs`, then :meth:`decide_from` with them,
+    showing :meth:`observe` the records of every change applied (the trainer's own, such
+    as the end of a fade, and the policy's); at the end, statistics of
+    ``heldout_batches`` validation batches for :meth:`report`.
+
+    A policy of one kind of statistics implements :meth:`wants_stats` and :meth:`decide`
+    and names the kind in :attr:`statistic`; :meth:`needs` and :meth:`decide_from` adapt
+    them (a composition of policies overrides those two instead).
 
     Args:
         options: Policy-specific options from the run's configuration.
@@ -28,6 +37,8 @@ class Policy:
     heldout_batches: int = 0
     # Attention initialisation the policy's thresholds assume (unless the config sets one).
     attn_init: str = "gpt2"
+    # What decide() receives (see growformer.statistics.STATISTICS).
+    statistic: str = MOMENTS
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         options = dict(options or {})
@@ -50,9 +61,31 @@ class Policy:
         """Whether :meth:`decide` at ``step`` needs statistics."""
         return False
 
-    def decide(self, step: int, stats: list[LayerStats] | None) -> list[Event]:
-        """Events to apply now that ``step`` optimizer steps are done."""
+    def decide(self, step: int, stats: list[LayerStats] | list[Tensor] | None) -> list[Event]:
+        """Events to apply now that ``step`` optimizer steps are done.
+
+        Args:
+            step: Optimizer steps done.
+            stats: The per-layer :attr:`statistic` of the step's batch when
+                :meth:`wants_stats` asked for it, else None.
+        """
         raise NotImplementedError
+
+    def needs(self, step: int) -> frozenset[str]:
+        """Names of the statistics :meth:`decide_from` at ``step`` needs."""
+        return frozenset({self.statistic}) if self.wants_stats(step) else frozenset()
+
+    def decide_from(self, step: int, stats: dict[str, Any]) -> Iterator[list[Event]]:
+        """Events to apply at ``step`` in turns, given the statistics captured (name -> value).
+
+        The trainer applies each turn's events and shows their records to :meth:`observe`
+        before it asks for the next turn, so that the later parts of a composition decide
+        on the structure the earlier ones left.
+        """
+        yield self.decide(step, stats.get(self.statistic) if self.wants_stats(step) else None)
+
+    def observe(self, records: list[Event]) -> None:
+        """Learn of the structural changes applied this step (its own and any other's)."""
 
     def drain_log(self) -> list[dict[str, Any]]:
         """Statistics records since the last call (written to stats.jsonl)."""

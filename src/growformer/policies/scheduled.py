@@ -46,7 +46,19 @@ def _parse(i: int, raw: Any) -> Event:
             or value < (1 if key == "step" else 0)
         ):
             raise ConfigError(f"{where}: {key} must be an integer (step >= 1), got {value!r}")
-    allowed = {"op", "step", "layer", "head", "init", "init_std", "loops", "looped_heads", "reason"}
+    allowed = {
+        "op",
+        "step",
+        "layer",
+        "head",
+        "init",
+        "init_std",
+        "loops",
+        "looped_heads",
+        "fade",
+        "fade_steps",
+        "reason",
+    }
     unknown = sorted(raw.keys() - allowed)
     if unknown:
         raise ConfigError(f"{where} has unknown field(s) {', '.join(unknown)}")
