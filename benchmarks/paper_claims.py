@@ -67,7 +67,7 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "sst2": {
         "full": {"steps": 2000, "minilm_steps": 900, "minilm_batch": 32, "minilm_lr": 5e-5},
-        "quick": {"steps": 300, "minilm_steps": 40, "minilm_batch": 32, "minilm_lr": 5e-5},
+        "quick": {"steps": 300, "minilm_steps": 100, "minilm_batch": 32, "minilm_lr": 5e-5},
     },
 }
 
