@@ -43,7 +43,14 @@ import pretrained
 
 from growformer import checkpoint
 from growformer.data import TaskData, eval_batches, load_task, read_labeled
-from growformer.train import TrainConfig, Trainer, eval_mode, macro_f1
+from growformer.train import (
+    TrainConfig,
+    Trainer,
+    class_f1,
+    confusion_matrix,
+    eval_mode,
+    macro_f1,
+)
 
 STATIC_HEADS = 12
 AGREEMENT = 0.12
@@ -166,14 +173,13 @@ def confusion_of(run_dir: Path, data: TaskData) -> torch.Tensor:
     with eval_mode(model), torch.no_grad():
         for batch in eval_batches(data.val, 64, data.tokenizer.pad_id):
             pred = model(batch["input_ids"], batch.get("attention_mask")).logits.argmax(-1)
-            confusion += torch.bincount(batch["labels"] * n + pred, minlength=n * n).view(n, n)
+            confusion += confusion_matrix(batch["labels"], pred, n)
     return confusion
 
 
-def class_f1(confusion: torch.Tensor, names: list[str]) -> dict[str, float]:
-    tp = confusion.diag().double()
-    f1 = 2 * tp / (confusion.sum(0) + confusion.sum(1)).double().clamp_min(1)
-    return {name: round(v, 3) for name, v in zip(names, f1.tolist(), strict=True)}
+def named_f1(confusion: torch.Tensor, names: list[str]) -> dict[str, float]:
+    f1 = class_f1(confusion).tolist()
+    return {name: round(v, 3) for name, v in zip(names, f1, strict=True)}
 
 
 def nearest_neighbour_row(data: TaskData) -> dict[str, Any]:
@@ -185,12 +191,12 @@ def nearest_neighbour_row(data: TaskData) -> dict[str, Any]:
         [(chunk[:, None, :] != train[None]).sum(-1).argmin(1) for chunk in test.split(64)]
     )
     pred, gold, n = data.train.labels[nearest], data.val.labels, data.num_labels
-    confusion = torch.bincount(gold * n + pred, minlength=n * n).view(n, n)
+    confusion = confusion_matrix(gold, pred, n)
     return {
         "name": NEAREST,
         "accuracy": (pred == gold).double().mean().item(),
         "macro_f1": macro_f1(confusion),
-        "class_f1": class_f1(confusion, data.label_names),
+        "class_f1": named_f1(confusion, data.label_names),
     }
 
 
@@ -414,7 +420,7 @@ def main() -> None:
             data = load_sarscov2(args)
             for name in ("incrt", "static12"):
                 confusion = confusion_of(out / task / name, data)
-                rows[name]["class_f1"] = class_f1(confusion, data.label_names)
+                rows[name]["class_f1"] = named_f1(confusion, data.label_names)
         if not args.no_pretrained:
             rows["minilm"] = run_pretrained(task, args, out / task / "minilm")
         results[task] = list(rows.values())

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer
 from torch import Tensor, nn
 
-from growformer.train import macro_f1
+from growformer.train import confusion_matrix, macro_f1
 
 
 def model_dir() -> Path:
@@ -240,9 +240,7 @@ def fine_tune(
             ids, mask = batch(test[0][i : i + 64])
             pred = model(ids, mask).argmax(-1)
             gold = torch.tensor(test[1][i : i + 64])
-            confusion += torch.bincount(gold * num_labels + pred, minlength=num_labels**2).view(
-                num_labels, num_labels
-            )
+            confusion += confusion_matrix(gold, pred, num_labels)
     params = sum(p.numel() for p in model.parameters())
     return FineTuneResult(
         accuracy=confusion.diag().sum().item() / confusion.sum().item(),

@@ -239,8 +239,7 @@ def evaluate(model: ElasticModel, data: Any, *, batch_size: int, pad_id: int) ->
             ).item()
             count += labels.numel()
             if model.kind == "classifier":
-                pairs = labels.cpu() * confusion.shape[0] + logits.argmax(-1).cpu()
-                confusion += torch.bincount(pairs, minlength=confusion.numel()).view_as(confusion)
+                confusion += confusion_matrix(labels.cpu(), logits.argmax(-1).cpu(), classes)
     if n == 0:
         raise DataError("evaluation data is empty")
     loss = loss_sum / count
@@ -254,14 +253,23 @@ def evaluate(model: ElasticModel, data: Any, *, batch_size: int, pad_id: int) ->
     return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "n": n, "tokens": count}
 
 
+def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor, classes: int) -> torch.Tensor:
+    """``confusion[label, prediction]`` counts of (N,) label and prediction indices."""
+    pairs = labels * classes + predictions
+    return torch.bincount(pairs, minlength=classes * classes).view(classes, classes)
+
+
+def class_f1(confusion: torch.Tensor) -> torch.Tensor:
+    """F1 per class of ``confusion[label, prediction]`` (0 for a class never seen)."""
+    seen = (confusion.sum(0) + confusion.sum(1)).double()
+    return 2 * confusion.diag().double() / seen.clamp_min(1)
+
+
 def macro_f1(confusion: torch.Tensor) -> float:
     """Mean F1 over the classes present in the labels or the predictions of
     ``confusion[label, prediction]`` (a class absent from both has no defined F1)."""
-    tp = confusion.diag().double()
-    support, predicted = confusion.sum(1).double(), confusion.sum(0).double()
-    present = (support + predicted) > 0
-    f1 = 2 * tp / (support + predicted).clamp_min(1)
-    return f1[present].mean().item()
+    present = (confusion.sum(0) + confusion.sum(1)) > 0
+    return class_f1(confusion)[present].mean().item()
 
 
 @contextlib.contextmanager
