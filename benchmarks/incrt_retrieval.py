@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -34,14 +33,12 @@ import torch
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from common import run
 from matplotlib.ticker import MaxNLocator
-
-from growformer.train import TrainConfig, Trainer
 
 AGREEMENT = 0.12
 SOLVED = 0.95
 MAX_LOSS_JUMP = 0.01
-RUN_CONFIG = "benchmark_config.json"
 
 
 def base_config(args: argparse.Namespace, k: int, seed: int) -> dict[str, Any]:
@@ -84,30 +81,6 @@ def incrt_config(base: dict[str, Any], args: argparse.Namespace, init: str) -> d
 
 def static_config(base: dict[str, Any], k: int) -> dict[str, Any]:
     return {**base, "policy": "static", "model": {**base["model"], "heads": k}}
-
-
-def run(cfg: dict[str, Any], out: Path, fresh: bool) -> dict[str, Any]:
-    """Train ``cfg`` into ``out``, or reuse the summary a previous run of ``cfg`` left there."""
-    summary_path, cfg_path = out / "summary.json", out / RUN_CONFIG
-    if not fresh and summary_path.exists() and cfg_path.exists():
-        if json.loads(cfg_path.read_text()) == cfg:
-            print(f"  reused  {out} (summary.json exists)", flush=True)
-            return json.loads(summary_path.read_text())
-        print(f"  {out} holds a run of another configuration: rerunning it", flush=True)
-    # A run without a summary was interrupted; start it over rather than trust it.
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    cfg_path.write_text(json.dumps(cfg, indent=2))
-    t0 = time.perf_counter()
-    summary = Trainer(TrainConfig.from_dict(cfg), out).run(progress=False)
-    heads = summary["architecture"]["layers"][0]["heads"]
-    acc = summary["metrics"]["val_accuracy"]
-    print(
-        f"  done    {out}: {heads} heads, accuracy {100 * acc:.1f}%, "
-        f"{time.perf_counter() - t0:.1f} s",
-        flush=True,
-    )
-    return summary
 
 
 def growth_jump(summary: dict[str, Any]) -> float | None:

@@ -11,28 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-
-from growformer.train import TrainConfig, train
+from common import run
 
 STATIC_HEADS = 12
-
-
-def run(name: str, cfg: dict, out: Path) -> dict:
-    run_dir = out / name
-    if (run_dir / "summary.json").exists():
-        print(f"{name}: reusing {run_dir / 'summary.json'}")
-        return json.loads((run_dir / "summary.json").read_text())
-    t0 = time.perf_counter()
-    summary = train(TrainConfig.from_dict(cfg), run_dir, progress=False)
-    print(f"{name}: done in {time.perf_counter() - t0:.0f} s", flush=True)
-    return summary
 
 
 def head_curve(summary: dict, layer: int, initial: int) -> tuple[list[int], list[int]]:
@@ -73,7 +60,7 @@ def main() -> None:
             "model": {**base["model"], "heads": STATIC_HEADS, "attn_init": "reference"},
         },
     }
-    results = {name: run(name, cfg, out) for name, cfg in runs.items()}
+    results = {name: run(cfg, out / name) for name, cfg in runs.items()}
 
     print(
         "\n| run | dev acc | params | heads per layer | predicted | K* | converged_step | wall s |"

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -40,12 +39,11 @@ import torch
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pretrained
+from common import run
 
 from growformer import checkpoint
 from growformer.data import TaskData, eval_batches, load_task, read_labeled
 from growformer.train import (
-    TrainConfig,
-    Trainer,
     class_f1,
     confusion_matrix,
     eval_mode,
@@ -113,21 +111,6 @@ def growformer_base(task: str, args: argparse.Namespace) -> dict[str, Any]:
         "warmup_steps": min(200, steps // 5),
         "model": {"d_model": 128, "n_layers": 2, "head_dim": 32, "ffn_dim": 512},
     }
-
-
-def run_growformer(cfg: dict[str, Any], out: Path, fresh: bool) -> dict[str, Any]:
-    """Train ``cfg`` into ``out``, or reuse the summary a previous run of ``cfg`` left there."""
-    summary, saved = out / "summary.json", out / "benchmark_config.json"
-    if not fresh and summary.exists() and saved.exists() and json.loads(saved.read_text()) == cfg:
-        print(f"  reused {out}", flush=True)
-        return json.loads(summary.read_text())
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    saved.write_text(json.dumps(cfg, indent=2))
-    t0 = time.perf_counter()
-    result = Trainer(TrainConfig.from_dict(cfg), out).run(progress=False)
-    print(f"  trained {out} in {time.perf_counter() - t0:.0f} s", flush=True)
-    return result
 
 
 def attention_params(arch: dict[str, Any]) -> int:
@@ -405,13 +388,13 @@ def main() -> None:
     for task in args.tasks:
         print(f"{task}:", flush=True)
         base = growformer_base(task, args)
-        incrt = run_growformer({**base, "policy": "incrt"}, out / task / "incrt", args.fresh)
+        incrt = run({**base, "policy": "incrt"}, out / task / "incrt", args.fresh)
         static_cfg = {
             **base,
             # INCRT's attention scale, so that only the structure differs.
             "model": {**base["model"], "heads": STATIC_HEADS, "attn_init": "reference"},
         }
-        static = run_growformer(static_cfg, out / task / "static12", args.fresh)
+        static = run(static_cfg, out / task / "static12", args.fresh)
         rows = {
             "incrt": growformer_row("INCRT (from 1 head per layer)", incrt),
             "static12": growformer_row("static, 12 heads per layer", static),

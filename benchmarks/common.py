@@ -1,0 +1,86 @@
+"""Helpers shared by the benchmark scripts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from growformer import statistics as stats_capture
+from growformer.model import ElasticModel
+from growformer.train import TrainConfig, Trainer
+
+RUN_CONFIG = "benchmark_config.json"
+
+
+def run(cfg: dict[str, Any], out: Path, fresh: bool = False) -> dict[str, Any]:
+    """Train ``cfg`` into ``out``, or reuse the summary a previous run of ``cfg`` left there.
+
+    Args:
+        cfg: A :class:`TrainConfig` as a dict.
+        out: The run directory.
+        fresh: Train again even if ``out`` holds a finished run of ``cfg``.
+
+    Returns:
+        The run's summary.
+    """
+    summary_path, cfg_path = out / "summary.json", out / RUN_CONFIG
+    if not fresh and summary_path.exists() and cfg_path.exists():
+        if json.loads(cfg_path.read_text()) == cfg:
+            print(f"  reused  {out}", flush=True)
+            return json.loads(summary_path.read_text())
+        print(f"  {out} holds a run of another configuration: rerunning it", flush=True)
+    # A run without a summary was interrupted; start it over rather than trust it.
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+    t0 = time.perf_counter()
+    summary = Trainer(TrainConfig.from_dict(cfg), out).run(progress=False)
+    print(f"  trained {out} in {time.perf_counter() - t0:.0f} s", flush=True)
+    return summary
+
+
+def time_steps(
+    models: dict[str, tuple[ElasticModel, bool]],
+    batch: dict[str, torch.Tensor],
+    rounds: int,
+    steps: int,
+) -> dict[str, float]:
+    """Median seconds of one training step (forward, backward, AdamW) per model, the models
+    timed in alternation so that machine noise hits them alike. A model marked True also
+    records the attention entropies, as SGT does until its structure freezes.
+
+    Args:
+        models: Name -> (model, record entropies).
+        batch: One training batch, used for every step.
+        rounds: Timing rounds; each times every model in turn.
+        steps: Steps per model and round.
+    """
+    optims = {n: torch.optim.AdamW(m.parameters(), lr=1e-4) for n, (m, _) in models.items()}
+    times: dict[str, list[float]] = {n: [] for n in models}
+
+    def step(name: str) -> None:
+        model, entropy = models[name]
+        needs = ("entropy",) if entropy else ()
+        with stats_capture.capture(model, batch.get("attention_mask"), needs) as captured:
+            loss = model(**batch).loss
+        loss.backward()
+        optims[name].step()
+        optims[name].zero_grad(set_to_none=True)
+        captured.results(model)
+
+    for name in models:  # warm-up
+        for _ in range(2):
+            step(name)
+    for _ in range(rounds):
+        for name in models:
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step(name)
+            times[name].append((time.perf_counter() - t0) / steps)
+    return {n: statistics.median(t) for n, t in times.items()}
