@@ -72,6 +72,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--rounds", type=int, default=15, help="timing rounds per structure")
     p.add_argument("--timed-steps", type=int, default=5, help="steps per timing round")
+    p.add_argument("--train-only", action="store_true", help="train, skip timing and report")
     p.add_argument("--fresh", action="store_true")
     p.add_argument("--out", default="runs/sgt_sst2")
     args = p.parse_args()
@@ -81,6 +82,8 @@ def main() -> None:
     for name, (policy, _) in RUNS.items():
         print(f"[{time.perf_counter() - t0:.0f} s] {name}", flush=True)
         results[name] = run(config(args, policy), out / f"{name}_s{args.seed}", args.fresh)
+    if args.train_only:
+        return
     data = load_task("sst2", data_dir=args.data_dir)
     torch.manual_seed(0)
     pick = torch.randperm(len(data.train))[:64]

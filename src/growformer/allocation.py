@@ -1,0 +1,405 @@
+"""Where to put attention width: per-layer heads and head dimensions for a budget, and
+compression of trained models.
+
+The budget is ``D = sum over layers of heads x head_dim`` (the paper's; see
+``../shared/specs/allocation.md``). A plan keeps every head dimension a multiple of
+``multiple`` and meets ``D`` exactly: each strategy states a target per layer and an exact
+solver picks the closest integer allocation.
+
+Strategies:
+    uniform: the same heads and head dimension in every layer.
+    front_loaded_heads: more heads in early layers (they retrieve information), falling
+        linearly with depth; one head dimension.
+    tapered_head_dim: the same heads everywhere, head dimensions falling linearly with
+        depth (later layers saturate: with bounded logits, wider heads buy little).
+    front_loaded_tapered: both.
+    measured: heads of the model the curves were measured on; head dimensions that
+        minimise the sum of the per-layer losses read off its saturation curves (see
+        :func:`saturation_curves`), so the layers that lose least when cut give up width.
+
+Compression passes (each returns a new model; the input is left alone):
+    :func:`compress_head_dim`: every head's query-key and value-output products replaced
+        by their best rank-r factors (truncated SVD), i.e. a smaller head dimension.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from growformer.arch import Architecture
+from growformer.errors import ConfigError
+from growformer.model import ElasticModel, build_model
+
+STRATEGIES = (
+    "uniform",
+    "front_loaded_heads",
+    "tapered_head_dim",
+    "front_loaded_tapered",
+    "measured",
+)
+
+
+def plan(
+    strategy: str,
+    *,
+    budget: int,
+    base: Architecture,
+    head_dim: int | None = None,
+    multiple: int = 8,
+    skew: float = 0.5,
+    curves: dict[str, Any] | None = None,
+) -> Architecture:
+    """Per-layer heads and head dimensions for an attention budget.
+
+    Args:
+        strategy: One of :data:`STRATEGIES`.
+        budget: ``D``, the sum over layers of heads x head_dim.
+        base: Everything else (depth, d_model, ffn widths, kind, vocabulary, sequence
+            length as ``max_len``); its heads and head dimensions are replaced.
+        head_dim: The reference head dimension (default: ``base``'s first layer's).
+        multiple: Every head dimension is a multiple of this.
+        skew: How far the linear profiles move from the mean: the first layer gets
+            ``1 + skew`` times it, the last ``1 - skew`` times.
+        curves: Saturation curves (``measured`` only), as :func:`saturation_curves` returns.
+
+    Returns:
+        ``base`` with the planned layers.
+
+    Raises:
+        ConfigError: Unknown strategy, bad numbers, or a budget no allocation meets.
+    """
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {strategy!r} (valid: {', '.join(STRATEGIES)})")
+    for name, value in (("budget", budget), ("multiple", multiple)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    if not 0 <= skew < 1:
+        raise ConfigError(f"skew must be in [0, 1), got {skew!r}")
+    n = base.n_layers
+    d0 = base.layers[0].head_dim if head_dim is None else head_dim
+    if d0 < 1 or d0 % multiple:
+        raise ConfigError(f"head_dim {d0} must be a positive multiple of {multiple}")
+    if budget % multiple:
+        raise ConfigError(f"budget {budget} must be a multiple of {multiple}")
+    if strategy == "measured":
+        heads, costs = _measured(curves, n, multiple)
+        widest = [2 * c["head_dim"] // multiple for c in curves["layers"]]
+    else:
+        if budget % d0:
+            raise ConfigError(f"budget {budget} must be a multiple of head_dim {d0}")
+        total_heads = budget // d0
+        if total_heads < n:
+            raise ConfigError(f"budget {budget} gives fewer than one head of {d0} per layer")
+        front = strategy in ("front_loaded_heads", "front_loaded_tapered")
+        taper = strategy in ("tapered_head_dim", "front_loaded_tapered")
+        heads = _apportion(total_heads, _profile(n, skew if front else 0.0))
+        width = _profile(n, skew if taper else 0.0)
+        # Head dimensions follow the width profile, scaled so the heads meet the budget.
+        scale = budget / sum(w * h for w, h in zip(width, heads, strict=True))
+        targets = [w * scale / multiple for w in width]
+        costs = [_squared_distance(t) for t in targets]
+        widest = [math.ceil(2 * t) + 1 for t in targets]
+    units = _solve(heads, costs, widest, budget // multiple)
+    if units is None:
+        raise ConfigError(
+            f"no allocation of heads {heads} with head dimensions in multiples of {multiple} "
+            f"sums to the budget {budget}"
+        )
+    layers = tuple(
+        replace(layer, heads=h, head_dim=u * multiple, loops=0, looped_heads=(), fade=None)
+        for layer, h, u in zip(base.layers, heads, units, strict=True)
+    )
+    return replace(base, layers=layers)
+
+
+def budget_of(arch: Architecture) -> int:
+    """``D``: the sum over layers of heads x head_dim."""
+    return sum(layer.heads * layer.head_dim for layer in arch.layers)
+
+
+def _profile(n: int, skew: float) -> list[float]:
+    """Weights falling linearly from ``1 + skew`` (first layer) to ``1 - skew`` (last)."""
+    if n == 1:
+        return [1.0]
+    return [1 + skew - 2 * skew * i / (n - 1) for i in range(n)]
+
+
+def _apportion(total: int, weights: Sequence[float]) -> list[int]:
+    """``total`` split in proportion to ``weights``, at least 1 each (largest remainders)."""
+    n = len(weights)
+    share = [(total - n) * w / sum(weights) for w in weights]
+    out = [1 + math.floor(s) for s in share]
+    by_remainder = sorted(range(n), key=lambda i: (-(share[i] - math.floor(share[i])), i))
+    for i in by_remainder[: total - sum(out)]:
+        out[i] += 1
+    return out
+
+
+def _squared_distance(target: float) -> Callable[[int], float]:
+    return lambda u: ((u - target) / target) ** 2
+
+
+def _measured(
+    curves: dict[str, Any] | None, n: int, multiple: int
+) -> tuple[list[int], list[Callable[[int], float]]]:
+    if curves is None:
+        raise ConfigError("strategy 'measured' needs saturation curves (growformer analyze)")
+    layers = curves.get("layers")
+    if not isinstance(layers, list) or len(layers) != n:
+        raise ConfigError(
+            f"the saturation curves cover {len(layers) if isinstance(layers, list) else 0} "
+            f"layers, the plan has {n}"
+        )
+    heads = [c["heads"] for c in layers]
+    costs = []
+    for c in layers:
+        dims, loss = c["head_dims"], c["loss"]
+        # Linear between measured head dimensions; flat beyond the widest (saturated).
+        costs.append(lambda u, dims=dims, loss=loss: _interpolate(dims, loss, u * multiple))
+    return heads, costs
+
+
+def _interpolate(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
+    if x >= xs[-1]:
+        return ys[-1]
+    if x <= xs[0]:
+        # Below the narrowest measured cut, extrapolate towards "no head at all".
+        return ys[0] + (ys[0] - ys[1]) * (xs[0] - x) / (xs[1] - xs[0]) if len(xs) > 1 else ys[0]
+    for i in range(len(xs) - 1):
+        if xs[i] <= x <= xs[i + 1]:
+            return ys[i] + (ys[i + 1] - ys[i]) * (x - xs[i]) / (xs[i + 1] - xs[i])
+    raise AssertionError("unreachable: xs must be increasing")
+
+
+def _solve(
+    heads: Sequence[int],
+    costs: Sequence[Callable[[int], float]],
+    widest: Sequence[int],
+    units: int,
+) -> list[int] | None:
+    """Head widths (in units, 1 to ``widest[l]``) per layer with ``sum heads[l] * u[l] ==
+    units`` and the least total cost, by dynamic programming over the units used; None if
+    none exists."""
+    best: dict[int, tuple[float, list[int]]] = {0: (0.0, [])}
+    for h, cost, top in zip(heads, costs, widest, strict=True):
+        nxt: dict[int, tuple[float, list[int]]] = {}
+        for used, (c, picks) in best.items():
+            for u in range(1, min(top, (units - used) // h) + 1):
+                key, value = used + h * u, c + cost(u)
+                if key not in nxt or value < nxt[key][0]:
+                    nxt[key] = (value, [*picks, u])
+        best = nxt
+    return best[units][1] if units in best else None
+
+
+# --- low-rank factors -------------------------------------------------------------------
+
+
+def qk_factors(wq: Tensor, wk: Tensor, rank: int) -> tuple[Tensor, Tensor]:
+    """Best rank-``rank`` factors of one head's query-key product.
+
+    The head scores ``x Wq^T Wk y / sqrt(head_dim)``; the returned ``(rank, d_model)``
+    pair scores ``x Wq'^T Wk' y / sqrt(rank)`` with ``Wq'^T Wk'`` the truncated SVD of
+    ``Wq^T Wk`` rescaled by ``sqrt(rank / head_dim)``, so the scores are the truncation's.
+
+    Args:
+        wq: (head_dim, d_model) query rows of the head.
+        wk: (head_dim, d_model) key rows of the head.
+        rank: Rows kept (<= head_dim).
+    """
+    left, right = _factors(wq.T @ wk, rank)  # (d, r), (r, d)
+    scale = math.sqrt(rank / wq.shape[0])
+    return (left * scale).T.contiguous(), right.contiguous()
+
+
+def vo_factors(wv: Tensor, wo: Tensor, rank: int) -> tuple[Tensor, Tensor]:
+    """Best rank-``rank`` factors of one head's value-output product ``Wo Wv``.
+
+    Args:
+        wv: (head_dim, d_model) value rows of the head.
+        wo: (d_model, head_dim) output columns of the head.
+        rank: Rows kept (<= head_dim).
+
+    Returns:
+        ``(wv', wo')`` of shapes (rank, d_model) and (d_model, rank).
+    """
+    left, right = _factors(wo @ wv, rank)
+    return right.contiguous(), left.contiguous()
+
+
+def _factors(m: Tensor, rank: int) -> tuple[Tensor, Tensor]:
+    """(left, right) with ``left @ right`` the best rank-``rank`` approximation of ``m``,
+    the singular values split evenly between them."""
+    u, s, vh = torch.linalg.svd(m.double(), full_matrices=False)
+    root = s[:rank].sqrt()
+    return (u[:, :rank] * root).to(m.dtype), (root[:, None] * vh[:rank]).to(m.dtype)
+
+
+def _head_slice(head: int, head_dim: int) -> slice:
+    return slice(head * head_dim, (head + 1) * head_dim)
+
+
+@torch.no_grad()
+def _truncate_heads(model: ElasticModel, layer: int, heads: Iterable[int], rank: int) -> None:
+    """Replace, in place, the given heads of ``layer`` by their rank-``rank`` truncation,
+    keeping the head dimension (zero rows fill the rest), so the function is the cut one."""
+    attn = model.transformer.layers[layer].attn
+    hd = attn.head_dim
+    if rank >= hd:
+        return
+    q, k, v, o = (attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight, attn.o_proj.weight)
+    for h in heads:
+        s = _head_slice(h, hd)
+        wq, wk = qk_factors(q[s], k[s], rank)
+        wv, wo = vo_factors(v[s], o[:, s], rank)
+        # The factors score over sqrt(rank); kept at head_dim width they score over
+        # sqrt(head_dim), so undo qk_factors' rescaling.
+        wq = wq * math.sqrt(hd / rank)
+        for weight, new in ((q, wq), (k, wk), (v, wv)):
+            weight[s] = 0
+            weight[s.start : s.start + rank] = new
+        o[:, s] = 0
+        o[:, s.start : s.start + rank] = wo
+
+
+def compress_head_dim(model: ElasticModel, ranks: Sequence[int]) -> ElasticModel:
+    """A copy of ``model`` whose layer ``l`` has head dimension ``ranks[l]``, every head's
+    query-key and value-output products replaced by their truncated SVD.
+
+    A rank at or above the layer's head dimension leaves the layer as it is.
+
+    Args:
+        model: A trained model (not changed).
+        ranks: New head dimension per layer.
+
+    Raises:
+        ConfigError: Wrong number of ranks or a rank below 1.
+    """
+    arch = model.arch
+    if len(ranks) != arch.n_layers:
+        raise ConfigError(f"got {len(ranks)} ranks for a model with {arch.n_layers} layers")
+    bad = [r for r in ranks if isinstance(r, bool) or not isinstance(r, int) or r < 1]
+    if bad:
+        raise ConfigError(f"ranks must be positive integers, got {bad[0]!r}")
+    new_layers = tuple(
+        replace(layer, head_dim=min(r, layer.head_dim))
+        for layer, r in zip(arch.layers, ranks, strict=True)
+    )
+    new = build_model(replace(arch, layers=new_layers))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for i, (old, spec) in enumerate(zip(arch.layers, new_layers, strict=True)):
+            if spec.head_dim == old.head_dim:
+                continue
+            prefix = f"transformer.layers.{i}.attn."
+            q, k, v, o = (state[prefix + f"{n}_proj.weight"] for n in "qkvo")
+            parts: dict[str, list[Tensor]] = {n: [] for n in "qkvo"}
+            for h in range(old.heads):
+                s = _head_slice(h, old.head_dim)
+                wq, wk = qk_factors(q[s], k[s], spec.head_dim)
+                wv, wo = vo_factors(v[s], o[:, s], spec.head_dim)
+                for n, t in zip("qkvo", (wq, wk, wv, wo), strict=True):
+                    parts[n].append(t)
+            for n in "qkv":
+                state[prefix + f"{n}_proj.weight"] = torch.cat(parts[n], 0)
+            state[prefix + "o_proj.weight"] = torch.cat(parts["o"], 1)
+    new.load_state_dict(state)
+    new.train(model.training)
+    return new
+
+
+# --- saturation curves ------------------------------------------------------------------
+
+
+def default_ranks(head_dim: int, multiple: int = 4) -> list[int]:
+    """Head dimensions to measure: multiples of ``multiple`` up to ``head_dim`` (at most 8
+    points, always including 1 and ``head_dim``)."""
+    step = max(multiple, math.ceil(head_dim / 8 / multiple) * multiple)
+    return sorted({1, *range(step, head_dim, step), head_dim})
+
+
+@torch.no_grad()
+def saturation_curves(
+    model: ElasticModel,
+    batches: Sequence[dict[str, Tensor]],
+    *,
+    ranks: Sequence[int] | None = None,
+    per_head: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Loss as each layer's (and each head's) head dimension is cut by truncated SVD.
+
+    For every layer and every rank r: the mean loss over ``batches`` with all heads of
+    that layer truncated to rank r (the other layers intact); with ``per_head``, also
+    with one head at a time truncated. The model runs in eval mode and is not changed.
+
+    Args:
+        model: A trained model.
+        batches: Held-out batches (the model's forward keyword arguments, with labels).
+        ranks: Head dimensions to measure (default: :func:`default_ranks` per layer).
+        per_head: Measure single heads as well (layers x heads x ranks evaluations).
+        progress: Called with a line of text after each layer.
+
+    Returns:
+        ``{"base_loss", "layers": [{"layer", "heads", "head_dim", "head_dims", "loss",
+        "head_loss" (per head, per rank; only with per_head)}]}``.
+    """
+    was_training = model.training
+    model.eval()
+
+    def loss_of(m: ElasticModel) -> float:
+        return sum(m(**b).loss.item() for b in batches) / len(batches)
+
+    base = loss_of(model)
+    layers = []
+    for i, spec in enumerate(model.arch.layers):
+        dims = [r for r in (ranks or default_ranks(spec.head_dim)) if r <= spec.head_dim]
+        entry: dict[str, Any] = {
+            "layer": i,
+            "heads": spec.heads,
+            "head_dim": spec.head_dim,
+            "head_dims": dims,
+            "loss": [],
+        }
+        for r in dims:
+            cut = copy.deepcopy(model)
+            _truncate_heads(cut, i, range(spec.heads), r)
+            entry["loss"].append(loss_of(cut))
+        if per_head:
+            entry["head_loss"] = []
+            for h in range(spec.heads):
+                row = []
+                for r in dims:
+                    cut = copy.deepcopy(model)
+                    _truncate_heads(cut, i, [h], r)
+                    row.append(loss_of(cut))
+                entry["head_loss"].append(row)
+        layers.append(entry)
+        if progress is not None:
+            progress(f"layer {i}: loss {', '.join(f'{x:.4f}' for x in entry['loss'])}")
+    model.train(was_training)
+    return {"base_loss": base, "layers": layers}
+
+
+def ranks_for_tolerance(curves: dict[str, Any], tolerance: float) -> list[int]:
+    """Per layer, the smallest measured head dimension whose loss is within ``tolerance``
+    (relative) of the uncut model's.
+
+    Args:
+        curves: As :func:`saturation_curves` returns.
+        tolerance: Allowed relative loss increase per layer, e.g. 0.01.
+    """
+    limit = curves["base_loss"] * (1 + tolerance)
+    return [
+        next(
+            (r for r, x in zip(c["head_dims"], c["loss"], strict=True) if x <= limit), c["head_dim"]
+        )
+        for c in curves["layers"]
+    ]
