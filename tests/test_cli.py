@@ -291,3 +291,61 @@ def test_cli_resume_in_two_halves_equals_one_run(tmp_path):
     assert halves["weights"] == straight["weights"]
     assert halves["optimizer"] == straight["optimizer"]
     assert halves["events"] == straight["events"] and halves["events"].count(b"\n") == 4
+
+
+def test_plan_writes_a_config_that_trains(files, tmp_path, capsys):
+    plan = tmp_path / "plan.json"
+    args = ["plan", "--budget", "48", "--layers", "2", "--seq", "48", "--d-model", "32"]
+    args += ["--head-dim", "8", "--strategy", "front_loaded_heads", "--out", str(plan)]
+    assert main(args) == 0
+    assert "front_loaded_heads" in capsys.readouterr().out
+    planned = json.loads(plan.read_text())["model"]["layers"]
+    assert [(x["heads"], x["head_dim"]) for x in planned] == [(4, 8), (2, 8)]
+    config = {**TINY, **json.loads(plan.read_text())}
+    config["model"] = {**TINY["model"], **config["model"]}
+    out = tmp_path / "run"
+    assert (
+        main(_train_args(files["train"], _write(tmp_path / "c.json", json.dumps(config)), out)) == 0
+    )
+    layers = json.loads((out / "summary.json").read_text())["architecture"]["layers"]
+    assert [(x["heads"], x["head_dim"]) for x in layers] == [(4, 8), (2, 8)]
+
+
+def test_analyze_then_compress(run, files, tmp_path, capsys):
+    assert main(["analyze", str(run), "--out", str(tmp_path / "a"), "--batches", "2"]) == 0
+    curves = json.loads((tmp_path / "a" / "saturation.json").read_text())
+    assert (tmp_path / "a" / "saturation.png").stat().st_size > 0
+    assert curves["layers"][0]["head_dims"] == [1, 4, 8]
+    assert len(curves["layers"][0]["head_loss"]) == 2
+    capsys.readouterr()
+    out = tmp_path / "c"
+    dev = ["--data", str(files["dev"])]
+    assert main(["compress", str(run), "--out", str(out), "--ranks", "4", *dev]) == 0
+    printed = capsys.readouterr().out
+    assert "head dimensions [8] -> [4]" in printed
+    report = json.loads((out / "compression.json").read_text())
+    assert report["after"]["params"] < report["before"]["params"]
+    assert report["after"]["forward_flops"] < report["before"]["forward_flops"]
+    compressed = checkpoint.load(out)
+    assert compressed.model.arch.layers[0].head_dim == 4
+    assert compressed.config["model"]["layers"][0]["head_dim"] == 4
+    # The written checkpoint holds the measured model: the same metrics when evaluated again.
+    assert main(["evaluate", "--checkpoint", str(out), *dev]) == 0
+    assert json.loads(capsys.readouterr().out) == pytest.approx(report["after"]["metrics"])
+    out2 = tmp_path / "t"
+    curves_file = str(tmp_path / "a" / "saturation.json")
+    args = ["compress", str(run), "--out", str(out2), "--tolerance", "1e9", "--curves", curves_file]
+    assert main(args) == 0
+    assert json.loads((out2 / "compression.json").read_text())["ranks"] == [1]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--ranks", "a,b"], "--ranks must be integers"),
+        (["--ranks", "4,4"], "2 ranks for a model with 1 layers"),
+        (["--tolerance", "0.1", "--curves", "/nonexistent.json"], "does not exist"),
+    ],
+)
+def test_compress_bad_input(run, tmp_path, capsys, args, message):
+    assert message in _error(["compress", str(run), "--out", str(tmp_path / "c"), *args], capsys)

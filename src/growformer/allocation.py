@@ -25,17 +25,26 @@ Compression passes (each returns a new model; the input is left alone):
 from __future__ import annotations
 
 import copy
+import json
 import math
+import statistics
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from growformer import checkpoint
 from growformer.arch import Architecture
+from growformer.checkpoint import Checkpoint
+from growformer.data import Tokenizer, eval_batches
 from growformer.errors import ConfigError
+from growformer.flops import forward_flops
 from growformer.model import ElasticModel, build_model
+from growformer.train import evaluate
 
 STRATEGIES = (
     "uniform",
@@ -403,3 +412,148 @@ def ranks_for_tolerance(curves: dict[str, Any], tolerance: float) -> list[int]:
         )
         for c in curves["layers"]
     ]
+
+
+@torch.no_grad()
+def latency(
+    models: dict[str, ElasticModel], batch: dict[str, Tensor], rounds: int = 20
+) -> dict[str, float]:
+    """Median seconds of one inference forward pass per model on ``batch``, the models timed
+    in alternation so that machine noise hits them alike.
+
+    Args:
+        models: Name -> model (put in eval mode for the timing, then restored).
+        batch: Forward keyword arguments.
+        rounds: Timings per model.
+    """
+    modes = {name: m.training for name, m in models.items()}
+    for m in models.values():
+        m.eval()
+        m(**batch)  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, m in models.items():
+            t0 = time.perf_counter()
+            m(**batch)
+            times[name].append(time.perf_counter() - t0)
+    for name, m in models.items():
+        m.train(modes[name])
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def plot_curves(curves: dict[str, Any], png: str | Path) -> None:
+    """Saturation curves as a PNG: one panel per layer, the layer's curve bold over its
+    single-head curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = curves["layers"]
+    cols = min(3, len(layers))
+    rows = math.ceil(len(layers) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
+    for ax, c in zip(axes.flat, layers, strict=False):
+        for h, row in enumerate(c.get("head_loss", [])):
+            ax.plot(
+                c["head_dims"],
+                row,
+                color="grey",
+                lw=0.8,
+                alpha=0.6,
+                label="one head cut" if h == 0 else None,
+            )
+        ax.plot(c["head_dims"], c["loss"], marker="o", lw=2, label="all heads cut")
+        ax.axhline(curves["base_loss"], color="black", ls="--", lw=0.8, label="uncut")
+        ax.set(
+            title=f"layer {c['layer']} ({c['heads']} x {c['head_dim']})",
+            xlabel="head dimension kept (SVD)",
+            ylabel="held-out loss",
+        )
+    for ax in list(axes.flat)[len(layers) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def compress(
+    ckpt: Checkpoint,
+    data: Any,
+    out: str | Path,
+    *,
+    ranks: Sequence[int] | None = None,
+    tolerance: float | None = None,
+    budget: int | None = None,
+    curves: dict[str, Any] | None = None,
+    batch_size: int = 64,
+    rounds: int = 20,
+) -> dict[str, Any]:
+    """Compress a trained checkpoint's head dimensions and write the result as a new one.
+
+    Exactly one of ``ranks`` (head dimension per layer), ``tolerance`` (per layer, the
+    smallest measured head dimension within this relative loss of the uncut model) or
+    ``budget`` (the ``measured`` plan of that attention budget) says how far to cut; the
+    last two read ``curves`` (measured on ``data`` when not given).
+
+    Args:
+        ckpt: The loaded checkpoint (not changed).
+        data: Held-out data to measure the metric (and the curves) on.
+        out: Directory for the compressed checkpoint and ``compression.json``.
+        ranks: Head dimension per layer.
+        tolerance: Allowed relative loss increase per layer.
+        budget: Attention budget (sum of heads x head_dim) to meet.
+        curves: Saturation curves of ``ckpt``'s model on ``data``.
+        batch_size: Evaluation batch size.
+        rounds: Latency timings per model.
+
+    Returns:
+        The report: ranks, and params, forward FLOPs per batch, latency and metrics before
+        and after.
+    """
+    if sum(x is not None for x in (ranks, tolerance, budget)) != 1:
+        raise ConfigError("give exactly one of ranks, tolerance or budget")
+    model = ckpt.model.eval()
+    pad_id = Tokenizer.from_json(ckpt.tokenizer_json).pad_id
+    batches = list(eval_batches(data, batch_size, pad_id))
+    if ranks is None:
+        if curves is None:
+            curves = saturation_curves(model, batches[:8], per_head=False)
+        if tolerance is not None:
+            ranks = ranks_for_tolerance(curves, tolerance)
+        else:
+            planned = plan("measured", budget=budget, base=model.arch, multiple=1, curves=curves)
+            ranks = [layer.head_dim for layer in planned.layers]
+    small = compress_head_dim(model, ranks).eval()
+    batch = batches[0]
+    shape = tuple(batch["input_ids"].shape)
+    times = latency({"before": model, "after": small}, batch, rounds)
+    report: dict[str, Any] = {"source": str(ckpt.path), "ranks": list(ranks)}
+    for name, m in (("before", model), ("after", small)):
+        report[name] = {
+            "architecture": m.arch.to_dict(),
+            "params": m.num_params(),
+            "attention_budget": budget_of(m.arch),
+            "forward_flops": forward_flops(m.arch, *shape),
+            "latency_s": times[name],
+            "metrics": evaluate(m, data, batch_size=batch_size, pad_id=pad_id),
+        }
+    report["batch_shape"] = list(shape)
+    # The configuration describes the model it holds (and builds it, as model.layers).
+    layers = small.arch.to_dict()["layers"]
+    config = {**ckpt.config, "model": {**ckpt.config["model"], "layers": layers}}
+    step = ckpt.trainer_state["step"]
+    path = checkpoint.save(
+        out,
+        step=step,
+        model=small,
+        optimizer=torch.optim.AdamW(small.parameters()),
+        config=config,
+        tokenizer_json=ckpt.tokenizer_json,
+        task=ckpt.task,
+        trainer_state={**ckpt.trainer_state, "compressed_from": str(ckpt.path)},
+    )
+    report["checkpoint"] = str(path)
+    checkpoint.atomic_write_text(Path(out) / "compression.json", json.dumps(report, indent=2))
+    return report

@@ -1,4 +1,4 @@
-"""Command line: ``growformer train | evaluate | info``.
+"""Command line: ``growformer train | evaluate | info | plan | analyze | compress``.
 
 User errors (bad files, configs, flags, checkpoints) end with one ``growformer: error:``
 line on standard error and exit code 2, never a traceback.
@@ -7,23 +7,36 @@ line on standard error and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
-from growformer import checkpoint
+from growformer import allocation, checkpoint
+from growformer.allocation import STRATEGIES
+from growformer.arch import Architecture
 from growformer.data import (
     SPIKE_TASKS,
     Tokenizer,
     encode_classification,
     encode_lm,
     encode_spikes,
+    eval_batches,
     read_fasta_labels,
     read_labeled,
     read_text,
 )
 from growformer.errors import ConfigError, GrowformerError
-from growformer.train import TrainConfig, TrainingStopped, evaluate, read_config, train
+from growformer.flops import layer_components
+from growformer.train import (
+    TrainConfig,
+    TrainingStopped,
+    evaluate,
+    read_config,
+    task_data,
+    train,
+)
 
 # Flags that override configuration keys of the same name.
 OVERRIDES = (
@@ -96,13 +109,61 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="print a checkpoint's architecture")
     i.add_argument("checkpoint", help="run directory or checkpoint directory")
     i.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    p = sub.add_parser("plan", help="per-layer heads and head dimensions for an attention budget")
+    p.add_argument("--budget", type=int, required=True, help="sum over layers of heads x head_dim")
+    p.add_argument("--layers", type=int, required=True, help="number of layers")
+    p.add_argument("--seq", type=int, required=True, help="sequence length (max_len)")
+    p.add_argument("--strategy", default="uniform", choices=STRATEGIES)
+    p.add_argument("--d-model", type=int, default=128)
+    p.add_argument("--head-dim", type=int, default=32, help="reference head dimension")
+    p.add_argument("--ffn-dim", type=int, default=512)
+    p.add_argument("--multiple", type=int, default=8, help="head dimensions are multiples of it")
+    p.add_argument("--skew", type=float, default=0.5, help="strength of the linear profiles")
+    p.add_argument("--curves", help="saturation.json of growformer analyze (strategy measured)")
+    p.add_argument("--out", help="write a config file for growformer train --config")
+
+    a = sub.add_parser("analyze", help="saturation curves: held-out loss vs head dimension kept")
+    a.add_argument("checkpoint", help="run directory or checkpoint directory")
+    a.add_argument("--out", required=True, help="directory for saturation.json and .png")
+    _add_eval_data_flags(a)
+    a.add_argument("--batches", type=int, default=8, help="held-out batches per evaluation")
+    a.add_argument("--layers-only", action="store_true", help="skip the single-head curves")
+
+    c = sub.add_parser("compress", help="SVD head-dimension reduction of a trained checkpoint")
+    c.add_argument("checkpoint", help="run directory or checkpoint directory")
+    c.add_argument("--out", required=True, help="directory for the compressed checkpoint")
+    how = c.add_mutually_exclusive_group(required=True)
+    how.add_argument("--ranks", help="head dimension per layer, e.g. 16,8")
+    how.add_argument("--tolerance", type=float, help="allowed relative loss increase per layer")
+    how.add_argument("--budget", type=int, help="attention budget to meet (measured plan)")
+    c.add_argument("--curves", help="saturation.json of growformer analyze (else measured)")
+    _add_eval_data_flags(c)
     return parser
+
+
+def _add_eval_data_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data",
+        help="held-out data file (as for evaluate); default: the checkpoint task's validation "
+        "split",
+    )
+    p.add_argument("--labels", help="CSV id,label for the records of a FASTA --data")
+    p.add_argument("--batch-size", type=int, default=64)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"train": _train, "evaluate": _evaluate, "info": _info}[args.command](args)
+        commands = {
+            "train": _train,
+            "evaluate": _evaluate,
+            "info": _info,
+            "plan": _plan,
+            "analyze": _analyze,
+            "compress": _compress,
+        }
+        return commands[args.command](args)
     except (GrowformerError, OSError) as e:
         print(f"growformer: error: {e}", file=sys.stderr)
         return 2
@@ -127,24 +188,35 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    ckpt = checkpoint.load(args.checkpoint)
+    data = _eval_data(ckpt, args)
+    pad_id = Tokenizer.from_json(ckpt.tokenizer_json).pad_id
+    print(json.dumps(evaluate(ckpt.model, data, batch_size=args.batch_size, pad_id=pad_id)))
+    return 0
+
+
+def _eval_data(ckpt: checkpoint.Checkpoint, args: argparse.Namespace) -> Any:
+    """The data of ``--data`` (and ``--labels``), encoded for ``ckpt``; without ``--data``,
+    the validation split of the task the checkpoint was trained on."""
     if args.batch_size <= 0:
         raise ConfigError(f"--batch-size must be positive, got {args.batch_size}")
-    ckpt = checkpoint.load(args.checkpoint)
-    tokenizer = Tokenizer.from_json(ckpt.tokenizer_json)
-    max_len = ckpt.model.arch.max_len
     spikes = ckpt.task["name"] in SPIKE_TASKS
     if args.labels is not None and not spikes:
         raise ConfigError(
             f"--labels goes with FASTA data, but {args.checkpoint} was trained on task "
             f"{ckpt.task['name']!r}"
         )
+    if args.data is None:
+        return task_data(TrainConfig.from_dict(ckpt.config), ckpt).val
+    tokenizer = Tokenizer.from_json(ckpt.tokenizer_json)
+    max_len = ckpt.model.arch.max_len
     if spikes:
         if args.labels is None:
             raise ConfigError(
                 f"{args.checkpoint} classifies spike sequences: pass --data FASTA --labels CSV"
             )
         records = read_fasta_labels(args.data, args.labels)
-        data = encode_spikes(
+        return encode_spikes(
             tokenizer,
             records.sequences,
             records.labels,
@@ -153,9 +225,9 @@ def _evaluate(args: argparse.Namespace) -> int:
             max_len,
             source=f"FASTA file {args.data}",
         )
-    elif ckpt.model.arch.kind == "classifier":
+    if ckpt.model.arch.kind == "classifier":
         texts, labels = read_labeled(args.data)
-        data = encode_classification(
+        return encode_classification(
             tokenizer,
             texts,
             labels,
@@ -163,11 +235,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             max_len,
             source=f"data file {args.data}",
         )
-    else:
-        data = encode_lm(tokenizer, read_text(args.data), max_len, source=f"text file {args.data}")
-    result = evaluate(ckpt.model, data, batch_size=args.batch_size, pad_id=tokenizer.pad_id)
-    print(json.dumps(result))
-    return 0
+    return encode_lm(tokenizer, read_text(args.data), max_len, source=f"text file {args.data}")
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -196,6 +264,105 @@ def _info(args: argparse.Namespace) -> int:
             f"{layer.loops:>5}  {looped}"
         )
     return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    curves = _read_json(args.curves, "curves file") if args.curves else None
+    base = Architecture.uniform(
+        kind="causal_lm",
+        d_model=args.d_model,
+        vocab_size=1,  # set by the task when training
+        max_len=args.seq,
+        n_layers=args.layers,
+        heads=1,
+        head_dim=args.head_dim,
+        ffn_dim=args.ffn_dim,
+    )
+    planned = allocation.plan(
+        args.strategy,
+        budget=args.budget,
+        base=base,
+        head_dim=args.head_dim,
+        multiple=args.multiple,
+        skew=args.skew,
+        curves=curves,
+    )
+    print(f"strategy {args.strategy}  budget {args.budget}  layers {args.layers}  seq {args.seq}")
+    print("layer  heads  head_dim  width  attention FLOPs/token")
+    for n, layer in enumerate(planned.layers):
+        fl = layer_components(planned.d_model, layer, args.seq)["attention"]
+        print(f"{n:>5}  {layer.heads:>5}  {layer.head_dim:>8}  {layer.attn_dim:>5}  {fl:>20,}")
+    if args.out:
+        layers = planned.to_dict()["layers"]
+        config = {"max_len": args.seq, "model": {"d_model": args.d_model, "layers": layers}}
+        checkpoint.atomic_write_text(args.out, json.dumps(config, indent=2) + "\n")
+        print(f"wrote {args.out} (use: growformer train --config {args.out} ...)")
+    return 0
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    if args.batches <= 0:
+        raise ConfigError(f"--batches must be positive, got {args.batches}")
+    ckpt = checkpoint.load(args.checkpoint)
+    data = _eval_data(ckpt, args)
+    pad_id = Tokenizer.from_json(ckpt.tokenizer_json).pad_id
+    batches = list(itertools.islice(eval_batches(data, args.batch_size, pad_id), args.batches))
+    curves = allocation.saturation_curves(
+        ckpt.model,
+        batches,
+        per_head=not args.layers_only,
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint.atomic_write_text(out / "saturation.json", json.dumps(curves, indent=2))
+    allocation.plot_curves(curves, out / "saturation.png")
+    print(f"wrote {out / 'saturation.json'} and {out / 'saturation.png'}")
+    return 0
+
+
+def _compress(args: argparse.Namespace) -> int:
+    ckpt = checkpoint.load(args.checkpoint)
+    ranks = None
+    if args.ranks is not None:
+        try:
+            ranks = [int(x) for x in args.ranks.split(",")]
+        except ValueError:
+            raise ConfigError(
+                f"--ranks must be integers separated by commas, got {args.ranks!r}"
+            ) from None
+    curves = _read_json(args.curves, "curves file") if args.curves else None
+    report = allocation.compress(
+        ckpt,
+        _eval_data(ckpt, args),
+        args.out,
+        ranks=ranks,
+        tolerance=args.tolerance,
+        budget=args.budget,
+        curves=curves,
+        batch_size=args.batch_size,
+    )
+    before, after = report["before"], report["after"]
+    print(
+        f"head dimensions {[x['head_dim'] for x in before['architecture']['layers']]} -> "
+        f"{report['ranks']}"
+    )
+    for key in ("params", "attention_budget", "forward_flops", "latency_s"):
+        b, a = before[key], after[key]
+        print(f"{key:>16}: {b:,.6g} -> {a:,.6g} ({100 * (a / b - 1):+.1f}%)")
+    for key, b in before["metrics"].items():
+        print(f"{key:>16}: {b:.6g} -> {after['metrics'][key]:.6g}")
+    print(f"wrote {report['checkpoint']} and {Path(args.out) / 'compression.json'}")
+    return 0
+
+
+def _read_json(path: str, what: str) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{what} {path} is not valid JSON: {e}") from None
 
 
 if __name__ == "__main__":

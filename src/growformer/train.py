@@ -55,7 +55,7 @@ class ModelConfig:
         ffn_dim: Feed-forward hidden width.
         dropout: Dropout probability.
         layers: Explicit per-layer shapes (``heads``, ``head_dim``, ``ffn_dim``, ``loops``,
-            ``looped_heads``, ``block_loops``, ``fade``: the fields of
+            ``looped_heads``, ``block_loops``, ``fade``, ``kv_heads``: the fields of
             :meth:`Architecture.to_dict`); when given, it replaces
             n_layers/heads/head_dim/ffn_dim.
         attn_init: Attention initialisation, ``"gpt2"`` or ``"reference"`` (see
@@ -221,6 +221,29 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 @torch.no_grad()
+def task_data(cfg: TrainConfig, ckpt: checkpoint.Checkpoint | None = None) -> TaskData:
+    """The task ``cfg`` trains on; with ``ckpt``, checked to be the data it was trained on.
+
+    Raises:
+        DataError: The data (hence the tokenizer trained on them) differ from ``ckpt``'s.
+    """
+    data = load_task(
+        cfg.task,
+        data_dir=cfg.data_dir,
+        data_file=cfg.data_file,
+        labels_file=cfg.labels_file,
+        seed=cfg.seed,
+        max_len=cfg.max_len,
+        vocab_size=cfg.vocab_size,
+        options=cfg.task_options,
+    )
+    if ckpt is not None and ckpt.tokenizer_json != data.tokenizer.to_json():
+        raise DataError(
+            f"the task's data differ from those the checkpoint {ckpt.path} was trained on"
+        )
+    return data
+
+
 def evaluate(model: ElasticModel, data: Any, *, batch_size: int, pad_id: int) -> dict[str, float]:
     """Loss, accuracy and macro-F1 (classification) or perplexity (LM) over all of ``data``."""
     device = next(model.parameters()).device
@@ -336,21 +359,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
 
-        self.data = load_task(
-            cfg.task,
-            data_dir=cfg.data_dir,
-            data_file=cfg.data_file,
-            labels_file=cfg.labels_file,
-            seed=cfg.seed,
-            max_len=cfg.max_len,
-            vocab_size=cfg.vocab_size,
-            options=cfg.task_options,
-        )
+        self.data = task_data(cfg, ckpt)
         self.tokenizer_json = self.data.tokenizer.to_json()
-        if ckpt is not None and ckpt.tokenizer_json != self.tokenizer_json:
-            raise DataError(
-                f"the task's data differ from those the checkpoint in {self.out} was trained on"
-            )
         self.policy = make_policy(cfg.policy, cfg.policy_options)
         if ckpt is not None:
             self.model = ckpt.model
