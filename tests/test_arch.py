@@ -69,6 +69,12 @@ def _layer(**changes):
             "fade shape must be one of",
         ),
         (_layer(loops=1, looped_heads=[0], fade={"start": 0, "steps": 2, "at": 1}), "unknown"),
+        (_layer(kv_heads=0), "layer 0: kv_heads must be None or an integer >= 1, got 0"),
+        (_layer(kv_heads=True), "layer 0: kv_heads must be None or an integer >= 1, got True"),
+        (_layer(kv_heads=1.0), "layer 0: kv_heads must be None or an integer >= 1, got 1.0"),
+        (_layer(kv_heads=4), "layer 0: kv_heads=4 exceeds heads=2"),
+        (_layer(heads=0, kv_heads=1), "layer 0: kv_heads=1 exceeds heads=0"),
+        (_layer(heads=3, kv_heads=2), "layer 0: heads=3 is not a multiple of kv_heads=2"),
     ],
 )
 def test_invalid_architectures_name_the_problem(d, message):
@@ -82,6 +88,21 @@ def test_loop_fields_at_their_defaults_are_left_out_of_the_json():
     fading = arch("causal_lm", "fading").to_dict()["layers"]
     assert fading[0]["block_loops"] == 1 and "fade" not in fading[0]
     assert fading[1]["fade"] == {"start": 0, "steps": 8, "shape": "cosine"}
+
+
+def test_kv_heads_only_where_set():
+    plain = arch("causal_lm", "uniform")
+    assert all("kv_heads" not in layer for layer in plain.to_dict()["layers"])
+    assert plain.layers[0].kv_heads is None and plain.layers[0].kv_dim == 16
+    grouped = arch("causal_lm", "grouped")
+    assert [layer["kv_heads"] for layer in grouped.to_dict()["layers"]] == [2, 2, 1]
+    first, _, last = grouped.layers
+    assert (first.attn_dim, first.kv_dim, first.group_size) == (32, 16, 2)
+    assert (last.attn_dim, last.kv_dim, last.group_size) == (16, 8, 2)
+    # Written before kv_heads existed: reads as one key/value head per query head.
+    assert Architecture.from_dict(plain.to_dict()) == plain
+    assert Architecture.from_dict(_layer(kv_heads=None)).layers[0].kv_heads is None
+    assert plain.with_layer(1, kv_heads=1).layers[1] == LayerSpec(2, 8, 48, kv_heads=1)
 
 
 def test_missing_fields_and_bad_json(tmp_path):

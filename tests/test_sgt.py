@@ -70,12 +70,29 @@ def test_entropy_equals_brute_force_softmax(causal, all_rows):
     assert torch.allclose(full.double(), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "encoder"])
+@pytest.mark.parametrize("all_rows", [False, True], ids=["one-row", "all-rows"])
+def test_grouped_entropy_uses_each_head_group_keys(causal, all_rows):
+    g = torch.Generator().manual_seed(0)
+    b, t, d, hd, heads, kv_heads = 3, 8, 12, 3, 4, 2
+    z = torch.randn(b, t, d, generator=g)
+    wq = torch.randn(heads * hd, d, generator=g) * 0.6
+    wk = torch.randn(kv_heads * hd, d, generator=g) * 0.6
+    # Query head h uses key head h // 2: heads 0, 1 the first rows, heads 2, 3 the second.
+    repeated = torch.cat([wk[:hd], wk[:hd], wk[hd:], wk[hd:]])
+    got = attention_entropy(z, wq, wk, hd, None, causal=causal, all_rows=all_rows)
+    expected = _brute_entropy(z, wq, repeated, hd, None, causal, all_rows)
+    assert got.shape == (b, heads)
+    assert torch.allclose(got.double(), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["looped", "grouped"])
 @pytest.mark.parametrize("kind", ["causal_lm", "classifier"])
-def test_captured_entropy_is_the_first_attention_pass(kind):
+def test_captured_entropy_is_the_first_attention_pass(kind, variant):
     """The capture averages each layer's first pass over the batch: loop passes and block
     loops, which run the same pre-norm again, do not count."""
     torch.manual_seed(0)
-    a = arch(kind, "looped")
+    a = arch(kind, variant)
     a = a.with_layer(0, block_loops=2)
     model = build_model(a).eval()
     b = batch(kind)
@@ -480,6 +497,34 @@ def test_flops_by_hand():
     # 2 x 3 tokens x (176 + 88 + 128) + LM head 2 x 3 x 2*4*5, times 3 for the backward.
     assert train_step_flops(a, 2, 3) == 3 * (6 * 392 + 6 * 40)
     assert train_step_flops(without_loops(a), 2, 3) == 3 * (6 * 304 + 6 * 40)
+
+
+def test_grouped_flops_count_keys_and_values_by_their_width():
+    layer = LayerSpec(heads=4, head_dim=2, ffn_dim=8, loops=1, looped_heads=(0, 1), kv_heads=2)
+    # d_model 4, seq 3. Queries and outputs over 4 heads (width 8): 2*2*4*8 = 128; keys and
+    # values over 2 key/value heads (width 4): 2*2*4*4 = 64; scores and mixing per query
+    # head 2*2*3*8 = 96. The loop over heads 0 and 1 (one group): 64 + 32 + 48.
+    assert layer_components(4, layer, 3) == {
+        "attention": 288,
+        "head_loops": 144,
+        "ffn": 128,
+        "block_loops": 0,
+    }
+    # Heads of two groups need both key/value heads; a fade runs everything.
+    assert layer_components(4, replace(layer, looped_heads=(0, 2)), 3)["head_loops"] == 176
+    fading = replace(layer, fade=LoopFade(start=0, steps=5))
+    assert layer_components(4, fading, 3)["head_loops"] == 288
+    plain = replace(layer, kv_heads=None)
+    assert layer_components(4, plain, 3)["attention"] == 288 + 64
+    grouped = Architecture(
+        kind="causal_lm", d_model=4, vocab_size=5, max_len=8, layers=(layer, layer)
+    )
+    mha = replace(grouped, layers=(plain, plain))
+    # Per token and layer, the keys and values save 2*2*d_model*(attn_dim - kv_dim) = 64 in
+    # the attention and 32 in the loop (one key/value head instead of two); times 2 layers,
+    # 2 x 3 tokens and 3 for forward and backward.
+    saved = 3 * (2 * 3) * 2 * (64 + 32)
+    assert train_step_flops(mha, 2, 3) - train_step_flops(grouped, 2, 3) == saved
 
 
 # --- whole runs --------------------------------------------------------------------------

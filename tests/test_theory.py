@@ -108,6 +108,19 @@ def test_query_key_forms_match_the_weights():
     assert torch.allclose(forms, -forms.transpose(1, 2))
 
 
+def test_query_key_forms_use_each_head_group_keys():
+    torch.manual_seed(0)
+    model = build_model(arch("classifier", "grouped"))
+    attn = model.transformer.layers[0].attn  # 4 heads, 2 key/value heads
+    forms = query_key_forms(model, 0)
+    assert forms.shape == (4, 32, 32)
+    for h in range(4):
+        wq = attn.q_proj.weight[h * 8 : (h + 1) * 8].double()
+        wk = attn.k_proj.weight[(h // 2) * 8 : (h // 2 + 1) * 8].double()
+        m = wq.T @ wk
+        assert torch.allclose(forms[h], (m - m.T) / 2)
+
+
 def test_captured_input_moments_exclude_padding():
     torch.manual_seed(0)
     model = build_model(arch("classifier", "uniform"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,10 @@ class LayerSpec:
         block_loops: Extra passes of the whole layer (attention with its loops, then the
             feed-forward), the static block-looping baseline.
         fade: Soft start of the loops in progress, or None (see :class:`LoopFade`).
+        kv_heads: Number of key/value heads, shared by consecutive query heads (grouped
+            keys and values): query head ``h`` uses key/value head ``h // group_size``.
+            None gives every query head its own. Grouped layers keep their head count
+            (surgery neither adds nor removes their heads).
     """
 
     heads: int
@@ -76,11 +80,22 @@ class LayerSpec:
     looped_heads: tuple[int, ...] = field(default_factory=tuple)
     block_loops: int = 0
     fade: LoopFade | None = None
+    kv_heads: int | None = None
 
     @property
     def attn_dim(self) -> int:
         """Total width of the concatenated heads."""
         return self.heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        """Total width of the keys (and of the values)."""
+        return (self.heads if self.kv_heads is None else self.kv_heads) * self.head_dim
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per key/value head (1 without grouping)."""
+        return 1 if self.kv_heads is None else self.heads // self.kv_heads
 
 
 @dataclass(frozen=True)
@@ -165,8 +180,8 @@ class Architecture:
             _validate_layer(i, layer)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict; ``block_loops`` and ``fade`` only where set, so files of
-        models without them read as before."""
+        """JSON-ready dict; ``block_loops``, ``fade`` and ``kv_heads`` only where set, so
+        files of models without them read as before."""
         d = asdict(self)
         layers = []
         for layer in d["layers"]:
@@ -175,6 +190,8 @@ class Architecture:
                 del layer["block_loops"]
             if layer["fade"] is None:
                 del layer["fade"]
+            if layer["kv_heads"] is None:
+                del layer["kv_heads"]
             layers.append(layer)
         d["layers"] = layers
         return d
@@ -226,8 +243,7 @@ def layer_from_dict(i: int, layer: Any) -> LayerSpec:
     against the other fields until it is part of an :class:`Architecture`)."""
     if not isinstance(layer, dict):
         raise ArchitectureError(f"layer {i} must be an object")
-    known = {"heads", "head_dim", "ffn_dim", "loops", "looped_heads", "block_loops", "fade"}
-    _no_unknown_keys(f"layer {i}", layer, known)
+    _no_unknown_keys(f"layer {i}", layer, {f.name for f in fields(LayerSpec)})
     missing = sorted({"heads", "head_dim", "ffn_dim"} - layer.keys())
     if missing:
         raise ArchitectureError(f"layer {i} is missing {', '.join(missing)}")
@@ -280,6 +296,7 @@ def _validate_layer(i: int, layer: LayerSpec) -> None:
         raise ArchitectureError(f"layer {i}: loops={layer.loops} needs at least one looped head")
     if layer.loops == 0 and looped:
         raise ArchitectureError(f"layer {i}: looped_heads given but loops is 0")
+    _validate_kv_heads(i, layer)
     fade = layer.fade
     if fade is None:
         return
@@ -296,4 +313,19 @@ def _validate_layer(i: int, layer: LayerSpec) -> None:
     if fade.shape not in FADES:
         raise ArchitectureError(
             f"layer {i}: fade shape must be one of {', '.join(FADES)}, got {fade.shape!r}"
+        )
+
+
+def _validate_kv_heads(i: int, layer: LayerSpec) -> None:
+    kv = layer.kv_heads
+    if kv is None:
+        return
+    if isinstance(kv, bool) or not isinstance(kv, int) or kv < 1:
+        raise ArchitectureError(f"layer {i}: kv_heads must be None or an integer >= 1, got {kv!r}")
+    if kv > layer.heads:
+        raise ArchitectureError(f"layer {i}: kv_heads={kv} exceeds heads={layer.heads}")
+    if layer.heads % kv:
+        raise ArchitectureError(
+            f"layer {i}: heads={layer.heads} is not a multiple of kv_heads={kv} "
+            "(every key/value head serves the same number of query heads)"
         )

@@ -1,10 +1,14 @@
 """Training FLOPs of an architecture, counted per component.
 
 Matrix products count 2 FLOPs per multiply-add; a training step costs forward plus
-backward, taken as 3x the forward. Attention scores and mixing are counted over all
-``seq`` keys (what the kernels compute), head loops over the heads they really compute
-(every head during a soft start, the looped heads after it), block loops as whole extra
-passes of their layer. Norms, softmax and the soft start's head weights are not counted.
+backward, taken as 3x the forward. The query and output projections cost by the query
+width, the key and value projections by the key/value width (smaller with grouped keys
+and values; scores and mixing still run once per query head). Attention scores and
+mixing are counted over all ``seq`` keys (what the kernels compute), head loops over the
+heads they really compute (every head during a soft start, the looped heads and the
+key/value heads they use after it), block loops as whole extra passes of their layer.
+Norms, softmax, the soft start's head weights and the expansion of shared keys and
+values to their query heads are not counted.
 """
 
 from __future__ import annotations
@@ -22,9 +26,14 @@ def layer_components(d_model: int, layer: LayerSpec, seq: int) -> dict[str, int]
     ``block_loops`` is the cost of the extra passes of the whole layer (its attention,
     head loops and feed-forward again).
     """
-    attention = _attn_flops(d_model, layer.heads, layer.head_dim, seq)
-    loop_heads = layer.heads if layer.fade is not None else len(layer.looped_heads)
-    head_loops = layer.loops * _attn_flops(d_model, loop_heads, layer.head_dim, seq)
+    attention = _attn_flops(d_model, layer.attn_dim, layer.kv_dim, seq)
+    if layer.fade is not None:
+        loop_width, loop_kv_width = layer.attn_dim, layer.kv_dim
+    else:
+        loop_kv_heads = {h // layer.group_size for h in layer.looped_heads}
+        loop_width = len(layer.looped_heads) * layer.head_dim
+        loop_kv_width = len(loop_kv_heads) * layer.head_dim
+    head_loops = layer.loops * _attn_flops(d_model, loop_width, loop_kv_width, seq)
     ffn = 2 * 2 * d_model * layer.ffn_dim
     block_loops = layer.block_loops * (attention + head_loops + ffn)
     return {
@@ -40,9 +49,8 @@ def layer_forward_flops(d_model: int, layer: LayerSpec, seq: int) -> int:
     return sum(layer_components(d_model, layer, seq).values())
 
 
-def _attn_flops(d_model: int, heads: int, head_dim: int, seq: int) -> int:
-    width = heads * head_dim
-    projections = 4 * 2 * d_model * width
+def _attn_flops(d_model: int, width: int, kv_width: int, seq: int) -> int:
+    projections = 2 * 2 * d_model * (width + kv_width)
     scores_and_mixing = 2 * 2 * seq * width
     return projections + scores_and_mixing
 

@@ -37,7 +37,8 @@ class LayerStats:
         cov: (d, d) second moment ``X^T X / n`` of the layer's attention input (after
             its pre-norm), over real tokens only.
         forms: (heads, d, d) antisymmetric part of each head's query-key form
-            ``M^h = W_Q^h (W_K^h)^T``.
+            ``M^h = W_Q^h (W_K^h)^T`` (``W_K^h`` the key weights of the head's group
+            where keys are grouped).
         tokens: Number of tokens ``cov`` was taken over.
     """
 
@@ -103,7 +104,7 @@ def query_key_forms(model: ElasticModel, layer: int) -> Tensor:
     attn = model.transformer.layers[layer].attn
     h, hd = attn.heads, attn.head_dim
     wq = attn.q_proj.weight.detach().to(torch.float64).view(h, hd, -1)
-    wk = attn.k_proj.weight.detach().to(torch.float64).view(h, hd, -1)
+    wk = keys_per_head(attn.k_proj.weight.detach().to(torch.float64), h, hd)
     # Scores are z_i^T (W_q^T W_k) z_j with PyTorch's (out, in) weight layout.
     m = wq.transpose(1, 2) @ wk
     return (m - m.transpose(1, 2)) / 2
@@ -118,6 +119,23 @@ def layer_stats(model: ElasticModel, capture: InputCapture) -> list[LayerStats]:
         )
         for i in range(len(covs))
     ]
+
+
+def keys_per_head(wk: Tensor, heads: int, head_dim: int) -> Tensor:
+    """Each query head's key weights, shared ones repeated for every head of their group.
+
+    Args:
+        wk: (kv_heads * head_dim, d_model) key projection; query head ``h`` uses key head
+            ``h // (heads // kv_heads)``.
+        heads: Number of query heads.
+        head_dim: Width of each head.
+
+    Returns:
+        (heads, head_dim, d_model) key weights.
+    """
+    kv_heads = wk.shape[0] // head_dim
+    wk = wk.view(kv_heads, head_dim, wk.shape[1])
+    return wk if kv_heads == heads else wk.repeat_interleave(heads // kv_heads, 0)
 
 
 @torch.no_grad()
@@ -140,7 +158,7 @@ def attention_entropy(
     Args:
         z: (batch, seq, d_model) the layer's normalised attention input.
         wq: (heads * head_dim, d_model) query projection.
-        wk: (heads * head_dim, d_model) key projection.
+        wk: (kv_heads * head_dim, d_model) key projection (see :func:`keys_per_head`).
         head_dim: Width of each head.
         key_mask: (batch, seq) True for real tokens (None: all real).
         causal: Whether queries see only earlier keys.
@@ -153,7 +171,7 @@ def attention_entropy(
     b, t, d = z.shape
     heads = wq.shape[0] // head_dim
     wq = wq.float().view(heads, head_dim, d)
-    wk = wk.float().view(heads, head_dim, d)
+    wk = keys_per_head(wk.float(), heads, head_dim)
     real = torch.ones(b, t, dtype=torch.bool, device=z.device) if key_mask is None else key_mask
     real = real.bool()
     pos = torch.arange(t, device=z.device)

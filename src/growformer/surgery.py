@@ -138,10 +138,14 @@ def add_head(
         init_std: W_Q, W_K, W_V ~ N(0, init_std^2) and W_O ~ N(0, init_std^2 / (2 n_layers)),
             as the model initialises its own heads; None: the INCRT reference scale,
             W_Q, W_K, W_V ~ N(0, 1/d_model) and W_O ~ N(0, 1/head_dim).
+
+    Raises:
+        SurgeryError: For a layer with grouped keys and values (``kv_heads`` set).
     """
     if init not in INITS:
         raise SurgeryError(f"unknown head init {init!r} (known: {', '.join(INITS)})")
     block = _block(model, layer)
+    _refuse_grouped(block, layer, "add a head to")
     attn = block.attn
     d_model, hd = attn.q_proj.in_features, attn.head_dim
     if init_std is None:
@@ -169,8 +173,13 @@ def remove_head(
     """Remove head ``head`` of ``layer``; higher heads shift down by one.
 
     A looped head that is removed leaves the loop; a loop left with no head stops.
+
+    Raises:
+        SurgeryError: For a layer with grouped keys and values (``kv_heads`` set), or a
+            head out of range.
     """
     block = _block(model, layer)
+    _refuse_grouped(block, layer, "remove a head from")
     attn = block.attn
     if not 0 <= head < attn.heads:
         raise SurgeryError(f"layer {layer} has {attn.heads} heads; cannot remove head {head}")
@@ -262,6 +271,16 @@ def _block(model: ElasticModel, layer: int) -> Block:
     if not 0 <= layer < n:
         raise SurgeryError(f"layer {layer} is out of range (model has {n} layers)")
     return model.transformer.layers[layer]
+
+
+def _refuse_grouped(block: Block, layer: int, what: str) -> None:
+    # One head more or less would leave a group of another size: grouping is equal groups.
+    attn = block.attn
+    if attn.grouped:
+        raise SurgeryError(
+            f"cannot {what} layer {layer}: it has grouped keys and values ({attn.heads} "
+            f"query heads, kv_heads={attn.kv_heads}), and grouped layers keep their structure"
+        )
 
 
 def _record(model: ElasticModel, event: Event) -> Event:

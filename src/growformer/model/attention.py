@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -12,32 +13,74 @@ from torch import Tensor, nn
 class ElasticAttention(nn.Module):
     """Scaled dot-product attention with ``heads`` heads of width ``head_dim``.
 
-    The head count is not stored: it is read off the projection shapes, so a structural
-    change of the weights (see :mod:`growformer.surgery`) cannot leave it stale.
+    The head counts are not stored: they are read off the projection shapes, so a
+    structural change of the weights (see :mod:`growformer.surgery`) cannot leave them
+    stale. With grouped keys and values, query head ``h`` attends with key/value head
+    ``h // (heads // kv_heads)``.
 
     Args:
         d_model: Width of the residual stream.
         heads: Initial number of heads.
         head_dim: Width of each head.
         dropout: Dropout on attention probabilities and on the output.
+        kv_heads: Number of key/value heads, a divisor of ``heads``; None gives every
+            query head its own.
     """
 
-    def __init__(self, *, d_model: int, heads: int, head_dim: int, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        *,
+        d_model: int,
+        heads: int,
+        head_dim: int,
+        dropout: float = 0.0,
+        kv_heads: int | None = None,
+    ) -> None:
         super().__init__()
+        if kv_heads is not None and not (0 < kv_heads <= heads and heads % kv_heads == 0):
+            raise ValueError(f"kv_heads={kv_heads} must be a divisor of heads={heads}")
         self.head_dim = head_dim
         self.dropout = dropout
+        # Kept apart from the shapes: kv_heads == heads is still a grouped layer, whose
+        # structure surgery leaves alone.
+        self.grouped = kv_heads is not None
+        kv_dim = (heads if kv_heads is None else kv_heads) * head_dim
         with warnings.catch_warnings():
             # A layer pruned to zero heads has empty projections; that is intended.
             warnings.filterwarnings("ignore", "Initializing zero-element tensors")
             self.q_proj = nn.Linear(d_model, heads * head_dim, bias=False)
-            self.k_proj = nn.Linear(d_model, heads * head_dim, bias=False)
-            self.v_proj = nn.Linear(d_model, heads * head_dim, bias=False)
+            self.k_proj = nn.Linear(d_model, kv_dim, bias=False)
+            self.v_proj = nn.Linear(d_model, kv_dim, bias=False)
             self.o_proj = nn.Linear(heads * head_dim, d_model, bias=False)
         self.resid_drop = nn.Dropout(dropout)
 
     @property
     def heads(self) -> int:
         return self.q_proj.weight.shape[0] // self.head_dim
+
+    @property
+    def kv_heads(self) -> int:
+        """Number of key/value heads (``heads`` without grouping)."""
+        return self.k_proj.weight.shape[0] // self.head_dim
+
+    def subset_rows(self, heads: Sequence[int]) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The ``rows``, ``kv_rows`` and ``kv_index`` that make :meth:`forward` compute
+        only the query heads ``heads``.
+
+        Args:
+            heads: Query head indices, in the order their outputs are wanted.
+
+        Returns:
+            The heads' query rows; the rows of the key/value heads they use, each once;
+            and for each query head the index of its key/value head among those, or None
+            where that is the head's own position (every head in a group of its own).
+        """
+        group = self.heads // self.kv_heads if self.kv_heads else 1
+        # First-appearance order: without grouping, kv heads match the query heads one to one.
+        kv = list(dict.fromkeys(h // group for h in heads))
+        index = [kv.index(h // group) for h in heads]
+        kv_index = None if index == list(range(len(heads))) else torch.tensor(index)
+        return head_rows(heads, self.head_dim), head_rows(kv, self.head_dim), kv_index
 
     def forward(
         self,
@@ -47,6 +90,8 @@ class ElasticAttention(nn.Module):
         rows: Tensor | None = None,
         head_weights: Tensor | None = None,
         cache: KVCache | None = None,
+        kv_rows: Tensor | None = None,
+        kv_index: Tensor | None = None,
     ) -> Tensor:
         """Attend and project back to the residual width.
 
@@ -55,11 +100,16 @@ class ElasticAttention(nn.Module):
             attn_mask: Boolean (batch, 1, 1, seq), True where a key may be attended.
             is_causal: Apply a causal mask (language modelling).
             rows: Projection rows of a subset of heads to compute (looped passes); None
-                computes every head.
+                computes every head. See :meth:`subset_rows`.
             head_weights: (heads,) factors on each computed head's output (a loop's soft
                 start); None weighs every head 1.
             cache: Keys and values of the earlier positions (incremental decoding); this
-                call's are appended to it.
+                call's are appended to it, per key/value head (before they are shared out
+                to the query heads).
+            kv_rows: With ``rows``, the key/value projection rows those heads use; None
+                takes ``rows`` (only right without grouping).
+            kv_index: With ``rows``, each computed query head's key/value head among
+                ``kv_rows``' heads; None: the head at its own position.
         """
         if rows is None:
             q, k, v = (
@@ -69,9 +119,10 @@ class ElasticAttention(nn.Module):
             )
             wo = self.o_proj.weight
         else:
+            kv_rows = rows if kv_rows is None else kv_rows
             q = F.linear(hidden_states, self.q_proj.weight[rows])
-            k = F.linear(hidden_states, self.k_proj.weight[rows])
-            v = F.linear(hidden_states, self.v_proj.weight[rows])
+            k = F.linear(hidden_states, self.k_proj.weight[kv_rows])
+            v = F.linear(hidden_states, self.v_proj.weight[kv_rows])
             wo = self.o_proj.weight[:, rows]
         b, t, _ = hidden_states.shape
         q, k, v = (x.view(b, t, -1, self.head_dim).transpose(1, 2) for x in (q, k, v))
@@ -85,6 +136,10 @@ class ElasticAttention(nn.Module):
                     attn_mask = torch.ones(t, past + t, dtype=torch.bool, device=k.device)
                     attn_mask = attn_mask.tril(past)
                 is_causal = False
+        if kv_index is not None:
+            # A loop's heads can use their groups unevenly, which the kernel's grouping
+            # (equal consecutive groups) cannot express: expand here, after the cache.
+            k, v = k.index_select(1, kv_index), v.index_select(1, kv_index)
         y = F.scaled_dot_product_attention(
             q,
             k,
@@ -92,6 +147,7 @@ class ElasticAttention(nn.Module):
             attn_mask=attn_mask,
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=is_causal,
+            enable_gqa=k.shape[1] != q.shape[1],
         )
         if head_weights is not None:
             y = y * head_weights.view(1, -1, 1, 1)
@@ -123,7 +179,8 @@ class KVCache:
         self._cursor = 0
 
     def extend(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Append this call's (batch, heads, new, head_dim) keys and values; return all."""
+        """Append this call's (batch, kv heads, new, head_dim) keys and values, as projected
+        (before any expansion to the query heads); return all."""
         if self._cursor < len(self.entries):
             past_k, past_v = self.entries[self._cursor]
             if past_k.shape[:2] + past_k.shape[3:] != k.shape[:2] + k.shape[3:]:

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from growformer.arch import LayerSpec, LoopFade
-from growformer.model.attention import ElasticAttention, KVCache, head_rows
+from growformer.model.attention import ElasticAttention, KVCache
 
 
 class MLP(nn.Module):
@@ -36,7 +36,8 @@ class Block(nn.Module):
 
     During a loop's soft start (``fade``) the loop passes run every head, the heads outside
     ``looped_heads`` weighted by ``loop_fade_level``; afterwards they compute only the
-    looped heads' projection rows, so their cost follows the looped head count.
+    looped heads' projection rows (and, with grouped keys and values, those of the
+    key/value heads they use), so their cost follows the looped head count.
 
     Args:
         d_model: Width of the residual stream.
@@ -48,7 +49,11 @@ class Block(nn.Module):
         super().__init__()
         self.ln_1 = nn.LayerNorm(d_model)
         self.attn = ElasticAttention(
-            d_model=d_model, heads=spec.heads, head_dim=spec.head_dim, dropout=dropout
+            d_model=d_model,
+            heads=spec.heads,
+            head_dim=spec.head_dim,
+            dropout=dropout,
+            kv_heads=spec.kv_heads,
         )
         self.ln_2 = nn.LayerNorm(d_model)
         self.mlp = MLP(d_model=d_model, ffn_dim=spec.ffn_dim, dropout=dropout)
@@ -70,9 +75,12 @@ class Block(nn.Module):
         self.looped_heads = tuple(looped_heads)
         self.fade = fade
         weight = self.attn.q_proj.weight
+        rows, kv_rows, kv_index = self.attn.subset_rows(self.looped_heads)
+        self.register_buffer("loop_rows", rows.to(weight.device), persistent=False)
+        self.register_buffer("loop_kv_rows", kv_rows.to(weight.device), persistent=False)
         self.register_buffer(
-            "loop_rows",
-            head_rows(self.looped_heads, self.attn.head_dim).to(weight.device),
+            "loop_kv_index",
+            None if kv_index is None else kv_index.to(weight.device),
             persistent=False,
         )
         if fade is None:
@@ -98,6 +106,7 @@ class Block(nn.Module):
             looped_heads=self.looped_heads,
             block_loops=self.block_loops,
             fade=self.fade,
+            kv_heads=self.attn.kv_heads if self.attn.grouped else None,
         )
 
     def forward(
@@ -117,9 +126,10 @@ class Block(nn.Module):
     ) -> Tensor:
         if self.attn.heads:
             h = h + self.attn(self.ln_1(h), attn_mask, is_causal, cache=cache)
-            rows, weights = self.loop_rows, None
+            rows, kv_rows, kv_index = self.loop_rows, self.loop_kv_rows, self.loop_kv_index
+            weights = None
             if self.fade is not None:
-                rows = None
+                rows = kv_rows = kv_index = None
                 weights = self.loop_kept + (1 - self.loop_kept) * self.loop_fade_level
             for _ in range(self.loops):
                 h = h + self.attn(
@@ -129,5 +139,7 @@ class Block(nn.Module):
                     rows=rows,
                     head_weights=weights,
                     cache=cache,
+                    kv_rows=kv_rows,
+                    kv_index=kv_index,
                 )
         return h + self.mlp(self.ln_2(h))
