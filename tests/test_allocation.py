@@ -12,6 +12,7 @@ from growformer.allocation import (
     STRATEGIES,
     budget_of,
     compress_head_dim,
+    group_kv,
     plan,
     qk_factors,
     ranks_for_tolerance,
@@ -170,3 +171,22 @@ def test_saturation_curves() -> None:
         )
     assert ranks_for_tolerance(curves, 1e9) == [1, 1]
     assert ranks_for_tolerance(curves, -1.0) == [8, 8]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_group_kv_is_the_mean_of_the_group(kind: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(arch(kind, "looped")).eval()  # 3 and 2 heads of 8
+    data = batch(kind)
+    same = group_kv(model, [3, None]).eval()  # one head per group: nothing changes
+    torch.testing.assert_close(same(**data).logits, model(**data).logits)
+    grouped = group_kv(model, [1, 1]).eval()
+    assert [x.kv_heads for x in grouped.arch.layers] == [1, 1]
+    k = model.transformer.layers[1].attn.k_proj.weight.view(2, 8, -1).mean(0)
+    torch.testing.assert_close(grouped.transformer.layers[1].attn.k_proj.weight, k)
+    assert grouped.num_params() < model.num_params()
+    assert torch.isfinite(grouped(**data).logits).all()
+    with pytest.raises(ConfigError, match="cut head dimensions before"):
+        compress_head_dim(grouped, [4, 4])
+    with pytest.raises(ConfigError, match="must divide its 3 heads"):
+        group_kv(model, [2, None])

@@ -322,7 +322,7 @@ def test_analyze_then_compress(run, files, tmp_path, capsys):
     dev = ["--data", str(files["dev"])]
     assert main(["compress", str(run), "--out", str(out), "--ranks", "4", *dev]) == 0
     printed = capsys.readouterr().out
-    assert "head dimensions [8] -> [4]" in printed
+    assert "head dimensions [8] -> [4]; kv_heads None" in printed
     report = json.loads((out / "compression.json").read_text())
     assert report["after"]["params"] < report["before"]["params"]
     assert report["after"]["forward_flops"] < report["before"]["forward_flops"]
@@ -337,6 +337,9 @@ def test_analyze_then_compress(run, files, tmp_path, capsys):
     args = ["compress", str(run), "--out", str(out2), "--tolerance", "1e9", "--curves", curves_file]
     assert main(args) == 0
     assert json.loads((out2 / "compression.json").read_text())["ranks"] == [1]
+    out3 = tmp_path / "g"
+    assert main(["compress", str(run), "--out", str(out3), "--ranks", "4", "--kv-heads", "1"]) == 0
+    assert checkpoint.load(out3).model.arch.layers[0].kv_heads == 1
 
 
 @pytest.mark.parametrize(

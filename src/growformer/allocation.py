@@ -20,6 +20,8 @@ Strategies:
 Compression passes (each returns a new model; the input is left alone):
     :func:`compress_head_dim`: every head's query-key and value-output products replaced
         by their best rank-r factors (truncated SVD), i.e. a smaller head dimension.
+    :func:`group_kv`: consecutive heads share one key and one value head, the mean of
+        theirs (the mean-pooling conversion of multi-head to grouped-query attention).
 """
 
 from __future__ import annotations
@@ -122,7 +124,15 @@ def plan(
             f"sums to the budget {budget}"
         )
     layers = tuple(
-        replace(layer, heads=h, head_dim=u * multiple, loops=0, looped_heads=(), fade=None)
+        replace(
+            layer,
+            heads=h,
+            head_dim=u * multiple,
+            kv_heads=None,
+            loops=0,
+            looped_heads=(),
+            fade=None,
+        )
         for layer, h, u in zip(base.layers, heads, units, strict=True)
     )
     return replace(base, layers=layers)
@@ -263,6 +273,7 @@ def _truncate_heads(model: ElasticModel, layer: int, heads: Iterable[int], rank:
     hd = attn.head_dim
     if rank >= hd:
         return
+    _ungrouped(model, layer)
     q, k, v, o = (attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight, attn.o_proj.weight)
     for h in heads:
         s = _head_slice(h, hd)
@@ -307,6 +318,7 @@ def compress_head_dim(model: ElasticModel, ranks: Sequence[int]) -> ElasticModel
         for i, (old, spec) in enumerate(zip(arch.layers, new_layers, strict=True)):
             if spec.head_dim == old.head_dim:
                 continue
+            _ungrouped(model, i)
             prefix = f"transformer.layers.{i}.attn."
             q, k, v, o = (state[prefix + f"{n}_proj.weight"] for n in "qkvo")
             parts: dict[str, list[Tensor]] = {n: [] for n in "qkvo"}
@@ -319,6 +331,54 @@ def compress_head_dim(model: ElasticModel, ranks: Sequence[int]) -> ElasticModel
             for n in "qkv":
                 state[prefix + f"{n}_proj.weight"] = torch.cat(parts[n], 0)
             state[prefix + "o_proj.weight"] = torch.cat(parts["o"], 1)
+    new.load_state_dict(state)
+    new.train(model.training)
+    return new
+
+
+def _ungrouped(model: ElasticModel, layer: int) -> None:
+    if model.transformer.layers[layer].attn.grouped:
+        raise ConfigError(
+            f"layer {layer} shares keys and values between heads: cut head dimensions before "
+            "grouping them"
+        )
+
+
+def group_kv(model: ElasticModel, kv_heads: Sequence[int | None]) -> ElasticModel:
+    """A copy of ``model`` whose layer ``l`` has ``kv_heads[l]`` key/value heads, each
+    shared by ``heads / kv_heads[l]`` consecutive query heads and set to the mean of their
+    key and value rows (None leaves a layer as it is).
+
+    Args:
+        model: A trained model (not changed), without grouped layers where it is grouped.
+        kv_heads: Key/value heads per layer, each a divisor of the layer's heads, or None.
+
+    Raises:
+        ConfigError: Wrong length, a count that does not divide the heads, or a layer that
+            is grouped already.
+    """
+    arch = model.arch
+    if len(kv_heads) != arch.n_layers:
+        raise ConfigError(f"got {len(kv_heads)} kv_heads for a model with {arch.n_layers} layers")
+    for i, (layer, g) in enumerate(zip(arch.layers, kv_heads, strict=True)):
+        if g is None:
+            continue
+        if isinstance(g, bool) or not isinstance(g, int) or g < 1 or layer.heads % g:
+            raise ConfigError(f"layer {i}: kv_heads must divide its {layer.heads} heads, got {g!r}")
+        _ungrouped(model, i)
+    new_layers = tuple(
+        layer if g is None else replace(layer, kv_heads=g)
+        for layer, g in zip(arch.layers, kv_heads, strict=True)
+    )
+    new = build_model(replace(arch, layers=new_layers))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    for i, (layer, g) in enumerate(zip(arch.layers, kv_heads, strict=True)):
+        if g is None:
+            continue
+        for name in ("k_proj", "v_proj"):
+            key = f"transformer.layers.{i}.attn.{name}.weight"
+            w = state[key].view(g, layer.heads // g, layer.head_dim, -1)
+            state[key] = w.mean(1).reshape(g * layer.head_dim, -1)
     new.load_state_dict(state)
     new.train(model.training)
     return new
@@ -487,15 +547,17 @@ def compress(
     tolerance: float | None = None,
     budget: int | None = None,
     curves: dict[str, Any] | None = None,
+    kv_heads: Sequence[int | None] | None = None,
     batch_size: int = 64,
     rounds: int = 20,
 ) -> dict[str, Any]:
-    """Compress a trained checkpoint's head dimensions and write the result as a new one.
+    """Compress a trained checkpoint and write the result as a new one.
 
-    Exactly one of ``ranks`` (head dimension per layer), ``tolerance`` (per layer, the
+    At most one of ``ranks`` (head dimension per layer), ``tolerance`` (per layer, the
     smallest measured head dimension within this relative loss of the uncut model) or
-    ``budget`` (the ``measured`` plan of that attention budget) says how far to cut; the
-    last two read ``curves`` (measured on ``data`` when not given).
+    ``budget`` (the ``measured`` plan of that attention budget) says how far to cut head
+    dimensions; the last two read ``curves`` (measured on ``data`` when not given). Then
+    ``kv_heads`` groups keys and values (:func:`group_kv`).
 
     Args:
         ckpt: The loaded checkpoint (not changed).
@@ -505,19 +567,21 @@ def compress(
         tolerance: Allowed relative loss increase per layer.
         budget: Attention budget (sum of heads x head_dim) to meet.
         curves: Saturation curves of ``ckpt``'s model on ``data``.
+        kv_heads: Key/value heads per layer (None entries: not grouped).
         batch_size: Evaluation batch size.
         rounds: Latency timings per model.
 
     Returns:
-        The report: ranks, and params, forward FLOPs per batch, latency and metrics before
-        and after.
+        The report: ranks, kv_heads, and params, forward FLOPs per batch, latency and
+        metrics before and after.
     """
-    if sum(x is not None for x in (ranks, tolerance, budget)) != 1:
-        raise ConfigError("give exactly one of ranks, tolerance or budget")
+    cuts = sum(x is not None for x in (ranks, tolerance, budget))
+    if cuts > 1 or (cuts == 0 and kv_heads is None):
+        raise ConfigError("give one of ranks, tolerance or budget, and/or kv_heads")
     model = ckpt.model.eval()
     pad_id = Tokenizer.from_json(ckpt.tokenizer_json).pad_id
     batches = list(eval_batches(data, batch_size, pad_id))
-    if ranks is None:
+    if tolerance is not None or budget is not None:
         if curves is None:
             curves = saturation_curves(model, batches[:8], per_head=False)
         if tolerance is not None:
@@ -525,11 +589,17 @@ def compress(
         else:
             planned = plan("measured", budget=budget, base=model.arch, multiple=1, curves=curves)
             ranks = [layer.head_dim for layer in planned.layers]
-    small = compress_head_dim(model, ranks).eval()
+    small = model if ranks is None else compress_head_dim(model, ranks).eval()
+    if kv_heads is not None:
+        small = group_kv(small, kv_heads).eval()
     batch = batches[0]
     shape = tuple(batch["input_ids"].shape)
     times = latency({"before": model, "after": small}, batch, rounds)
-    report: dict[str, Any] = {"source": str(ckpt.path), "ranks": list(ranks)}
+    report: dict[str, Any] = {
+        "source": str(ckpt.path),
+        "ranks": [layer.head_dim for layer in small.arch.layers],
+        "kv_heads": None if kv_heads is None else list(kv_heads),
+    }
     for name, m in (("before", model), ("after", small)):
         report[name] = {
             "architecture": m.arch.to_dict(),

@@ -133,11 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compress", help="SVD head-dimension reduction of a trained checkpoint")
     c.add_argument("checkpoint", help="run directory or checkpoint directory")
     c.add_argument("--out", required=True, help="directory for the compressed checkpoint")
-    how = c.add_mutually_exclusive_group(required=True)
+    how = c.add_mutually_exclusive_group()
     how.add_argument("--ranks", help="head dimension per layer, e.g. 16,8")
     how.add_argument("--tolerance", type=float, help="allowed relative loss increase per layer")
     how.add_argument("--budget", type=int, help="attention budget to meet (measured plan)")
     c.add_argument("--curves", help="saturation.json of growformer analyze (else measured)")
+    c.add_argument(
+        "--kv-heads", help="key/value heads per layer (e.g. 4,2; one number for all layers)"
+    )
     _add_eval_data_flags(c)
     return parser
 
@@ -323,14 +326,9 @@ def _analyze(args: argparse.Namespace) -> int:
 
 def _compress(args: argparse.Namespace) -> int:
     ckpt = checkpoint.load(args.checkpoint)
-    ranks = None
-    if args.ranks is not None:
-        try:
-            ranks = [int(x) for x in args.ranks.split(",")]
-        except ValueError:
-            raise ConfigError(
-                f"--ranks must be integers separated by commas, got {args.ranks!r}"
-            ) from None
+    n = ckpt.model.arch.n_layers
+    ranks = None if args.ranks is None else _int_list("--ranks", args.ranks, n)
+    kv_heads = None if args.kv_heads is None else _int_list("--kv-heads", args.kv_heads, n)
     curves = _read_json(args.curves, "curves file") if args.curves else None
     report = allocation.compress(
         ckpt,
@@ -340,13 +338,12 @@ def _compress(args: argparse.Namespace) -> int:
         tolerance=args.tolerance,
         budget=args.budget,
         curves=curves,
+        kv_heads=kv_heads,
         batch_size=args.batch_size,
     )
     before, after = report["before"], report["after"]
-    print(
-        f"head dimensions {[x['head_dim'] for x in before['architecture']['layers']]} -> "
-        f"{report['ranks']}"
-    )
+    dims = [x["head_dim"] for x in before["architecture"]["layers"]]
+    print(f"head dimensions {dims} -> {report['ranks']}; kv_heads {report['kv_heads']}")
     for key in ("params", "attention_budget", "forward_flops", "latency_s"):
         b, a = before[key], after[key]
         print(f"{key:>16}: {b:,.6g} -> {a:,.6g} ({100 * (a / b - 1):+.1f}%)")
@@ -354,6 +351,15 @@ def _compress(args: argparse.Namespace) -> int:
         print(f"{key:>16}: {b:.6g} -> {after['metrics'][key]:.6g}")
     print(f"wrote {report['checkpoint']} and {Path(args.out) / 'compression.json'}")
     return 0
+
+
+def _int_list(flag: str, text: str, n_layers: int) -> list[int]:
+    """Comma-separated integers, one per layer; a single number means every layer."""
+    try:
+        values = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"{flag} must be integers separated by commas, got {text!r}") from None
+    return values * n_layers if len(values) == 1 else values
 
 
 def _read_json(path: str, what: str) -> Any:
