@@ -26,7 +26,6 @@ Compression passes (each returns a new model; the input is left alone):
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import statistics
@@ -426,6 +425,17 @@ def saturation_curves(
     def loss_of(m: ElasticModel) -> float:
         return sum(m(**b).loss.item() for b in batches) / len(batches)
 
+    def cut_loss(layer: int, heads: Iterable[int], rank: int) -> float:
+        # Cut in place and put the weights back: cheaper than a copy of the model.
+        attn = model.transformer.layers[layer].attn
+        saved = [p.detach().clone() for p in attn.parameters()]
+        _truncate_heads(model, layer, heads, rank)
+        try:
+            return loss_of(model)
+        finally:
+            for p, old in zip(attn.parameters(), saved, strict=True):
+                p.copy_(old)
+
     base = loss_of(model)
     layers = []
     for i, spec in enumerate(model.arch.layers):
@@ -437,19 +447,9 @@ def saturation_curves(
             "head_dims": dims,
             "loss": [],
         }
-        for r in dims:
-            cut = copy.deepcopy(model)
-            _truncate_heads(cut, i, range(spec.heads), r)
-            entry["loss"].append(loss_of(cut))
+        entry["loss"] = [cut_loss(i, range(spec.heads), r) for r in dims]
         if per_head:
-            entry["head_loss"] = []
-            for h in range(spec.heads):
-                row = []
-                for r in dims:
-                    cut = copy.deepcopy(model)
-                    _truncate_heads(cut, i, [h], r)
-                    row.append(loss_of(cut))
-                entry["head_loss"].append(row)
+            entry["head_loss"] = [[cut_loss(i, [h], r) for r in dims] for h in range(spec.heads)]
         layers.append(entry)
         if progress is not None:
             progress(f"layer {i}: loss {', '.join(f'{x:.4f}' for x in entry['loss'])}")
