@@ -1,12 +1,12 @@
 """Compression of a trained SST-2 classifier: SVD head dimensions and grouped keys/values.
 
 Trains (or reuses) the static model of ``incrt_sst2.py`` (2 layers, 12 heads of 32 per
-layer, d_model 128), measures its saturation curves on training batches (the dev set is
-kept for the accuracies), then applies each compression (uniform head-dimension cuts, per-layer cuts read
-off the curves at several tolerances, grouped keys/values, and combinations) without
-fine-tuning, and reports for each: dev accuracy, parameters (all, and without the
-embeddings), forward FLOPs and measured latency relative to the uncompressed model (all
-models timed in alternation in this process), with a table and a PNG.
+layer, d_model 128) and measures its saturation curves on training batches (the dev set
+is kept for the accuracies). Then applies each compression without fine-tuning: uniform
+head-dimension cuts, per-layer cuts read off the curves at several tolerances, grouped
+keys/values, and combinations. Reports for each: dev accuracy, parameters (all, and
+without the embeddings), forward FLOPs and measured latency relative to the uncompressed
+model (all models timed in alternation in this process), with a table and a PNG.
 
     python benchmarks/compress_sst2.py --data-dir ../shared/data/sst2
 """
