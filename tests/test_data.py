@@ -294,11 +294,22 @@ def test_retrieval_count_label_uses_a_mark_per_position():
     assert set(task.train.labels.tolist()) == {0, 1, 2, 3}
 
 
+def test_retrieval_tuple_label_is_the_ordered_tuple():
+    options = {"k": 2, "seq_len": 8, "symbols": 3, "label": "tuple", "n_train": 300, "n_val": 30}
+    task = load_task("retrieval", seed=1, options=options)
+    assert task.num_labels == 9 and task.label_names == [str(i) for i in range(9)]
+    x = collate(task.train, list(range(len(task.train))), pad_id=0)["input_ids"]
+    picked = (x[:, 1:] - 4)[:, task.info["positions"]]
+    assert torch.equal(task.train.labels, picked[:, 0] + 3 * picked[:, 1])
+    assert set(task.train.labels.tolist()) == set(range(9))
+
+
 @pytest.mark.parametrize(
     "options, message",
     [
-        ({"label": "max"}, "label must be 'sum_mod' or 'count'"),
+        ({"label": "max"}, "label must be one of sum_mod, count, tuple"),
         ({"label": "count", "k": 2, "num_labels": 5}, "k\\+1 = 3 classes, not num_labels=5"),
+        ({"label": "tuple", "k": 2, "num_labels": 5}, "symbols\\^k = 256 classes"),
     ],
 )
 def test_retrieval_label_errors(options, message):

@@ -22,6 +22,9 @@ from growformer.errors import ConfigError, DataError
 # Tasks whose examples are spike proteins (encoded by `encode_spikes`).
 SPIKE_TASKS = frozenset({"sarscov2", "fasta"})
 
+# Label rules of the retrieval task.
+RETRIEVAL_LABELS = ("sum_mod", "count", "tuple")
+
 # Default value of every option each task accepts; anything else is a ConfigError.
 TASK_OPTIONS: dict[str, dict[str, Any]] = {
     "sst2": {"train_limit": None},
@@ -225,13 +228,14 @@ def load_task(
 
     Tasks: "sst2" (GLUE SST-2 from `data_dir`, $GROWFORMER_SST2_DIR or Hugging Face
     `datasets`), "retrieval" (synthetic: the label is read off the symbols at k hidden
-    positions: their sum modulo `num_labels`, or with `label="count"` how many of them
-    fall in their position's own random half of the alphabet), "lm" (Python source files:
-    the stdlib, or `data_dir`), "file" (a user TSV/CSV `data_file`), "sarscov2" (spike
-    proteins of the pangoLEARN lineage tree in `data_dir`, $GROWFORMER_SARSCOV2_DIR or the
-    Debian package's directory, labelled by WHO variant or Pango lineage), "fasta" (a user's
-    spike proteins or aligned genomes in `data_file`, labels in `labels_file`). See
-    `TASK_OPTIONS` for each task's options and defaults.
+    positions: their sum modulo `num_labels`; with `label="count"` how many of them
+    fall in their position's own random half of the alphabet; with `label="tuple"` the
+    ordered k-tuple itself, symbols^k classes, which needs every position read apart),
+    "lm" (Python source files: the stdlib, or `data_dir`), "file" (a user TSV/CSV
+    `data_file`), "sarscov2" (spike proteins of the pangoLEARN lineage tree in `data_dir`,
+    $GROWFORMER_SARSCOV2_DIR or the Debian package's directory, labelled by WHO variant or
+    Pango lineage), "fasta" (a user's spike proteins or aligned genomes in `data_file`,
+    labels in `labels_file`). See `TASK_OPTIONS` for each task's options and defaults.
 
     Args:
         name: Task name.
@@ -395,15 +399,18 @@ def _retrieval(opts: dict[str, Any], seed: int, max_len: int) -> TaskData:
         )
     symbols = _int("retrieval", "symbols", opts["symbols"], 2)
     rule = opts["label"]
-    if rule not in ("sum_mod", "count"):
-        raise ConfigError(f"task 'retrieval': label must be 'sum_mod' or 'count', got {rule!r}")
-    num_labels = k + 1 if rule == "count" else 2
+    if rule not in RETRIEVAL_LABELS:
+        raise ConfigError(
+            f"task 'retrieval': label must be one of {', '.join(RETRIEVAL_LABELS)}, got {rule!r}"
+        )
+    fixed = {"count": (k + 1, "k+1"), "tuple": (symbols**k, "symbols^k")}
+    num_labels = fixed[rule][0] if rule in fixed else 2
     if opts["num_labels"] is not None:
         num_labels = _int("retrieval", "num_labels", opts["num_labels"], 2)
-        if rule == "count" and num_labels != k + 1:
+        if rule in fixed and num_labels != fixed[rule][0]:
             raise ConfigError(
-                f"task 'retrieval': label 'count' has k+1 = {k + 1} classes, "
-                f"not num_labels={num_labels}"
+                f"task 'retrieval': label '{rule}' has {fixed[rule][1]} = {fixed[rule][0]} "
+                f"classes, not num_labels={num_labels}"
             )
     n_train = _int("retrieval", "n_train", opts["n_train"], 1)
     n_val = _int("retrieval", "n_val", opts["n_val"], 1)
@@ -421,6 +428,8 @@ def _retrieval(opts: dict[str, Any], seed: int, max_len: int) -> TaskData:
         picked = seqs[:, positions]
         if rule == "count":
             labels = marks[torch.arange(k), picked].sum(dim=1)
+        elif rule == "tuple":
+            labels = (picked * symbols ** torch.arange(k)).sum(dim=1)
         else:
             labels = picked.sum(dim=1) % num_labels
         return ClassificationData(tokenizer.encode(texts, add_cls=True, max_len=None), labels)
