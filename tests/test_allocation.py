@@ -41,9 +41,12 @@ def base(n_layers: int = 6, head_dim: int = 32) -> Architecture:
 
 @pytest.mark.parametrize("strategy", PROFILES)
 @pytest.mark.parametrize("budget", [384, 768, 1536])
-def test_plan_meets_the_budget_exactly(strategy: str, budget: int) -> None:
+def test_plan_meets_the_budget(strategy: str, budget: int) -> None:
     planned = plan(strategy, budget=budget, base=base(head_dim=32), head_dim=32)
-    assert budget_of(planned) == budget
+    if strategy in ("uniform", "front_loaded_heads"):
+        assert budget_of(planned) == budget
+    else:  # falling head dimensions in multiples of 8 may leave a little unused
+        assert 0.9 * budget <= budget_of(planned) <= budget
     assert all(layer.heads >= 1 and layer.head_dim % 8 == 0 for layer in planned.layers)
     assert planned.n_layers == 6 and planned.d_model == 64
 
@@ -61,8 +64,10 @@ def test_plan_profiles() -> None:
     assert dims == sorted(dims, reverse=True) and dims[0] > dims[-1]
     assert {x.heads for x in tapered.layers} == {4}
     both = plan("front_loaded_tapered", budget=768, base=b)
-    assert both.layers[0].heads > both.layers[-1].heads
-    assert both.layers[0].head_dim > both.layers[-1].head_dim
+    heads = [x.heads for x in both.layers]
+    dims = [x.head_dim for x in both.layers]
+    assert heads == sorted(heads, reverse=True) and heads[0] > heads[-1]
+    assert dims == sorted(dims, reverse=True) and dims[0] > dims[-1]
 
 
 def test_plan_measured_gives_width_where_cutting_hurts() -> None:

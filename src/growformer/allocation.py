@@ -3,8 +3,9 @@ compression of trained models.
 
 The budget is ``D = sum over layers of heads x head_dim`` (the paper's; see
 ``../shared/specs/allocation.md``). A plan keeps every head dimension a multiple of
-``multiple`` and meets ``D`` exactly: each strategy states a target per layer and an exact
-solver picks the closest integer allocation.
+``multiple`` and never exceeds ``D``: each strategy states a target per layer and an exact
+solver picks the integer allocation closest to the targets and to ``D`` (it meets ``D``
+exactly unless only a distorted profile would).
 
 Strategies:
     uniform: the same heads and head dimension in every layer.
@@ -47,6 +48,10 @@ from growformer.flops import forward_flops
 from growformer.model import ElasticModel, build_model
 from growformer.train import evaluate
 
+# Cost of leaving a fraction f of the budget unused: 100 f^2 (1% costs as much as one
+# layer 10% off its target width).
+SHORTFALL_COST = 100.0
+
 STRATEGIES = (
     "uniform",
     "front_loaded_heads",
@@ -83,7 +88,7 @@ def plan(
         ``base`` with the planned layers.
 
     Raises:
-        ConfigError: Unknown strategy, bad numbers, or a budget no allocation meets.
+        ConfigError: Unknown strategy, bad numbers, or a budget too small for the heads.
     """
     if strategy not in STRATEGIES:
         raise ConfigError(f"unknown strategy {strategy!r} (valid: {', '.join(STRATEGIES)})")
@@ -116,11 +121,13 @@ def plan(
         targets = [w * scale / multiple for w in width]
         costs = [_squared_distance(t) for t in targets]
         widest = [math.ceil(2 * t) + 1 for t in targets]
-    units = _solve(heads, costs, widest, budget // multiple)
+    # Tapered plans keep their head dimensions falling with depth, whatever the rounding.
+    falling = strategy in ("tapered_head_dim", "front_loaded_tapered")
+    units = _solve(heads, costs, widest, budget // multiple, falling=falling)
     if units is None:
         raise ConfigError(
-            f"no allocation of heads {heads} with head dimensions in multiples of {multiple} "
-            f"sums to the budget {budget}"
+            f"the budget {budget} is too small for heads {heads} with head dimensions of at "
+            f"least {multiple}"
         )
     layers = tuple(
         replace(
@@ -201,20 +208,30 @@ def _solve(
     costs: Sequence[Callable[[int], float]],
     widest: Sequence[int],
     units: int,
+    *,
+    falling: bool = False,
 ) -> list[int] | None:
-    """Head widths (in units, 1 to ``widest[l]``) per layer with ``sum heads[l] * u[l] ==
-    units`` and the least total cost, by dynamic programming over the units used; None if
-    none exists."""
-    best: dict[int, tuple[float, list[int]]] = {0: (0.0, [])}
+    """Head widths (in units, 1 to ``widest[l]``) per layer with ``sum heads[l] * u[l] <=
+    units`` and the least total cost, by dynamic programming over (units used, last
+    width); with ``falling``, no layer is wider than the one before. Units left unused
+    cost ``SHORTFALL_COST * (unused / units)**2``: an exact fit wins unless it needs a
+    profile far from the target (widths are coarse). None if nothing fits."""
+    # (units used, width of the last layer; 0 when widths are free) -> (cost, widths)
+    best: dict[tuple[int, int], tuple[float, list[int]]] = {(0, 0): (0.0, [])}
     for h, cost, top in zip(heads, costs, widest, strict=True):
-        nxt: dict[int, tuple[float, list[int]]] = {}
-        for used, (c, picks) in best.items():
-            for u in range(1, min(top, (units - used) // h) + 1):
-                key, value = used + h * u, c + cost(u)
+        nxt: dict[tuple[int, int], tuple[float, list[int]]] = {}
+        for (used, last), (c, picks) in best.items():
+            cap = min(top, (units - used) // h, last if falling and last else top)
+            for u in range(1, cap + 1):
+                key, value = (used + h * u, u if falling else 0), c + cost(u)
                 if key not in nxt or value < nxt[key][0]:
                     nxt[key] = (value, [*picks, u])
         best = nxt
-    return best[units][1] if units in best else None
+    done = [
+        (c + SHORTFALL_COST * (1 - used / units) ** 2, picks)
+        for (used, _), (c, picks) in best.items()
+    ]
+    return min(done)[1] if done else None
 
 
 # --- low-rank factors -------------------------------------------------------------------
