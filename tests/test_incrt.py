@@ -8,6 +8,8 @@ import pytest
 import torch
 from helpers import arch, batch
 
+from growformer.allocation import plan
+from growformer.arch import Architecture
 from growformer.errors import ConfigError
 from growformer.model import build_model
 from growformer.policies import IncrtPolicy, make_policy
@@ -249,3 +251,28 @@ def test_moments_count_each_layer_first_attention_pass_only(variant):
         z = inputs[layer][real].double()
         assert capture.tokens[layer] == int(real.sum())
         torch.testing.assert_close(cov, z.T @ z / len(z))
+
+
+def test_incrt_grows_from_a_planned_architecture(tmp_path):
+    """Allocation and INCRT compose: the plan sets each layer's head dimension, INCRT the
+    head counts (from one head per layer)."""
+    template = Architecture.uniform(
+        kind="classifier",
+        d_model=32,
+        vocab_size=20,
+        max_len=13,
+        n_layers=2,
+        heads=3,
+        head_dim=8,
+        ffn_dim=64,
+        num_labels=2,
+    )
+    layers = plan("tapered_head_dim", budget=48, base=template, multiple=4).to_dict()["layers"]
+    dims = [x["head_dim"] for x in layers]
+    assert dims[0] > dims[1]
+    s = _run(tmp_path, "planned", model={"d_model": 32, "layers": layers})
+    grown = s["architecture"]["layers"]
+    assert [x["head_dim"] for x in grown] == dims
+    adds = [sum(e["layer"] == i for e in s["events"]) for i in range(2)]
+    assert all(e["op"] == "add_head" for e in s["events"]) and sum(adds) > 0
+    assert [x["heads"] for x in grown] == [1 + n for n in adds]
