@@ -259,11 +259,12 @@ def _info(args: argparse.Namespace) -> int:
         f"kind {arch.kind}  d_model {arch.d_model}  vocab {arch.vocab_size}  "
         f"max_len {arch.max_len}  params {info['params']:,}"
     )
-    print("layer  heads  head_dim  ffn_dim  loops  looped_heads")
+    print("layer  heads  head_dim  kv_heads  ffn_dim  loops  looped_heads")
     for n, layer in enumerate(arch.layers):
         looped = ",".join(map(str, layer.looped_heads)) or "-"
+        kv = "-" if layer.kv_heads is None else layer.kv_heads
         print(
-            f"{n:>5}  {layer.heads:>5}  {layer.head_dim:>8}  {layer.ffn_dim:>7}  "
+            f"{n:>5}  {layer.heads:>5}  {layer.head_dim:>8}  {kv:>8}  {layer.ffn_dim:>7}  "
             f"{layer.loops:>5}  {looped}"
         )
     return 0
