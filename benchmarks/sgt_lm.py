@@ -36,6 +36,7 @@ from growformer.arch import Architecture
 from growformer.data import collate, load_task
 from growformer.flops import train_step_flops, without_loops
 from growformer.model import ElasticModel, build_model
+from growformer.policies import make_policy
 
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "vanilla": ("static", {}),
@@ -114,12 +115,27 @@ def freeze_step(run_dir: Path) -> int | None:
     return None
 
 
+def stat_steps(summary: dict[str, Any], cfg: dict[str, Any], run_dir: Path) -> set[int]:
+    """Step indices whose forward pass records entropies, as the run's policy asks."""
+    if cfg["policy"] in ("static", "block_loop"):
+        return set()
+    policy = make_policy(cfg["policy"], cfg["policy_options"])
+    frozen = freeze_step(run_dir)
+    # wants_stats(n) is asked for the forward pass of step index n - 1.
+    return {
+        n - 1
+        for n in range(1, summary["steps"] + 1)
+        if (frozen is None or n <= frozen) and policy.wants_stats(n)
+    }
+
+
 def wall_overhead(
-    summary: dict[str, Any], run_dir: Path, args: argparse.Namespace, batch: dict
+    summary: dict[str, Any], cfg: dict[str, Any], run_dir: Path, args: argparse.Namespace, batch
 ) -> dict[str, Any]:
     """Measured vs analytic overhead of a run's structures over vanilla, integrated over its
-    schedule; plus its final structure with every head computed and the others multiplied
-    by zero (what the reference code runs)."""
+    schedule (each structure timed with and without the entropy statistics, weighted by the
+    steps that take them); plus its final structure with every head computed and the
+    others multiplied by zero (what the reference code runs)."""
     torch.manual_seed(0)
     final_arch = Architecture.from_dict(summary["architecture"])
     vanilla = without_loops(final_arch)
@@ -131,11 +147,12 @@ def wall_overhead(
         ),
     )
     phase_list = phases(summary, initial)
-    frozen = freeze_step(run_dir)
+    with_stats = stat_steps(summary, cfg, run_dir)
     models: dict[str, tuple[ElasticModel, bool]] = {"vanilla": (build_model(vanilla), False)}
-    for start, _, model in phase_list:
-        stats_on = summary["policy"] != "static" and (frozen is None or start < frozen)
-        models[f"phase@{start}"] = (model, stats_on)
+    for start, n, model in phase_list:
+        models[f"phase@{start}"] = (model, False)
+        if with_stats & set(range(start, start + n)):
+            models[f"phase@{start}+stats"] = (model, True)
     final = phase_list[-1][2]
     masked = copy.deepcopy(final)
     for i, block in enumerate(masked.transformer.layers):
@@ -151,19 +168,24 @@ def wall_overhead(
     rows, wall, flops, total = [], 0.0, 0.0, 0
     for start, n, model in phase_list:
         name = f"phase@{start}"
+        stats_n = len(with_stats & set(range(start, start + n)))
+        step_time = (n - stats_n) * t[name] + stats_n * t.get(name + "+stats", 0.0)
         f = train_step_flops(model.arch, *shape)
         rows.append(
             {
                 "phase_start": start,
                 "steps": n,
+                "steps_with_statistics": stats_n,
                 "loops": [b.loops for b in model.transformer.layers],
                 "fading": [b.fade is not None for b in model.transformer.layers],
-                "entropy_statistics": models[name][1],
                 "flops_ratio": f / base_flops,
                 "wall_ratio": t[name] / t["vanilla"],
+                "wall_ratio_with_statistics": (
+                    t[name + "+stats"] / t["vanilla"] if stats_n else None
+                ),
             }
         )
-        wall += n * t[name] / t["vanilla"]
+        wall += step_time / t["vanilla"]
         flops += n * f / base_flops
         total += n
     return {
@@ -320,7 +342,8 @@ def main() -> None:
         if name in results:
             print(f"[{time.perf_counter() - t0:.0f} s] timing the structures of {name}", flush=True)
             run_dir = out / f"{name}_s{args.seeds[0]}"
-            speed[name] = wall_overhead(results[name][args.seeds[0]], run_dir, args, batch)
+            cfg = config(args, name, args.seeds[0])
+            speed[name] = wall_overhead(results[name][args.seeds[0]], cfg, run_dir, args, batch)
     lines = [
         f"Causal LM, 6 layers, d_model 128, 8 heads x 16, seq {args.seq}, batch {args.batch}, "
         f"vocab {args.vocab}, {args.steps} steps, seeds {args.seeds}; CPU "

@@ -161,8 +161,10 @@ def test_selects_deep_to_shallow_then_freezes():
         (30, "set_loops", 1, 1, (0, 2), "linear"),
     ]
     assert p.frozen_step == 40
-    # Statistics every step until frozen, then never again.
-    assert asked == [True] * 40 + [False] * 20
+    # Statistics in the 8 steps before each decision until frozen, then never again.
+    assert asked == ([False] * 2 + [True] * 8) * 4 + [False] * 20
+    every = make_policy("sgt", {**OPTIONS, "stat_steps": None})
+    assert _drive(every, lambda s: SCORES, 60) == (events, [True] * 40 + [False] * 20)
     log = p.drain_log()
     assert [r["action"] for r in log] == ["select", "select", "select", "freeze"]
     assert log[0]["scores"][0] is None and log[0]["scores"][1] == pytest.approx(0.85)
@@ -238,8 +240,9 @@ def test_ema_of_entropies_and_head_choice():
 
 
 def test_query_option_picks_the_statistic_and_bad_options_are_refused():
-    assert make_policy("sgt").needs(1) == {ENTROPY}
-    assert make_policy("sgt", {"query": "all"}).needs(1) == {ENTROPY_ALL}
+    assert make_policy("sgt").needs(250) == {ENTROPY}
+    assert make_policy("sgt", {"query": "all"}).needs(250) == {ENTROPY_ALL}
+    assert make_policy("sgt").needs(242) == frozenset()  # not yet: 8 steps before a decision
     for bad in (
         {"warmup": 0},
         {"window": 2.5},
@@ -248,6 +251,7 @@ def test_query_option_picks_the_statistic_and_bad_options_are_refused():
         {"fade": "step"},
         {"query": "last"},
         {"order": "random"},
+        {"stat_steps": 0},
         {"heads": "mid"},
         {"speed": 1},
     ):

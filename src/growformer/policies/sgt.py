@@ -3,8 +3,11 @@
 Statistics: per layer and head, the normalised attention entropy of one query row per
 sequence (``query: "all"`` averages every real row), averaged over the batch, then an
 exponential moving average over optimizer steps (``ema_decay`` 0.5); a layer's score is
-the mean over its heads, and layer 0 is never looped. The statistics are asked for at
-every step until the structure is frozen, and never after.
+the mean over its heads, and layer 0 is never looped. The statistics are taken only in
+the ``stat_steps`` (8) steps before each decision: at decay 0.5 the average keeps 0.4% of
+anything older, so the decisions are the same while the statistics cost 30x less
+(``stat_steps: null`` takes them at every step, as the reference does). None are taken
+once the structure is frozen.
 
 Schedule: at step ``warmup`` and then every ``window`` steps, rank the layers by score and
 take the top ``top_layers``. In order of selection, the first selected layer still in the
@@ -55,6 +58,7 @@ class SgtPolicy(Policy):
         "query": "single",
         "order": "deep_to_shallow",
         "heads": "high_entropy",
+        "stat_steps": 8,
     }
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
@@ -63,6 +67,11 @@ class SgtPolicy(Policy):
         for key in ("warmup", "window", "top_layers", "kept_heads", "max_loops"):
             if isinstance(o[key], bool) or not isinstance(o[key], int) or o[key] < 1:
                 raise ConfigError(f"{self.name} {key} must be a positive integer, got {o[key]!r}")
+        n = o["stat_steps"]
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ConfigError(
+                f"{self.name} stat_steps must be a positive integer or null, got {n!r}"
+            )
         decay = o["ema_decay"]
         if isinstance(decay, bool) or not isinstance(decay, int | float) or not 0 <= decay < 1:
             raise ConfigError(f"{self.name} ema_decay must be in [0, 1), got {decay!r}")
@@ -91,7 +100,14 @@ class SgtPolicy(Policy):
         self._log: list[dict[str, Any]] = []
 
     def wants_stats(self, step: int) -> bool:
-        return self.frozen_step is None
+        if self.frozen_step is not None:
+            return False
+        o = self.options
+        if o["stat_steps"] is None:
+            return True
+        behind = max(0, step - o["warmup"])
+        next_decision = o["warmup"] + -(-behind // o["window"]) * o["window"]
+        return next_decision - step < o["stat_steps"]
 
     def decide(self, step: int, stats: list[Tensor] | None) -> list[Event]:
         if self.frozen_step is not None:
