@@ -111,19 +111,15 @@ class ElasticAttention(nn.Module):
             kv_index: With ``rows``, each computed query head's key/value head among
                 ``kv_rows``' heads; None: the head at its own position.
         """
-        if rows is None:
-            q, k, v = (
-                self.q_proj(hidden_states),
-                self.k_proj(hidden_states),
-                self.v_proj(hidden_states),
-            )
-            wo = self.o_proj.weight
-        else:
+        wq, wk, wv, wo = (p.weight for p in (self.q_proj, self.k_proj, self.v_proj, self.o_proj))
+        if rows is not None:
             kv_rows = rows if kv_rows is None else kv_rows
-            q = F.linear(hidden_states, self.q_proj.weight[rows])
-            k = F.linear(hidden_states, self.k_proj.weight[kv_rows])
-            v = F.linear(hidden_states, self.v_proj.weight[kv_rows])
-            wo = self.o_proj.weight[:, rows]
+            wq, wk, wv, wo = wq[rows], wk[kv_rows], wv[kv_rows], wo[:, rows]
+        # One matrix product for the three projections: fewer, wider products run faster
+        # than three narrow ones, which matters most for the narrow loop passes.
+        q, k, v = F.linear(hidden_states, torch.cat((wq, wk, wv))).split(
+            (wq.shape[0], wk.shape[0], wv.shape[0]), dim=-1
+        )
         b, t, _ = hidden_states.shape
         q, k, v = (x.view(b, t, -1, self.head_dim).transpose(1, 2) for x in (q, k, v))
         if cache is not None:
