@@ -337,6 +337,11 @@ def test_analyze_then_compress(run, files, tmp_path, capsys):
     args = ["compress", str(run), "--out", str(out2), "--tolerance", "1e9", "--curves", curves_file]
     assert main(args) == 0
     assert json.loads((out2 / "compression.json").read_text())["ranks"] == [1]
+    out_b = tmp_path / "b"
+    args = ["compress", str(run), "--out", str(out_b), "--budget", "8", "--curves", curves_file]
+    assert main(args) == 0  # 2 heads: a budget of 8 leaves 4 dimensions per head
+    report = json.loads((out_b / "compression.json").read_text())
+    assert report["ranks"] == [4] and report["after"]["attention_budget"] == 8
     out3 = tmp_path / "g"
     assert main(["compress", str(run), "--out", str(out3), "--ranks", "4", "--kv-heads", "1"]) == 0
     assert checkpoint.load(out3).model.arch.layers[0].kv_heads == 1
