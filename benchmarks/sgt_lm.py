@@ -201,6 +201,35 @@ def wall_overhead(
     }
 
 
+def batch_scaling(
+    summary: dict[str, Any], data: Any, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """Final-structure overhead (FLOPs and measured) of a run at growing batch sizes: whether
+    the gap between them is a fixed cost per operation (it would shrink) or not."""
+    final = Architecture.from_dict(summary["architecture"])
+    vanilla = without_loops(final)
+    rows = []
+    for b in args.scale_batches:
+        torch.manual_seed(0)
+        pick = torch.randperm(len(data.train))[:b]
+        batch = collate(data.train, pick, data.tokenizer.pad_id)
+        models = {"vanilla": (build_model(vanilla), False), "sgt": (build_model(final), False)}
+        # Fewer, longer rounds: a step at batch 256 takes seconds.
+        t = time_steps(models, batch, max(5, args.rounds // 2), args.timed_steps)
+        shape = tuple(batch["input_ids"].shape)
+        flops = train_step_flops(final, *shape) / train_step_flops(vanilla, *shape)
+        rows.append(
+            {
+                "batch": b,
+                "tokens": b * shape[1],
+                "vanilla_step_s": t["vanilla"],
+                "flops_overhead_pct": 100 * (flops - 1),
+                "wall_overhead_pct": 100 * (t["sgt"] / t["vanilla"] - 1),
+            }
+        )
+    return rows
+
+
 def summarize(results: dict[str, dict[int, dict[str, Any]]]) -> list[dict[str, Any]]:
     rows = []
     for variant, by_seed in results.items():
@@ -318,6 +347,13 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=2000)
     p.add_argument("--rounds", type=int, default=15, help="timing rounds per structure")
     p.add_argument("--timed-steps", type=int, default=5, help="steps per timing round")
+    p.add_argument(
+        "--scale-batches",
+        type=int,
+        nargs="+",
+        default=[16, 64, 256],
+        help="batch sizes for the final-structure overhead of SGT (seed 0)",
+    )
     p.add_argument("--train-only", action="store_true", help="train, skip timing and report")
     p.add_argument("--fresh", action="store_true")
     p.add_argument("--out", default="runs/sgt_lm")
@@ -344,6 +380,8 @@ def main() -> None:
             run_dir = out / f"{name}_s{args.seeds[0]}"
             cfg = config(args, name, args.seeds[0])
             speed[name] = wall_overhead(results[name][args.seeds[0]], cfg, run_dir, args, batch)
+    print(f"[{time.perf_counter() - t0:.0f} s] SGT's final structure at other batch sizes")
+    scaling = batch_scaling(results["sgt"][args.seeds[0]], data, args) if "sgt" in results else []
     lines = [
         f"Causal LM, 6 layers, d_model 128, 8 heads x 16, seq {args.seq}, batch {args.batch}, "
         f"vocab {args.vocab}, {args.steps} steps, seeds {args.seeds}; CPU "
@@ -357,6 +395,17 @@ def main() -> None:
         "reference code does (every head computed, the non-kept ones multiplied by 0):",
         "",
         *speed_lines(speed),
+        "",
+        "SGT's final structure (seed 0) vs vanilla at other batch sizes (same timing): the "
+        "gap to the FLOPs does not close with more tokens per step:",
+        "",
+        "| batch x seq | tokens | vanilla step s | FLOPs overhead | measured wall overhead |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {r['batch']} x {args.seq} | {r['tokens']:,} | {r['vanilla_step_s']:.3f} | "
+            f"{r['flops_overhead_pct']:.2f}% | {r['wall_overhead_pct']:.2f}% |"
+            for r in scaling
+        ),
     ]
     png = plot(results, rows, speed, out, args.seeds)
     report = "\n".join(lines)
@@ -368,6 +417,7 @@ def main() -> None:
                 "args": vars(args),
                 "rows": rows,
                 "speed": speed,
+                "batch_scaling": scaling,
                 "benchmark_wall_s": round(time.perf_counter() - t0, 1),
             },
             indent=2,
