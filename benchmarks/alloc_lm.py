@@ -28,7 +28,7 @@ import torch
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import sgt_lm
-from common import run, time_steps
+from common import run, save_report, time_steps
 
 from growformer import checkpoint
 from growformer.allocation import STRATEGIES, budget_of, latency, plan, saturation_curves
@@ -158,19 +158,7 @@ def main() -> None:
             f"{r['train_flops_ratio']:.3f}x | {r['latency_ratio']:.3f}x | "
             f"{r['train_step_ratio']:.3f}x |"
         )
-    report = "\n".join(lines)
-    print(report)
-    (out / "alloc_lm.md").write_text(report + "\n")
-    (out / "alloc_lm.json").write_text(
-        json.dumps(
-            {
-                "args": vars(args),
-                "rows": rows,
-                "benchmark_wall_s": round(time.perf_counter() - t0, 1),
-            },
-            indent=2,
-        )
-    )
+    save_report(out, "alloc_lm", lines, args, t0, rows=rows)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     names = [r["strategy"] for r in rows]
     for i, r in enumerate(rows):
@@ -198,7 +186,7 @@ def main() -> None:
     ax2.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "alloc_lm.png", dpi=110)
-    print(f"wrote {out / 'alloc_lm.md'} and .png")
+    print(f"wrote {out / 'alloc_lm.png'}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ accuracy breaks as heads < D.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from common import run
+from common import run, save_report
 
 
 def config(args: argparse.Namespace, k: int, heads: int, seed: int) -> dict[str, Any]:
@@ -96,19 +95,8 @@ def main() -> None:
             for h in args.heads
         )
         lines.append(f"| {k} | {100 / args.symbols**k:.1f} | {cells} |")
-    report = "\n".join(lines)
-    print(report)
-    (out / "alloc_retrieval.md").write_text(report + "\n")
-    (out / "alloc_retrieval.json").write_text(
-        json.dumps(
-            {
-                "args": vars(args),
-                "accuracy": {f"k{k}_h{h}": v for (k, h), v in acc.items()},
-                "benchmark_wall_s": round(time.perf_counter() - t0, 1),
-            },
-            indent=2,
-        )
-    )
+    accuracy = {f"k{k}_h{h}": v for (k, h), v in acc.items()}
+    save_report(out, "alloc_retrieval", lines, args, t0, accuracy=accuracy)
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     grid = [[100 * statistics.mean(acc[k, h]) for h in args.heads] for k in args.ks]
     im = ax.imshow(grid, vmin=0, vmax=100, cmap="viridis", aspect="auto")
@@ -135,7 +123,7 @@ def main() -> None:
     fig.colorbar(im)
     fig.tight_layout()
     fig.savefig(out / "alloc_retrieval.png", dpi=110)
-    print(f"wrote {out / 'alloc_retrieval.md'} and .png")
+    print(f"wrote {out / 'alloc_retrieval.png'}")
 
 
 if __name__ == "__main__":

@@ -24,17 +24,22 @@ def run(cfg: dict[str, Any], out: Path, fresh: bool = False) -> dict[str, Any]:
     Args:
         cfg: A :class:`TrainConfig` as a dict.
         out: The run directory.
-        fresh: Train again even if ``out`` holds a finished run of ``cfg``.
+        fresh: Train again even if ``out`` holds a finished run (of any configuration).
 
     Returns:
         The run's summary.
     """
     summary_path, cfg_path = out / "summary.json", out / RUN_CONFIG
-    if not fresh and summary_path.exists() and cfg_path.exists():
-        if json.loads(cfg_path.read_text()) == cfg:
+    if not fresh and summary_path.exists():
+        if cfg_path.exists() and json.loads(cfg_path.read_text()) == cfg:
             print(f"  reused  {out}", flush=True)
             return json.loads(summary_path.read_text())
-        print(f"  {out} holds a run of another configuration: rerunning it", flush=True)
+        # A finished run is never thrown away silently (a data path given relative to
+        # another working directory is enough to change the configuration).
+        raise SystemExit(
+            f"{out} holds a finished run of another configuration: pass --fresh to replace "
+            "it, or choose another --out"
+        )
     # A run without a summary was interrupted; start it over rather than trust it.
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -84,3 +89,17 @@ def time_steps(
                 step(name)
             times[name].append((time.perf_counter() - t0) / steps)
     return {n: statistics.median(t) for n, t in times.items()}
+
+
+def save_report(
+    out: Path, name: str, lines: list[str], args: Any, started: float, **results: Any
+) -> None:
+    """Print the report and write it as ``out/name.md``, with ``out/name.json`` holding the
+    arguments, ``results`` and the benchmark's wall time since ``started``."""
+    report = "\n".join(lines)
+    print(report)
+    (out / f"{name}.md").write_text(report + "\n")
+    data = {"args": vars(args), **results}
+    data["benchmark_wall_s"] = round(time.perf_counter() - started, 1)
+    (out / f"{name}.json").write_text(json.dumps(data, indent=2))
+    print(f"wrote {out / name}.md and .json")

@@ -25,7 +25,7 @@ import torch
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from common import run
+from common import run, save_report
 
 from growformer import checkpoint
 from growformer.allocation import (
@@ -144,19 +144,7 @@ def main() -> None:
             f"{rel('params')} | {r['non_embedding_params']:,} | {rel('non_embedding_params')} | "
             f"{rel('forward_flops')} | {rel('latency_s')} |"
         )
-    report = "\n".join(lines)
-    print(report)
-    (out / "compress_sst2.md").write_text(report + "\n")
-    (out / "compress_sst2.json").write_text(
-        json.dumps(
-            {
-                "args": vars(args),
-                "rows": rows,
-                "benchmark_wall_s": round(time.perf_counter() - t0, 1),
-            },
-            indent=2,
-        )
-    )
+    save_report(out, "compress_sst2", lines, args, t0, rows=rows)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in rows:
         x = 100 * (r["latency_s"] / base["latency_s"] - 1)
@@ -173,7 +161,7 @@ def main() -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "compress_sst2.png", dpi=110)
-    print(f"wrote {out / 'compress_sst2.md'} and PNGs")
+    print(f"wrote {out / 'compress_sst2.png'} and {out / 'saturation.png'}")
 
 
 if __name__ == "__main__":

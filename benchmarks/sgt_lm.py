@@ -29,7 +29,7 @@ import torch
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from common import run, time_steps
+from common import run, save_report, time_steps
 
 from growformer import surgery
 from growformer.arch import Architecture
@@ -408,22 +408,8 @@ def main() -> None:
         ),
     ]
     png = plot(results, rows, speed, out, args.seeds)
-    report = "\n".join(lines)
-    print(report)
-    (out / "sgt_lm.md").write_text(report + "\n")
-    (out / "sgt_lm.json").write_text(
-        json.dumps(
-            {
-                "args": vars(args),
-                "rows": rows,
-                "speed": speed,
-                "batch_scaling": scaling,
-                "benchmark_wall_s": round(time.perf_counter() - t0, 1),
-            },
-            indent=2,
-        )
-    )
-    print(f"wrote {out / 'sgt_lm.md'}, {png}")
+    save_report(out, "sgt_lm", lines, args, t0, rows=rows, speed=speed, batch_scaling=scaling)
+    print(f"wrote {png}")
 
 
 if __name__ == "__main__":

@@ -14,13 +14,12 @@ over the same structure without loops (alternating timing in this process).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from common import run, time_steps
+from common import run, save_report, time_steps
 
 from growformer.arch import Architecture
 from growformer.data import collate, load_task
@@ -126,20 +125,7 @@ def main() -> None:
             f"{s['params']:,} | {s['flops_overhead_pct']:.2f}% | {final_flops:.2f}% | "
             f"{final_wall:.2f}% | {s['wall_s']:.0f} |"
         )
-    report = "\n".join(lines)
-    print(report)
-    (out / "sgt_sst2.md").write_text(report + "\n")
-    (out / "sgt_sst2.json").write_text(
-        json.dumps(
-            {
-                "args": vars(args),
-                "runs": rows,
-                "benchmark_wall_s": round(time.perf_counter() - t0, 1),
-            },
-            indent=2,
-        )
-    )
-    print(f"wrote {out / 'sgt_sst2.md'}")
+    save_report(out, "sgt_sst2", lines, args, t0, runs=rows)
 
 
 if __name__ == "__main__":
