@@ -27,6 +27,7 @@ Compression passes (each returns a new model; the input is left alone):
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import statistics
@@ -281,6 +282,15 @@ def _head_slice(head: int, head_dim: int) -> slice:
     return slice(head * head_dim, (head + 1) * head_dim)
 
 
+def _head_factors(
+    q: Tensor, k: Tensor, v: Tensor, o: Tensor, s: slice, rank: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Rank-``rank`` (wq, wk, wv, wo) of the head whose rows (columns of ``o``) are ``s``."""
+    wq, wk = qk_factors(q[s], k[s], rank)
+    wv, wo = vo_factors(v[s], o[:, s], rank)
+    return wq, wk, wv, wo
+
+
 @torch.no_grad()
 def _truncate_heads(model: ElasticModel, layer: int, heads: Iterable[int], rank: int) -> None:
     """Replace, in place, the given heads of ``layer`` by their rank-``rank`` truncation,
@@ -293,8 +303,7 @@ def _truncate_heads(model: ElasticModel, layer: int, heads: Iterable[int], rank:
     q, k, v, o = (attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight, attn.o_proj.weight)
     for h in heads:
         s = _head_slice(h, hd)
-        wq, wk = qk_factors(q[s], k[s], rank)
-        wv, wo = vo_factors(v[s], o[:, s], rank)
+        wq, wk, wv, wo = _head_factors(q, k, v, o, s, rank)
         # The factors score over sqrt(rank); kept at head_dim width they score over
         # sqrt(head_dim), so undo qk_factors' rescaling.
         wq = wq * math.sqrt(hd / rank)
@@ -339,10 +348,8 @@ def compress_head_dim(model: ElasticModel, ranks: Sequence[int]) -> ElasticModel
             q, k, v, o = (state[prefix + f"{n}_proj.weight"] for n in "qkvo")
             parts: dict[str, list[Tensor]] = {n: [] for n in "qkvo"}
             for h in range(old.heads):
-                s = _head_slice(h, old.head_dim)
-                wq, wk = qk_factors(q[s], k[s], spec.head_dim)
-                wv, wo = vo_factors(v[s], o[:, s], spec.head_dim)
-                for n, t in zip("qkvo", (wq, wk, wv, wo), strict=True):
+                factors = _head_factors(q, k, v, o, _head_slice(h, old.head_dim), spec.head_dim)
+                for n, t in zip("qkvo", factors, strict=True):
                     parts[n].append(t)
             for n in "qkv":
                 state[prefix + f"{n}_proj.weight"] = torch.cat(parts[n], 0)
@@ -462,9 +469,8 @@ def saturation_curves(
             "heads": spec.heads,
             "head_dim": spec.head_dim,
             "head_dims": dims,
-            "loss": [],
+            "loss": [cut_loss(i, range(spec.heads), r) for r in dims],
         }
-        entry["loss"] = [cut_loss(i, range(spec.heads), r) for r in dims]
         if per_head:
             entry["head_loss"] = [[cut_loss(i, [h], r) for r in dims] for h in range(spec.heads)]
         layers.append(entry)
@@ -597,10 +603,11 @@ def compress(
         raise ConfigError("give one of ranks, tolerance or budget, and/or kv_heads")
     model = ckpt.model.eval()
     pad_id = Tokenizer.from_json(ckpt.tokenizer_json).pad_id
-    batches = list(eval_batches(data, batch_size, pad_id))
+    # The curves and the latency need a few batches; the metrics go over all of ``data``.
+    batches = list(itertools.islice(eval_batches(data, batch_size, pad_id), 8))
     if tolerance is not None or budget is not None:
         if curves is None:
-            curves = saturation_curves(model, batches[:8], per_head=False)
+            curves = saturation_curves(model, batches, per_head=False)
         if tolerance is not None:
             ranks = ranks_for_tolerance(curves, tolerance)
         else:
