@@ -34,6 +34,7 @@ from growformer.train import (
     TrainingStopped,
     evaluate,
     read_config,
+    read_json,
     task_data,
     train,
 )
@@ -271,7 +272,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    curves = _read_json(args.curves, "curves file") if args.curves else None
+    curves = read_json(args.curves, "curves file") if args.curves else None
     base = Architecture.uniform(
         kind="causal_lm",
         d_model=args.d_model,
@@ -330,7 +331,7 @@ def _compress(args: argparse.Namespace) -> int:
     n = ckpt.model.arch.n_layers
     ranks = None if args.ranks is None else _int_list("--ranks", args.ranks, n)
     kv_heads = None if args.kv_heads is None else _int_list("--kv-heads", args.kv_heads, n)
-    curves = _read_json(args.curves, "curves file") if args.curves else None
+    curves = read_json(args.curves, "curves file") if args.curves else None
     report = allocation.compress(
         ckpt,
         _eval_data(ckpt, args),
@@ -361,15 +362,6 @@ def _int_list(flag: str, text: str, n_layers: int) -> list[int]:
     except ValueError:
         raise ConfigError(f"{flag} must be integers separated by commas, got {text!r}") from None
     return values * n_layers if len(values) == 1 else values
-
-
-def _read_json(path: str, what: str) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{what} {path} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{what} {path} is not valid JSON: {e}") from None
 
 
 if __name__ == "__main__":

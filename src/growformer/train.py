@@ -162,15 +162,21 @@ class TrainConfig:
         return _dataclass_from_dict(cls, d, "config")
 
 
+def read_json(path: str | Path, what: str) -> Any:
+    """A user's JSON file; ConfigError naming ``what`` and the path if missing or invalid."""
+    p = Path(path)
+    try:
+        return json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {p} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{what} {p} is not valid JSON: {e}") from None
+
+
 def read_config(path: str | Path) -> dict[str, Any]:
     """The keys a JSON configuration file sets, validated against :class:`TrainConfig`."""
     p = Path(path)
-    try:
-        d = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {p} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"config file {p} is not valid JSON: {e}") from None
+    d = read_json(p, "config file")
     try:
         TrainConfig.from_dict(d)
     except ConfigError as e:
