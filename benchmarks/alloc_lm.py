@@ -44,7 +44,13 @@ HEADS, HEAD_DIM, LAYERS = 8, 16, 6
 def lm_args(args: argparse.Namespace) -> argparse.Namespace:
     """The settings of sgt_lm.py's runs."""
     return argparse.Namespace(
-        data_dir=args.data_dir, steps=args.steps, batch=16, seq=64, vocab=2000, window=250
+        data_dir=args.data_dir,
+        steps=args.steps,
+        batch=16,
+        seq=64,
+        vocab=2000,
+        window=250,
+        dropout=args.dropout,
     )
 
 
@@ -58,7 +64,7 @@ def measured_curves(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     path = out / "pilot_curves.json"
     if path.exists():
         return json.loads(path.read_text())
-    base = sgt_lm.config(lm_args(args), "vanilla", args.seeds[0])
+    base = sgt_lm.config(lm_args(args), "vanilla", args.pilot_seed)
     pilot = {**base, "model": {**base["model"], "head_dim": 2 * HEAD_DIM}}
     run(pilot, out / "pilot")
     ckpt = checkpoint.load(out / "pilot")
@@ -75,6 +81,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--skew", type=float, default=0.5)
+    p.add_argument("--dropout", type=float, default=0.0, help="as sgt_lm.py's --dropout")
+    p.add_argument("--pilot-seed", type=int, default=0, help="seed of the measured pilot")
     p.add_argument("--rounds", type=int, default=15, help="timing rounds per model")
     p.add_argument("--sgt-out", default="runs/sgt_lm", help="where sgt_lm.py's vanilla runs are")
     p.add_argument("--train-only", action="store_true", help="train, skip timing and report")

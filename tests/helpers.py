@@ -13,8 +13,9 @@ MAX_LEN = 24
 def arch(kind: str, variant: str, dropout: float = 0.0) -> Architecture:
     """A small architecture: ``uniform``, ``nonuniform`` (per-layer heads and widths),
     ``looped`` (SGT loops), ``empty_layer`` (one layer without heads), ``fading`` (a
-    block loop, and SGT loops in their soft start) or ``grouped`` (keys and values shared
-    by groups of heads, one layer looped over heads that use their groups unevenly)."""
+    block loop, and SGT loops in their soft start) or ``compressed`` (what the compression
+    passes leave: keys and values shared by groups of heads, one layer looped over heads
+    that use their groups unevenly, and a factored token embedding)."""
     layers = {
         "uniform": (LayerSpec(2, 8, 48),) * 2,
         "nonuniform": (LayerSpec(1, 16, 64), LayerSpec(3, 8, 32), LayerSpec(2, 4, 48)),
@@ -24,7 +25,7 @@ def arch(kind: str, variant: str, dropout: float = 0.0) -> Architecture:
             LayerSpec(2, 8, 48, block_loops=1),
             LayerSpec(3, 8, 48, loops=2, looped_heads=(0, 2), fade=LoopFade(0, 8, "cosine")),
         ),
-        "grouped": (
+        "compressed": (
             LayerSpec(4, 8, 48, kv_heads=2),
             LayerSpec(4, 8, 48, loops=2, looped_heads=(3, 0, 1), kv_heads=2),
             LayerSpec(2, 8, 32, kv_heads=1),
@@ -38,13 +39,14 @@ def arch(kind: str, variant: str, dropout: float = 0.0) -> Architecture:
         layers=layers,
         num_labels=3 if kind == "classifier" else None,
         dropout=dropout,
+        embed_rank=8 if variant == "compressed" else None,
     )
 
 
 KINDS = ("classifier", "causal_lm")
-VARIANTS = ("uniform", "nonuniform", "looped", "empty_layer", "fading", "grouped")
+VARIANTS = ("uniform", "nonuniform", "looped", "empty_layer", "fading", "compressed")
 # Surgery adds and removes heads only where keys and values are not grouped.
-GROWABLE = tuple(v for v in VARIANTS if v != "grouped")
+GROWABLE = tuple(v for v in VARIANTS if v != "compressed")
 
 
 def batch(kind: str, b: int = 4, t: int = 12, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from growformer.allocation import (
     STRATEGIES,
     budget_of,
     compress_head_dim,
+    factor_embedding,
     group_kv,
     plan,
     qk_factors,
@@ -195,3 +197,30 @@ def test_group_kv_is_the_mean_of_the_group(kind: str) -> None:
         compress_head_dim(grouped, [4, 4])
     with pytest.raises(ConfigError, match="must divide its 3 heads"):
         group_kv(model, [2, None])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("variant", ["uniform", "compressed"])
+def test_factor_embedding_is_the_truncated_svd(kind: str, variant: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(arch(kind, variant)).eval()  # d_model 32; "compressed" has rank 8
+    t = model.transformer
+    with torch.no_grad():  # a table of rank 4: factoring it to 4 loses nothing
+        t.tok_emb.weight.copy_(t.tok_emb.weight[:, :4] @ torch.randn(4, t.tok_emb.embedding_dim))
+    data = batch(kind)
+    small = factor_embedding(model, 4).eval()
+    assert small.arch == replace(model.arch, embed_rank=4)
+    vocab = model.arch.vocab_size
+    assert small.num_params() == model.num_params() - sum(
+        p.numel() for p in (t.tok_emb.weight, *t.tok_proj.parameters())
+    ) + (vocab * 4 + 4 * 32)
+    torch.testing.assert_close(small(**data).logits, model(**data).logits, atol=1e-5, rtol=1e-4)
+    # Below the table's rank, the best rank-2 table (Eckart-Young).
+    table = small.transformer.tok_proj(small.transformer.tok_emb.weight).detach()
+    cut = factor_embedding(small, 2).transformer
+    u, s, vh = torch.linalg.svd(table.double())
+    best = ((u[:, :2] * s[:2]) @ vh[:2]).float()
+    torch.testing.assert_close(cut.tok_proj(cut.tok_emb.weight).detach(), best, atol=1e-5, rtol=0)
+    for rank in (0, 32, 2.5):
+        with pytest.raises(ConfigError, match=r"embed_rank must be an integer in \[1, 32\)"):
+            factor_embedding(model, rank)

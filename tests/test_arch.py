@@ -43,6 +43,8 @@ def _layer(**changes):
         (_base(max_len=2.5), "max_len must be a positive integer"),
         (_base(num_labels=None), "num_labels must be a positive integer"),
         (_base(num_labels=1), "num_labels must be >= 2"),
+        (_base(embed_rank=0), "embed_rank must be a positive integer, got 0"),
+        (_base(embed_rank="8"), "embed_rank must be a positive integer"),
         (_base(kind="causal_lm"), "num_labels is only allowed"),
         (_base(dropout=1.0), "dropout must be in"),
         (_base(layers=[]), "at least one layer"),
@@ -94,7 +96,7 @@ def test_kv_heads_only_where_set():
     plain = arch("causal_lm", "uniform")
     assert all("kv_heads" not in layer for layer in plain.to_dict()["layers"])
     assert plain.layers[0].kv_heads is None and plain.layers[0].kv_dim == 16
-    grouped = arch("causal_lm", "grouped")
+    grouped = arch("causal_lm", "compressed")
     assert [layer["kv_heads"] for layer in grouped.to_dict()["layers"]] == [2, 2, 1]
     first, _, last = grouped.layers
     assert (first.attn_dim, first.kv_dim, first.group_size) == (32, 16, 2)
@@ -103,6 +105,13 @@ def test_kv_heads_only_where_set():
     assert Architecture.from_dict(plain.to_dict()) == plain
     assert Architecture.from_dict(_layer(kv_heads=None)).layers[0].kv_heads is None
     assert plain.with_layer(1, kv_heads=1).layers[1] == LayerSpec(2, 8, 48, kv_heads=1)
+
+
+def test_embed_rank_only_where_set():
+    assert "embed_rank" not in arch("causal_lm", "uniform").to_dict()
+    compressed = arch("causal_lm", "compressed")
+    assert compressed.to_dict()["embed_rank"] == 8
+    assert Architecture.from_dict(compressed.to_dict()) == compressed
 
 
 def test_missing_fields_and_bad_json(tmp_path):

@@ -345,6 +345,15 @@ def test_analyze_then_compress(run, files, tmp_path, capsys):
     out3 = tmp_path / "g"
     assert main(["compress", str(run), "--out", str(out3), "--ranks", "4", "--kv-heads", "1"]) == 0
     assert checkpoint.load(out3).model.arch.layers[0].kv_heads == 1
+    out4 = tmp_path / "e"
+    assert main(["compress", str(run), "--out", str(out4), "--embed-rank", "4", *dev]) == 0
+    assert "embed_rank 4" in capsys.readouterr().out
+    report = json.loads((out4 / "compression.json").read_text())
+    assert report["after"]["params"] < report["before"]["params"]
+    compressed = checkpoint.load(out4)
+    assert compressed.model.arch.embed_rank == 4 == compressed.config["model"]["embed_rank"]
+    assert main(["evaluate", "--checkpoint", str(out4), *dev]) == 0
+    assert json.loads(capsys.readouterr().out) == pytest.approx(report["after"]["metrics"])
 
 
 @pytest.mark.parametrize(
@@ -353,6 +362,7 @@ def test_analyze_then_compress(run, files, tmp_path, capsys):
         (["--ranks", "a,b"], "--ranks must be integers"),
         (["--ranks", "4,4"], "2 ranks for a model with 1 layers"),
         (["--tolerance", "0.1", "--curves", "/nonexistent.json"], "does not exist"),
+        (["--embed-rank", "0"], "embed_rank must be an integer in [1, "),
     ],
 )
 def test_compress_bad_input(run, tmp_path, capsys, args, message):

@@ -244,7 +244,7 @@ def test_a_cache_refuses_a_changed_structure(layer):
 
 def test_grouped_checkpoint_round_trip(tmp_path):
     torch.manual_seed(0)
-    model = build_model(arch("causal_lm", "grouped"))
+    model = build_model(arch("causal_lm", "compressed"))
     opt = make_optimizer(model, TrainConfig(lr=1e-2))
     model(**batch("causal_lm")).loss.backward()
     opt.step()
@@ -292,7 +292,7 @@ def test_grouped_checkpoint_round_trip(tmp_path):
 
 def test_init_weights_covers_the_smaller_keys_and_values():
     torch.manual_seed(0)
-    model = build_model(arch("causal_lm", "grouped"), attn_init="reference")
+    model = build_model(arch("causal_lm", "compressed"), attn_init="reference")
     attn = model.transformer.layers[0].attn
     for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
         assert abs(proj.weight.std().item() - 32**-0.5) < 0.03

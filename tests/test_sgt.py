@@ -86,7 +86,7 @@ def test_grouped_entropy_uses_each_head_group_keys(causal, all_rows):
     assert torch.allclose(got.double(), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("variant", ["looped", "grouped"])
+@pytest.mark.parametrize("variant", ["looped", "compressed"])
 @pytest.mark.parametrize("kind", ["causal_lm", "classifier"])
 def test_captured_entropy_is_the_first_attention_pass(kind, variant):
     """The capture averages each layer's first pass over the batch: loop passes and block
@@ -529,6 +529,9 @@ def test_grouped_flops_count_keys_and_values_by_their_width():
     # 2 x 3 tokens and 3 for forward and backward.
     saved = 3 * (2 * 3) * 2 * (64 + 32)
     assert train_step_flops(mha, 2, 3) - train_step_flops(grouped, 2, 3) == saved
+    # A factored token embedding costs its projection: 2 * embed_rank * d_model per token.
+    factored = replace(mha, embed_rank=2)
+    assert train_step_flops(factored, 2, 3) - train_step_flops(mha, 2, 3) == 3 * 6 * 2 * 2 * 4
 
 
 # --- whole runs --------------------------------------------------------------------------

@@ -226,7 +226,7 @@ def test_invalid_requests_are_refused_without_change(event, message):
     ],
 )
 def test_grouped_layers_refuse_head_surgery(event, message):
-    model, opt = _trained("causal_lm", "grouped")
+    model, opt = _trained("causal_lm", "compressed")
     before = model.arch
     params = {n: p.detach().clone() for n, p in model.named_parameters()}
     with pytest.raises(SurgeryError, match=message):
@@ -237,7 +237,7 @@ def test_grouped_layers_refuse_head_surgery(event, message):
 
 
 def test_grouped_layers_take_loop_changes():
-    model, _ = _trained("causal_lm", "grouped")
+    model, _ = _trained("causal_lm", "compressed")
     surgery.set_loops(model, 0, 1, (1, 2, 3))
     surgery.set_loops(model, 1, 0)
     assert model.arch.layers[0].looped_heads == (1, 2, 3) and model.arch.layers[0].kv_heads == 2

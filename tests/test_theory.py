@@ -110,7 +110,7 @@ def test_query_key_forms_match_the_weights():
 
 def test_query_key_forms_use_each_head_group_keys():
     torch.manual_seed(0)
-    model = build_model(arch("classifier", "grouped"))
+    model = build_model(arch("classifier", "compressed"))
     attn = model.transformer.layers[0].attn  # 4 heads, 2 key/value heads
     forms = query_key_forms(model, 0)
     assert forms.shape == (4, 32, 32)

@@ -23,6 +23,9 @@ Compression passes (each returns a new model; the input is left alone):
         by their best rank-r factors (truncated SVD), i.e. a smaller head dimension.
     :func:`group_kv`: consecutive heads share one key and one value head, the mean of
         theirs (the mean-pooling conversion of multi-head to grouped-query attention).
+    :func:`factor_embedding`: the token embedding table replaced by its truncated SVD, a
+        narrow table times a projection (on small models the table holds most of the
+        parameters, and no attention pass reaches it).
 """
 
 from __future__ import annotations
@@ -407,6 +410,33 @@ def group_kv(model: ElasticModel, kv_heads: Sequence[int | None]) -> ElasticMode
     return new
 
 
+def factor_embedding(model: ElasticModel, rank: int) -> ElasticModel:
+    """A copy of ``model`` whose token embedding is the best rank-``rank`` factoring of its
+    table: a ``vocab x rank`` table times a ``rank x d_model`` projection.
+
+    Args:
+        model: A trained model (not changed); its embedding may be factored already.
+        rank: Width of the new table.
+
+    Raises:
+        ConfigError: A rank below 1 or not below ``d_model`` (nothing to save).
+    """
+    arch = model.arch
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank < arch.d_model:
+        raise ConfigError(f"embed_rank must be an integer in [1, {arch.d_model}), got {rank!r}")
+    t = model.transformer
+    with torch.no_grad():
+        table = t.tok_proj(t.tok_emb.weight)  # (vocab, d_model), factored or not
+    new = build_model(replace(arch, embed_rank=rank))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    rows, proj = _factors(table, rank)
+    state["transformer.tok_emb.weight"] = rows.contiguous()
+    state["transformer.tok_proj.weight"] = proj.T.contiguous()
+    new.load_state_dict(state)
+    new.train(model.training)
+    return new
+
+
 # --- saturation curves ------------------------------------------------------------------
 
 
@@ -571,6 +601,7 @@ def compress(
     budget: int | None = None,
     curves: dict[str, Any] | None = None,
     kv_heads: Sequence[int | None] | None = None,
+    embed_rank: int | None = None,
     batch_size: int = 64,
     rounds: int = 20,
 ) -> dict[str, Any]:
@@ -580,7 +611,8 @@ def compress(
     smallest measured head dimension within this relative loss of the uncut model) or
     ``budget`` (the ``measured`` plan of that attention budget) says how far to cut head
     dimensions; the last two read ``curves`` (measured on ``data`` when not given). Then
-    ``kv_heads`` groups keys and values (:func:`group_kv`).
+    ``kv_heads`` groups keys and values (:func:`group_kv`) and ``embed_rank`` factors the
+    token embedding (:func:`factor_embedding`).
 
     Args:
         ckpt: The loaded checkpoint (not changed).
@@ -591,6 +623,7 @@ def compress(
         budget: Attention budget (sum of heads x head_dim) to meet.
         curves: Saturation curves of ``ckpt``'s model on ``data``.
         kv_heads: Key/value heads per layer (None entries: not grouped).
+        embed_rank: Width of the factored token embedding.
         batch_size: Evaluation batch size.
         rounds: Latency timings per model.
 
@@ -599,8 +632,8 @@ def compress(
         metrics before and after.
     """
     cuts = sum(x is not None for x in (ranks, tolerance, budget))
-    if cuts > 1 or (cuts == 0 and kv_heads is None):
-        raise ConfigError("give one of ranks, tolerance or budget, and/or kv_heads")
+    if cuts > 1 or (cuts == 0 and kv_heads is None and embed_rank is None):
+        raise ConfigError("give one of ranks, tolerance or budget, and/or kv_heads, embed_rank")
     model = ckpt.model.eval()
     pad_id = Tokenizer.from_json(ckpt.tokenizer_json).pad_id
     # The curves and the latency need a few batches; the metrics go over all of ``data``.
@@ -616,6 +649,8 @@ def compress(
     small = model if ranks is None else compress_head_dim(model, ranks).eval()
     if kv_heads is not None:
         small = group_kv(small, kv_heads).eval()
+    if embed_rank is not None:
+        small = factor_embedding(small, embed_rank).eval()
     batch = batches[0]
     shape = tuple(batch["input_ids"].shape)
     times = latency({"before": model, "after": small}, batch, rounds)
@@ -623,6 +658,7 @@ def compress(
         "source": str(ckpt.path),
         "ranks": [layer.head_dim for layer in small.arch.layers],
         "kv_heads": None if kv_heads is None else list(kv_heads),
+        "embed_rank": embed_rank,
     }
     for name, m in (("before", model), ("after", small)):
         report[name] = {
@@ -636,7 +672,8 @@ def compress(
     report["batch_shape"] = list(shape)
     # The configuration describes the model it holds (and builds it, as model.layers).
     layers = small.arch.to_dict()["layers"]
-    config = {**ckpt.config, "model": {**ckpt.config["model"], "layers": layers}}
+    model_config = {**ckpt.config["model"], "layers": layers, "embed_rank": small.arch.embed_rank}
+    config = {**ckpt.config, "model": model_config}
     step = ckpt.trainer_state["step"]
     path = checkpoint.save(
         out,

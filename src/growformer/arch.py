@@ -110,6 +110,9 @@ class Architecture:
         layers: One :class:`LayerSpec` per layer, input side first.
         num_labels: Number of classes (classifier only).
         dropout: Dropout probability on embeddings, attention output and feed-forward.
+        embed_rank: Width of a factored token embedding (a ``vocab_size x embed_rank``
+            table times an ``embed_rank x d_model`` projection); None: one
+            ``vocab_size x d_model`` table.
     """
 
     kind: str
@@ -119,6 +122,7 @@ class Architecture:
     layers: tuple[LayerSpec, ...]
     num_labels: int | None = None
     dropout: float = 0.0
+    embed_rank: int | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -174,15 +178,19 @@ class Architecture:
             raise ArchitectureError("num_labels is only allowed for kind 'classifier'")
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ArchitectureError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.embed_rank is not None:
+            _positive_int("embed_rank", self.embed_rank)
         if not self.layers:
             raise ArchitectureError("an architecture needs at least one layer")
         for i, layer in enumerate(self.layers):
             _validate_layer(i, layer)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict; ``block_loops``, ``fade`` and ``kv_heads`` only where set, so
-        files of models without them read as before."""
+        """JSON-ready dict; ``embed_rank``, ``block_loops``, ``fade`` and ``kv_heads`` only
+        where set, so files of models without them read as before."""
         d = asdict(self)
+        if d["embed_rank"] is None:
+            del d["embed_rank"]
         layers = []
         for layer in d["layers"]:
             layer["looped_heads"] = list(layer["looped_heads"])
@@ -201,7 +209,7 @@ class Architecture:
         """Build from a dict as written by :meth:`to_dict`, with clear errors."""
         if not isinstance(d, dict):
             raise ArchitectureError(f"architecture must be a JSON object, got {type(d).__name__}")
-        known = {"kind", "d_model", "vocab_size", "max_len", "layers", "num_labels", "dropout"}
+        known = {f.name for f in fields(cls)}
         _no_unknown_keys("architecture", d, known)
         missing = sorted({"kind", "d_model", "vocab_size", "max_len", "layers"} - d.keys())
         if missing:

@@ -131,7 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--batches", type=int, default=8, help="held-out batches per evaluation")
     a.add_argument("--layers-only", action="store_true", help="skip the single-head curves")
 
-    c = sub.add_parser("compress", help="SVD head-dimension reduction of a trained checkpoint")
+    c = sub.add_parser(
+        "compress",
+        help="SVD head dimensions, grouped keys/values, factored embedding of a checkpoint",
+    )
     c.add_argument("checkpoint", help="run directory or checkpoint directory")
     c.add_argument("--out", required=True, help="directory for the compressed checkpoint")
     how = c.add_mutually_exclusive_group()
@@ -142,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--kv-heads", help="key/value heads per layer (e.g. 4,2; one number for all layers)"
     )
+    c.add_argument("--embed-rank", type=int, help="factor the token embedding to this width")
     _add_eval_data_flags(c)
     return parser
 
@@ -259,6 +263,7 @@ def _info(args: argparse.Namespace) -> int:
     print(
         f"kind {arch.kind}  d_model {arch.d_model}  vocab {arch.vocab_size}  "
         f"max_len {arch.max_len}  params {info['params']:,}"
+        + (f"  embed_rank {arch.embed_rank}" if arch.embed_rank else "")
     )
     print("layer  heads  head_dim  kv_heads  ffn_dim  loops  looped_heads")
     for n, layer in enumerate(arch.layers):
@@ -341,11 +346,15 @@ def _compress(args: argparse.Namespace) -> int:
         budget=args.budget,
         curves=curves,
         kv_heads=kv_heads,
+        embed_rank=args.embed_rank,
         batch_size=args.batch_size,
     )
     before, after = report["before"], report["after"]
     dims = [x["head_dim"] for x in before["architecture"]["layers"]]
-    print(f"head dimensions {dims} -> {report['ranks']}; kv_heads {report['kv_heads']}")
+    print(
+        f"head dimensions {dims} -> {report['ranks']}; kv_heads {report['kv_heads']}; "
+        f"embed_rank {report['embed_rank']}"
+    )
     for key in ("params", "attention_budget", "forward_flops", "latency_s"):
         b, a = before[key], after[key]
         print(f"{key:>16}: {b:,.6g} -> {a:,.6g} ({100 * (a / b - 1):+.1f}%)")

@@ -6,7 +6,8 @@ width, the key and value projections by the key/value width (smaller with groupe
 and values; scores and mixing still run once per query head). Attention scores and
 mixing are counted over all ``seq`` keys (what the kernels compute), head loops over the
 heads they really compute (every head during a soft start, the looped heads and the
-key/value heads they use after it), block loops as whole extra passes of their layer.
+key/value heads they use after it), block loops as whole extra passes of their layer,
+a factored token embedding by its projection (table lookups are free).
 Norms, softmax, the soft start's head weights and the expansion of shared keys and
 values to their query heads are not counted.
 """
@@ -58,6 +59,8 @@ def _attn_flops(d_model: int, width: int, kv_width: int, seq: int) -> int:
 def forward_flops(arch: Architecture, batch: int, seq: int) -> int:
     """Forward FLOPs of the whole model on a (batch, seq) input."""
     per_token = sum(layer_forward_flops(arch.d_model, layer, seq) for layer in arch.layers)
+    if arch.embed_rank:
+        per_token += 2 * arch.embed_rank * arch.d_model
     if arch.kind == "causal_lm":
         head = batch * seq * 2 * arch.d_model * arch.vocab_size
     else:

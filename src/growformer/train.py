@@ -60,6 +60,8 @@ class ModelConfig:
             n_layers/heads/head_dim/ffn_dim.
         attn_init: Attention initialisation, ``"gpt2"`` or ``"reference"`` (see
             :meth:`ElasticModel.init_weights`); default: the policy's choice.
+        embed_rank: Factored token embedding of this width (see :class:`Architecture`);
+            None: a full ``vocab x d_model`` table.
     """
 
     d_model: int = 128
@@ -70,6 +72,7 @@ class ModelConfig:
     dropout: float = 0.2
     layers: list[dict[str, Any]] | None = None
     attn_init: str | None = None
+    embed_rank: int | None = None
 
 
 @dataclass
@@ -200,6 +203,7 @@ def build_arch(cfg: TrainConfig, data: TaskData) -> Architecture:
             layers=layers,
             num_labels=data.num_labels,
             dropout=m.dropout,
+            embed_rank=m.embed_rank,
         )
     except (TypeError, ArchitectureError) as e:
         raise ConfigError(f"invalid model configuration: {e}") from None

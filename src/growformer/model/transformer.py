@@ -30,13 +30,18 @@ class ModelOutput:
 class ElasticTransformer(nn.Module):
     """Token + position embeddings, a stack of :class:`Block` of per-layer shapes, final norm.
 
+    With ``arch.embed_rank`` the token embedding is factored: a narrow table ``tok_emb``
+    and a projection ``tok_proj`` up to ``d_model``.
+
     Args:
         arch: The structure to build.
     """
 
     def __init__(self, arch: Architecture) -> None:
         super().__init__()
-        self.tok_emb = nn.Embedding(arch.vocab_size, arch.d_model)
+        rank = arch.embed_rank
+        self.tok_emb = nn.Embedding(arch.vocab_size, rank or arch.d_model)
+        self.tok_proj = nn.Linear(rank, arch.d_model, bias=False) if rank else nn.Identity()
         self.pos_emb = nn.Embedding(arch.max_len, arch.d_model)
         self.drop = nn.Dropout(arch.dropout)
         self.layers = nn.ModuleList(
@@ -70,7 +75,7 @@ class ElasticTransformer(nn.Module):
         if t > self.pos_emb.num_embeddings:
             raise ValueError(f"sequence length {t} exceeds max_len {self.pos_emb.num_embeddings}")
         pos = torch.arange(past, t, device=input_ids.device)
-        h = self.drop(self.tok_emb(input_ids) + self.pos_emb(pos))
+        h = self.drop(self.tok_proj(self.tok_emb(input_ids)) + self.pos_emb(pos))
         mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
         for block in self.layers:
             h = block(h, mask, is_causal, cache)
@@ -123,7 +128,7 @@ class ElasticModel(nn.Module):
             else:
                 nn.init.normal_(p, 0.0, std)
         if attn_init == "reference":
-            d_model = self.transformer.tok_emb.embedding_dim
+            d_model = self.transformer.ln_f.normalized_shape[0]
             for block in self.transformer.layers:
                 a = block.attn
                 for proj in (a.q_proj, a.k_proj, a.v_proj):
