@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import subprocess
@@ -107,6 +108,23 @@ def test_resume_is_exact(straight, tmp_path):
     resumed, expected = _files(tmp_path), _files(out)
     resumed["metrics"] = _without_session_end_eval(resumed["metrics"], 12)
     assert resumed == expected
+
+
+def test_resume_of_a_checkpoint_written_before_a_config_field_existed(straight, tmp_path):
+    """A configuration field added since (here ``model.embed_rank``) reads as its default."""
+    out, _ = straight
+    train(TrainConfig.from_dict(config(steps=12)), tmp_path, progress=False)
+    for ckpt in (tmp_path / "checkpoints").glob("step_*"):
+        saved = json.loads((ckpt / "config.json").read_text())
+        del saved["model"]["embed_rank"]
+        text = json.dumps(saved).encode()
+        (ckpt / "config.json").write_bytes(text)
+        manifest = json.loads((ckpt / "manifest.json").read_text())
+        digest = {"bytes": len(text), "sha256": hashlib.sha256(text).hexdigest()}
+        manifest["files"]["config.json"] = digest
+        (ckpt / "manifest.json").write_text(json.dumps(manifest))
+    train(TrainConfig.from_dict(config()), tmp_path, resume=True, progress=False)
+    assert _files(tmp_path)["weights"] == _files(out)["weights"]
 
 
 def test_same_seed_same_trajectory_other_seed_differs(straight, tmp_path):

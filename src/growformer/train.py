@@ -654,6 +654,8 @@ def _tuple_state(state: Any) -> Any:
 
 
 def _check_resumable(saved: dict[str, Any], cfg: TrainConfig) -> None:
+    # Through TrainConfig, so that a field added since the checkpoint reads as its default.
+    saved = TrainConfig.from_dict(saved).to_dict()
     current = cfg.to_dict()
     for key in sorted(set(saved) | set(current)):
         if key not in RESUMABLE_CHANGES and saved.get(key) != current.get(key):
