@@ -84,23 +84,51 @@ def family(name: str) -> str:
 
 def plot(rows: list[dict[str, Any]], base: dict[str, Any], png: Path) -> None:
     """Accuracy against the change in all parameters and in latency, one colour per kind of
-    compression; the compressions within 1 point that cut both by 30% or more are named."""
+    compression; the compressions within 1 point that cut both by 30% or more are ringed,
+    and the smallest of them is named."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
     families = list(dict.fromkeys(family(r["name"]) for r in rows))
+    passing = [
+        r
+        for r in rows
+        if r["accuracy"] >= base["accuracy"] - 0.01
+        and all(r[k] <= 0.7 * base[k] for k in ("params", "latency_s"))
+    ]
+    best = min(passing, key=lambda r: r["params"], default=None)
     for ax, key, label in (
         (axes[0], "params", "all parameters"),
         (axes[1], "latency_s", "latency"),
     ):
+
+        def x(r: dict[str, Any], key: str = key) -> float:
+            return 100 * (r[key] / base[key] - 1)
+
         for i, fam in enumerate(families):
             mine = [r for r in rows if family(r["name"]) == fam]
-            xs = [100 * (r[key] / base[key] - 1) for r in mine]
-            ax.scatter(xs, [100 * r["accuracy"] for r in mine], s=30, color=f"C{i}", label=fam)
-        for r in rows:
-            if r["accuracy"] >= base["accuracy"] - 0.01 and all(
-                r[k] <= 0.7 * base[k] for k in ("params", "latency_s")
-            ):
-                xy = (100 * (r[key] / base[key] - 1), 100 * r["accuracy"])
-                ax.annotate(r["name"], xy, fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.scatter(
+                [x(r) for r in mine],
+                [100 * r["accuracy"] for r in mine],
+                s=30,
+                color=f"C{i}",
+                label=fam,
+            )
+        ax.scatter(
+            [x(r) for r in passing],
+            [100 * r["accuracy"] for r in passing],
+            s=110,
+            facecolors="none",
+            edgecolors="black",
+            label="within 1 point, both -30%" if key == "latency_s" else None,
+        )
+        if best is not None:
+            ax.annotate(
+                best["name"],
+                (x(best), 100 * best["accuracy"]),
+                fontsize=8,
+                xytext=(0, -16),
+                textcoords="offset points",
+                ha="center",
+            )
         ax.axhline(100 * base["accuracy"] - 1, color="grey", ls="--", lw=0.8)
         ax.axvline(-30, color="grey", ls=":", lw=0.8)
         ax.set(xlabel=f"{label} vs uncompressed, % (dotted: -30%)")

@@ -27,6 +27,7 @@ from growformer.data import (
     read_labeled,
     read_text,
 )
+from growformer.distributed import Ranks
 from growformer.errors import ConfigError, GrowformerError
 from growformer.flops import layer_components
 from growformer.train import (
@@ -191,7 +192,8 @@ def _train(args: argparse.Namespace) -> int:
         flags["task"] = "fasta" if "labels_file" in flags else "file"
     cfg = TrainConfig.from_dict({**base, **flags})
     summary = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
-    print(json.dumps({k: summary[k] for k in ("task", "policy", "steps", "params", "metrics")}))
+    if Ranks.from_env().main:
+        print(json.dumps({k: summary[k] for k in ("task", "policy", "steps", "params", "metrics")}))
     return 0
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +60,10 @@ class InputCapture:
         s = x.T @ x
         self.sums[layer] = s if self.sums[layer] is None else self.sums[layer] + s
         self.tokens[layer] += x.shape[0]
+
+    def reduce(self, sum_: Callable[[list[Tensor]], None]) -> None:
+        """Add the other processes' sums and counts (see :meth:`Capture.reduce`)."""
+        self.tokens = _reduce(self.sums, self.tokens, sum_)
 
     def covariances(self) -> list[Tensor]:
         return [s / max(n, 1) for s, n in zip(self.sums, self.tokens, strict=True)]
@@ -240,6 +244,10 @@ class EntropyCapture:
         self.sums[layer] = e if self.sums[layer] is None else self.sums[layer] + e
         self.sequences[layer] += h.shape[0]
 
+    def reduce(self, sum_: Callable[[list[Tensor]], None]) -> None:
+        """Add the other processes' sums and counts (see :meth:`Capture.reduce`)."""
+        self.sequences = _reduce(self.sums, self.sequences, sum_)
+
     def entropies(self) -> list[Tensor]:
         """(heads,) mean entropy per layer, on the model's device (no host synchronisation)."""
         return [s / max(n, 1) for s, n in zip(self.sums, self.sequences, strict=True)]
@@ -287,12 +295,35 @@ class Capture:
             if name in needs
         }
 
+    def reduce(self, sum_: Callable[[list[Tensor]], None]) -> None:
+        """Make the recorded statistics those of every process's batches together.
+
+        Args:
+            sum_: Sums a list of tensors in place over the processes (data-parallel ranks,
+                see :meth:`growformer.distributed.Ranks.sum_`).
+        """
+        for c in (self.inputs, *self.entropy.values()):
+            if c is not None:
+                c.reduce(sum_)
+
     def results(self, model: ElasticModel) -> dict[str, Any]:
         """Statistic name -> per-layer values (moments use the model's current forms)."""
         out: dict[str, Any] = {name: c.entropies() for name, c in self.entropy.items()}
         if self.inputs is not None:
             out[MOMENTS] = layer_stats(model, self.inputs)
         return out
+
+
+def _reduce(
+    sums: list[Tensor | None], counts: list[int], sum_: Callable[[list[Tensor]], None]
+) -> list[int]:
+    """Sum ``sums`` in place and ``counts`` over the processes; return the summed counts."""
+    present = [s for s in sums if s is not None]
+    if not present:
+        return counts
+    total = torch.tensor(counts, dtype=torch.float64, device=present[0].device)
+    sum_([*present, total])
+    return [int(n) for n in total.tolist()]
 
 
 @contextlib.contextmanager

@@ -25,12 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from growformer import checkpoint, statistics, surgery
 from growformer.arch import Architecture, layer_from_dict
 from growformer.data import BatchStream, TaskData, eval_batches, load_task
+from growformer.distributed import DistributedError, Ranks
 from growformer.errors import ArchitectureError, ConfigError, DataError
 from growformer.flops import train_step_flops, without_loops
 from growformer.model import ATTN_INITS, ElasticModel, build_model
@@ -365,7 +367,14 @@ class Trainer:
                 f"{self.out} already holds a run; pass --resume to continue it, or another --out"
             )
         self.out.mkdir(parents=True, exist_ok=True)
-        self.device = resolve_device(cfg.device)
+        self.ranks = Ranks.from_env()
+        if cfg.batch_size % self.ranks.world:
+            raise ConfigError(
+                f"batch_size {cfg.batch_size} (the global batch) does not split evenly over "
+                f"{self.ranks.world} ranks"
+            )
+        self.device = self.ranks.device(resolve_device(cfg.device))
+        self.ranks.start(self.device)
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
 
@@ -381,6 +390,8 @@ class Trainer:
                 raise ConfigError(f"model.attn_init must be one of {ATTN_INITS}, got {attn_init!r}")
             self.model = build_model(arch, attn_init)
         self.model.to(self.device).train()
+        # What the training step calls: the model, or a data-parallel wrapper around it.
+        self.trained = self.ranks.wrap(self.model)
         self.optimizer = make_optimizer(self.model, cfg)
         self.state: dict[str, Any] = {
             "step": 0,
@@ -404,9 +415,10 @@ class Trainer:
             self.state = {k: saved[k] for k in self.state}
             random.setstate(_tuple_state(ckpt.trainer_state["python_rng"]))
             ckpt.restore_rng()
-        self.events_log = _Log(self.out / "events.jsonl", keep=self.state["events"])
-        self.metrics_log = _Log(self.out / "metrics.jsonl", keep=self.state["metrics"])
-        self.stats_log = _Log(self.out / "stats.jsonl", keep=self.state["stats"])
+        main = self.ranks.main
+        self.events_log = _Log(self.out / "events.jsonl", self.state["events"], main)
+        self.metrics_log = _Log(self.out / "metrics.jsonl", self.state["metrics"], main)
+        self.stats_log = _Log(self.out / "stats.jsonl", self.state["stats"], main)
         self.stream = BatchStream(self.data.train, cfg.batch_size, cfg.seed, self.pad_id)
         if ckpt is None and self.policy.calibration_batches:
             batches = (self.stream.batch(i) for i in range(self.policy.calibration_batches))
@@ -427,15 +439,17 @@ class Trainer:
             total=cfg.steps,
             initial=self.state["step"],
             desc=f"{cfg.task}/{cfg.policy}",
-            disable=not progress,
+            disable=not progress or not self.ranks.main,
             file=sys.stderr,
             mininterval=0.5 if sys.stderr.isatty() else 30.0,
             dynamic_ncols=True,
         )
-        with bar, _stop_requests() as stop:
+        with bar, _stop_requests() as stop, self._data_parallel():
             while self.state["step"] < cfg.steps:
                 lr = self.train_step()
                 step = self.state["step"]
+                # A signal reaches the ranks at different steps: they stop together.
+                stopping = self.ranks.any(bool(stop))
                 if step % cfg.log_every == 0 or step == cfg.steps:
                     train_loss = self._log_train_loss(lr)
                     bar.set_postfix(
@@ -443,10 +457,10 @@ class Trainer:
                     )
                 if step % cfg.eval_every == 0 or step == cfg.steps:
                     self.evaluate()
-                if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop:
+                if step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping:
                     self.save()
                 bar.update(1)
-                if stop:
+                if stopping:
                     raise TrainingStopped(step, self.out)
         if not self.metrics:
             self.evaluate(log=False)
@@ -455,8 +469,31 @@ class Trainer:
             val = eval_batches(self.data.val, cfg.batch_size, self.pad_id)
             heldout = self.statistics(itertools.islice(val, self.policy.heldout_batches))
             summary.update(self.policy.report(heldout))
-        checkpoint.atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2))
+        if self.ranks.main:
+            checkpoint.atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2))
         return summary
+
+    @contextlib.contextmanager
+    def _data_parallel(self) -> Iterator[None]:
+        """Around the training loop: a collective that failed (another rank died or hung)
+        becomes one clear error; the process group is left at the end (the loop is the
+        last part of a run that talks to the other ranks)."""
+        try:
+            yield
+        except RuntimeError as e:
+            # Gloo reports a dead peer inside DDP's backward as a plain RuntimeError.
+            lost = isinstance(e, dist.DistError) or any(
+                word in str(e) for word in ("gloo", "NCCL", "Connection reset", "closed by peer")
+            )
+            if not (self.ranks.active and lost):
+                raise
+            raise DistributedError(
+                f"rank {self.ranks.rank} lost contact with the other ranks at step "
+                f"{self.state['step']} ({str(e).splitlines()[0]}); the last checkpoint in "
+                f"{self.out} is intact: resume with --resume"
+            ) from None
+        finally:
+            self.ranks.stop()
 
     def train_step(self) -> float:
         """One optimizer step, then the structural events; returns the step's lr.
@@ -464,33 +501,40 @@ class Trainer:
         Events come from two places, in this order: fades that are over (the schedule a
         ``set_loops`` event started, see :func:`surgery.advance`), then the policy.
         """
-        batch = {k: v.to(self.device) for k, v in self.stream.batch(self.state["step"]).items()}
+        full = {k: v.to(self.device) for k, v in self.stream.batch(self.state["step"]).items()}
+        batch = self.ranks.shard(full)
         lr = lr_at(self.state["step"], self.cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         needs = self.policy.needs(self.state["step"] + 1)
         with statistics.capture(self.model, batch.get("attention_mask"), needs) as captured:
-            loss = self.model(**batch).loss
+            loss = self.trained(**batch).loss
         loss.backward()
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        shape = batch["input_ids"].shape
+        shape = full["input_ids"].shape
         self.state["train_flops"] += train_step_flops(self.arch, *shape)
         self.state["train_flops_no_loops"] += train_step_flops(without_loops(self.arch), *shape)
         self.state["step"] += 1
         self.state["loss_sum"] += loss.item()
         self.state["loss_n"] += 1
         step = self.state["step"]
+        captured.reduce(self.ranks.sum_)
         stats = captured.results(self.model)
         turns = itertools.chain(
             [surgery.advance(self.model, step)], self.policy.decide_from(step, stats)
         )
+        changed = False
         for requests in turns:
-            records = [self._apply(r, batch) for r in requests]
+            records = [self._apply(r, full) for r in requests]
             if records:
                 self.policy.observe(records)
+                changed = True
+        if changed:
+            self.ranks.check_same_structure(self.model)
+            self.trained = self.ranks.wrap(self.model)
         for record in self.policy.drain_log():
             self.stats_log.write(record)
             self.state["stats"] += 1
@@ -535,9 +579,11 @@ class Trainer:
             self.state["metrics"] += 1
         return self.metrics
 
-    def save(self) -> Path:
-        """Checkpoint everything a resumed run needs."""
+    def save(self) -> Path | None:
+        """Checkpoint everything a resumed run needs (rank 0 writes; None on the others)."""
         self.state["wall_s"] = self._wall()
+        if not self.ranks.main:
+            return None
         return checkpoint.save(
             self.out,
             step=self.state["step"],
@@ -588,7 +634,7 @@ class Trainer:
         }
 
     def _log_train_loss(self, lr: float) -> float:
-        train_loss = self.state["loss_sum"] / self.state["loss_n"]
+        train_loss = self.ranks.mean(self.state["loss_sum"] / self.state["loss_n"])
         self.metrics_log.write({"step": self.state["step"], "train_loss": train_loss, "lr": lr})
         self.state["metrics"] += 1
         self.state["loss_sum"], self.state["loss_n"] = 0.0, 0
@@ -626,15 +672,19 @@ def _stop_requests() -> Iterator[list[int]]:
 
 
 class _Log:
-    """A JSON-lines file that, on resume, drops lines written after the checkpoint."""
+    """A JSON-lines file that, on resume, drops lines written after the checkpoint; only
+    the ``writer`` (rank 0) touches the file."""
 
-    def __init__(self, path: Path, keep: int) -> None:
+    def __init__(self, path: Path, keep: int, writer: bool = True) -> None:
         self.path = path
+        self.writer = writer
         lines = path.read_text().splitlines(keepends=True) if path.exists() else []
-        if len(lines) != keep:
+        if writer and len(lines) != keep:
             checkpoint.atomic_write_text(path, "".join(lines[:keep]))
 
     def write(self, record: dict[str, Any]) -> None:
+        if not self.writer:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 

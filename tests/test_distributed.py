@@ -1,0 +1,160 @@
+"""Data parallelism: real ``torchrun`` launches of 2 CPU processes (gloo) against one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import arch
+from safetensors.torch import load_file
+from test_incrt import run_config as incrt_config
+from test_sgt import run_config as sgt_config
+
+from growformer import checkpoint
+from growformer.distributed import Ranks, fingerprint
+from growformer.errors import ConfigError
+from growformer.model import build_model
+from growformer.train import TrainConfig, train
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
+def _command(cfg: dict, tmp_path: Path, out: Path, *extra: str) -> list[str]:
+    path = tmp_path / f"{out.name}.json"
+    path.write_text(json.dumps(cfg))
+    train_args = ["train", "--config", str(path), "--out", str(out), "--no-progress", *extra]
+    return [*TORCHRUN, "-m", "growformer.cli", *train_args]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _torchrun(cfg: dict, tmp_path: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = _command(cfg, tmp_path, out, *extra)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(checkpoint.resolve(run) / "model.safetensors")
+
+
+def _structure(events: list[dict]) -> list[dict]:
+    """The events without the losses measured around them (floats of the probe batch)."""
+    return [{k: v for k, v in e.items() if not k.startswith("loss_")} for e in events]
+
+
+CONFIGS = {
+    # No dropout: two processes cannot draw one process's dropout masks.
+    "incrt": incrt_config(model={"dropout": 0.0}),
+    "sgt": {**sgt_config(), "model": {**sgt_config()["model"], "dropout": 0.0}},
+}
+
+
+@pytest.mark.parametrize("policy", list(CONFIGS))
+def test_two_processes_grow_like_one(policy, tmp_path):
+    """Same global batch: the same structure trajectory, and the same weights within 1e-5."""
+    cfg = CONFIGS[policy]
+    single = train(TrainConfig.from_dict(cfg), tmp_path / "single", progress=False)
+    assert single["events"], "the run must change its structure to test anything"
+    done = _torchrun(cfg, tmp_path, tmp_path / "double")
+    assert len(done.stdout.strip().splitlines()) == 1  # rank 0 alone prints the summary
+    double = json.loads((tmp_path / "double" / "summary.json").read_text())
+    assert _structure(double["events"]) == _structure(single["events"])
+    for a, b in zip(double["events"], single["events"], strict=True):
+        assert a["loss_after"] == pytest.approx(b["loss_after"], abs=1e-5)
+    assert double["architecture"] == single["architecture"]
+    one, two = _weights(tmp_path / "single"), _weights(tmp_path / "double")
+    assert one.keys() == two.keys()
+    assert max((one[k] - two[k]).abs().max().item() for k in one) <= 1e-5
+    for name in ("events.jsonl", "stats.jsonl"):  # rank 0 alone writes: one line per record
+        lines = (tmp_path / "double" / name).read_text().splitlines()
+        assert len(lines) == len((tmp_path / "single" / name).read_text().splitlines())
+
+
+def _worker_pids(launcher: int) -> dict[int, int]:
+    """Rank -> pid of the worker processes a torchrun launcher started."""
+    pids = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) != launcher:
+                continue
+            env = (stat.parent / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError):
+            continue
+        for var in env:
+            if var.startswith(b"RANK="):
+                pids[int(var[5:])] = int(stat.parent.name)
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
+def test_a_killed_rank_stops_the_job_and_resume_finishes_it(tmp_path):
+    cfg = incrt_config(model={"dropout": 0.0}, steps=300, decay_steps=300, checkpoint_every=10)
+    out = tmp_path / "run"
+    launcher = subprocess.Popen(
+        _command(cfg, tmp_path, out),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    latest = out / "checkpoints" / "LATEST"
+    deadline = time.monotonic() + 120
+    while not latest.exists() and launcher.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = _worker_pids(launcher.pid)
+    assert latest.exists() and set(workers) == {0, 1}
+    os.kill(workers[1], signal.SIGKILL)
+    _, stderr = launcher.communicate(timeout=120)
+    assert launcher.returncode != 0
+    assert "rank 0 lost contact with the other ranks" in stderr
+    assert "resume with --resume" in stderr
+    saved = checkpoint.load(out)  # intact: the manifest's sizes and checksums hold
+    stopped_at = saved.trainer_state["step"]
+    assert 10 <= stopped_at < 300
+    events_before = (out / "events.jsonl").read_text().splitlines()
+    _torchrun(cfg, tmp_path, out, "--resume")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 300
+    kept = [e for e in events_before if json.loads(e)["step"] <= stopped_at]
+    assert (out / "events.jsonl").read_text().splitlines()[: len(kept)] == kept
+
+
+def test_one_process_needs_no_torchrun(monkeypatch):
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    ranks = Ranks.from_env()
+    assert (ranks.rank, ranks.world, ranks.main, ranks.active) == (0, 1, True, False)
+    model = build_model(arch("causal_lm", "uniform"))
+    assert ranks.wrap(model) is model
+    assert ranks.mean(2.5) == 2.5 and ranks.any(True) and not ranks.any(False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "x")
+    with pytest.raises(ConfigError, match="torchrun environment is incomplete or invalid"):
+        Ranks.from_env()
+
+
+def test_fingerprint_tells_structures_apart():
+    a = build_model(arch("causal_lm", "uniform"))
+    b = build_model(arch("causal_lm", "looped"))
+    assert fingerprint(a) == fingerprint(build_model(arch("causal_lm", "uniform")))
+    assert fingerprint(a) != fingerprint(b)
+
+
+def test_batch_must_split_over_the_ranks(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    with pytest.raises(ConfigError, match=r"batch_size 16 \(the global batch\) does not split"):
+        train(TrainConfig.from_dict(incrt_config()), tmp_path, progress=False)
