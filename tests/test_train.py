@@ -207,6 +207,8 @@ def test_lr_schedule():
         ({"lr": -1}, "lr must be positive"),
         ({"min_lr_ratio": 2}, "min_lr_ratio must be in"),
         ({"batch_size": "8"}, "config.batch_size has the wrong type"),
+        ({"compile": 1}, "config.compile has the wrong type: 1"),
+        ({"steps": True}, "config.steps has the wrong type: True"),
         ({"colour": "red"}, "unknown key"),
         ({"model": {"heads": 1, "depth": 3}}, "config.model has unknown key"),
         ({"model": []}, "config.model must be a JSON object"),

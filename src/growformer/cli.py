@@ -31,6 +31,7 @@ from growformer.distributed import Ranks
 from growformer.errors import ConfigError, GrowformerError
 from growformer.flops import layer_components
 from growformer.train import (
+    PRECISIONS,
     TrainConfig,
     TrainingStopped,
     evaluate,
@@ -49,6 +50,8 @@ OVERRIDES = (
     "batch_size",
     "lr",
     "device",
+    "precision",
+    "compile",
     "data_dir",
     "data_file",
     "labels_file",
@@ -96,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, help="sequences per step")
     t.add_argument("--lr", type=float, help="peak learning rate")
     t.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    t.add_argument("--precision", choices=PRECISIONS, help="bf16: autocast the training forward")
+    t.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="torch.compile the steps without statistics (again after structural changes)",
+    )
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     e = sub.add_parser("evaluate", help="evaluate a checkpoint on a data file; prints JSON")

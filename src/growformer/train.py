@@ -41,8 +41,9 @@ from growformer.statistics import InputCapture, LayerStats, capture_inputs, laye
 
 # Settings that may differ between a run and its resumption (they do not change the math).
 RESUMABLE_CHANGES = frozenset(
-    {"steps", "eval_every", "checkpoint_every", "keep_checkpoints", "log_every"}
+    {"steps", "eval_every", "checkpoint_every", "keep_checkpoints", "log_every", "compile"}
 )
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -105,6 +106,10 @@ class TrainConfig:
         data_file: User TSV/CSV file (task ``file``) or FASTA file (task ``fasta``).
         labels_file: CSV ``id,label`` for the FASTA records (task ``fasta``).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        precision: ``fp32``, or ``bf16``: the training forward pass under bfloat16
+            autocast (weights, optimizer and evaluation stay float32).
+        compile: Run the training steps that take no statistics through
+            ``torch.compile``; compiled again after each structural change.
         task_options: Task-specific options.
         policy_options: Policy-specific options.
         model: Initial model shape.
@@ -131,6 +136,8 @@ class TrainConfig:
     data_file: str | None = None
     labels_file: str | None = None
     device: str = "auto"
+    precision: str = "fp32"
+    compile: bool = False
     task_options: dict[str, Any] = field(default_factory=dict)
     policy_options: dict[str, Any] = field(default_factory=dict)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -155,6 +162,10 @@ class TrainConfig:
             raise ConfigError(f"decay_steps must be positive, got {self.decay_steps}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 
@@ -390,8 +401,10 @@ class Trainer:
                 raise ConfigError(f"model.attn_init must be one of {ATTN_INITS}, got {attn_init!r}")
             self.model = build_model(arch, attn_init)
         self.model.to(self.device).train()
-        # What the training step calls: the model, or a data-parallel wrapper around it.
+        # What the training step calls: the model, or a data-parallel wrapper around it,
+        # and its compiled form (built at the first step that uses it).
         self.trained = self.ranks.wrap(self.model)
+        self.compiled: torch.nn.Module | None = None
         self.optimizer = make_optimizer(self.model, cfg)
         self.state: dict[str, Any] = {
             "step": 0,
@@ -507,8 +520,14 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         needs = self.policy.needs(self.state["step"] + 1)
-        with statistics.capture(self.model, batch.get("attention_mask"), needs) as captured:
-            loss = self.trained(**batch).loss
+        autocast = torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"
+        )
+        with (
+            statistics.capture(self.model, batch.get("attention_mask"), needs) as captured,
+            autocast,
+        ):
+            loss = self._step_module(needs)(**batch).loss
         loss.backward()
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
@@ -535,10 +554,24 @@ class Trainer:
         if changed:
             self.ranks.check_same_structure(self.model)
             self.trained = self.ranks.wrap(self.model)
+            if self.compiled is not None:
+                # The old graphs are of a structure that is gone: drop them rather than
+                # let guards pile up towards the recompilation limit.
+                torch._dynamo.reset()
+                self.compiled = None
         for record in self.policy.drain_log():
             self.stats_log.write(record)
             self.state["stats"] += 1
         return lr
+
+    def _step_module(self, needs: frozenset[str]) -> torch.nn.Module:
+        """What computes this step's loss: the compiled module when ``cfg.compile`` and the
+        step takes no statistics (their hooks would break the graph), else the eager one."""
+        if not self.cfg.compile or needs:
+            return self.trained
+        if self.compiled is None:
+            self.compiled = torch.compile(self.trained)
+        return self.compiled
 
     def _apply(self, request: surgery.Event, batch: dict[str, torch.Tensor]) -> surgery.Event:
         """Apply one structural change, measuring the loss on ``batch`` around it; log it."""
@@ -746,6 +779,6 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
             return float(value)
         if base is int and isinstance(value, int) and not isinstance(value, bool):
             return value
-        if base in (str, dict, list) and isinstance(value, base):
+        if base in (bool, str, dict, list) and isinstance(value, base):
             return value
     raise ConfigError(f"{where} has the wrong type: {value!r}")
