@@ -44,6 +44,9 @@ def config(args: argparse.Namespace, k: int, heads: int, seed: int) -> dict[str,
         "eval_every": args.steps,
         "checkpoint_every": args.steps,
         "device": "cpu",
+        # The default max_len (128) covers shorter sequences (and keeps their runs' saved
+        # configurations reusable).
+        **({"max_len": args.seq_len + 1} if args.seq_len >= 128 else {}),
         "model": {
             "d_model": args.d_model,
             "n_layers": 1,
