@@ -22,6 +22,9 @@ import argparse
 import copy
 import json
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -151,7 +154,11 @@ def wall_overhead(
     )
     phase_list = phases(summary, initial)
     with_stats = stat_steps(summary, cfg, run_dir)
-    models: dict[str, tuple[ElasticModel, bool]] = {"vanilla": (build_model(vanilla), False)}
+    # A second vanilla model: the A/A control, the noise floor of the ratios.
+    models: dict[str, tuple[ElasticModel, bool]] = {
+        "vanilla": (build_model(vanilla), False),
+        "vanilla_copy": (build_model(vanilla), False),
+    }
     for start, n, model in phase_list:
         models[f"phase@{start}"] = (model, False)
         if with_stats & set(range(start, start + n)):
@@ -193,6 +200,7 @@ def wall_overhead(
         total += n
     return {
         "vanilla_step_s": t["vanilla"],
+        "aa_pct": 100 * (t["vanilla_copy"] / t["vanilla"] - 1),
         "phases": rows,
         "integrated_flops_overhead_pct": 100 * (flops / total - 1),
         "integrated_wall_overhead_pct": 100 * (wall / total - 1),
@@ -202,6 +210,26 @@ def wall_overhead(
         * (train_step_flops(masked.arch, *shape) / base_flops - 1),
         "final_masked_wall_overhead_pct": 100 * (t["final_masked"] / t["vanilla"] - 1),
     }
+
+
+def timed_in_processes(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`wall_overhead` of run ``name`` (first seed) measured in
+    ``args.timing_processes`` fresh processes, one after the other, and the median of each
+    figure: within one process the ratios are stable, between processes they move by a
+    few percent (where the allocator puts the tensors), as the A/A control shows."""
+    per_process = []
+    for _ in range(args.timing_processes):
+        with tempfile.TemporaryDirectory() as tmp:
+            result = Path(tmp) / "speed.json"
+            worker = ["--variants", name, "--seeds", str(args.seeds[0]), "--timing-worker", name]
+            worker += ["--worker-out", str(result)]
+            subprocess.run([sys.executable, __file__, *sys.argv[1:], *worker], check=True)
+            per_process.append(json.loads(result.read_text()))
+    keys = [k for k, v in per_process[0].items() if isinstance(v, float)]
+    speed = {k: statistics.median(r[k] for r in per_process) for k in keys}
+    speed["phases"] = per_process[0]["phases"]
+    speed["per_process"] = [{k: r[k] for k in keys} for r in per_process]
+    return speed
 
 
 def batch_scaling(
@@ -308,8 +336,9 @@ def table(rows: list[dict[str, Any]], seeds: list[int]) -> list[str]:
 def speed_lines(speed: dict[str, dict[str, Any]]) -> list[str]:
     lines = [
         "| run (seed 0) | FLOPs overhead (integrated) | wall overhead (integrated) "
-        "| gap (pp) | final structure: FLOPs | wall | all heads computed, masked: FLOPs | wall |",
-        "|---|---|---|---|---|---|---|---|",
+        "| gap (pp) | final structure: FLOPs | wall | all heads computed, masked: FLOPs | wall "
+        "| A/A (vanilla vs vanilla) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in speed.items():
         gap = s["integrated_wall_overhead_pct"] - s["integrated_flops_overhead_pct"]
@@ -318,8 +347,20 @@ def speed_lines(speed: dict[str, dict[str, Any]]) -> list[str]:
             f"{s['integrated_wall_overhead_pct']:.2f}% | {gap:+.2f} | "
             f"{s['final_flops_overhead_pct']:.2f}% | {s['final_wall_overhead_pct']:.2f}% | "
             f"{s['final_masked_flops_overhead_pct']:.2f}% | "
-            f"{s['final_masked_wall_overhead_pct']:.2f}% |"
+            f"{s['final_masked_wall_overhead_pct']:.2f}% | {s['aa_pct']:+.2f}% |"
         )
+    for name, s in speed.items():
+        if "per_process" in s:
+
+            def each(key: str, runs: list[dict[str, float]] = s["per_process"]) -> str:
+                return ", ".join(f"{r[key]:+.2f}%" for r in runs)
+
+            lines += [
+                "",
+                f"{name}: medians of {len(s['per_process'])} fresh processes; per process, "
+                f"integrated wall overhead {each('integrated_wall_overhead_pct')}; final "
+                f"structure {each('final_wall_overhead_pct')}; A/A {each('aa_pct')}.",
+            ]
     return lines
 
 
@@ -388,6 +429,14 @@ def main() -> None:
         default=[16, 64, 256],
         help="batch sizes for the final-structure overhead of SGT (seed 0)",
     )
+    p.add_argument(
+        "--timing-processes",
+        type=int,
+        default=5,
+        help="fresh processes that each time SGT's structures (the median is reported)",
+    )
+    p.add_argument("--timing-worker", help=argparse.SUPPRESS)
+    p.add_argument("--worker-out", help=argparse.SUPPRESS)
     p.add_argument("--train-only", action="store_true", help="train, skip timing and report")
     p.add_argument("--fresh", action="store_true")
     p.add_argument("--out", default="runs/sgt_lm")
@@ -407,13 +456,21 @@ def main() -> None:
     torch.manual_seed(0)
     pick = torch.randperm(len(data.train))[: args.batch]
     batch = collate(data.train, pick, data.tokenizer.pad_id)
+
+    def timed(name: str) -> dict[str, Any]:
+        run_dir = out / f"{name}_s{args.seeds[0]}"
+        cfg = config(args, name, args.seeds[0])
+        return wall_overhead(results[name][args.seeds[0]], cfg, run_dir, args, batch)
+
+    if args.timing_worker:
+        Path(args.worker_out).write_text(json.dumps(timed(args.timing_worker)))
+        return
     speed = {}
     for name in ("sgt", "sgt_k3", "high_entropy_1layer", "block_loop"):
         if name in results:
             print(f"[{time.perf_counter() - t0:.0f} s] timing the structures of {name}", flush=True)
-            run_dir = out / f"{name}_s{args.seeds[0]}"
-            cfg = config(args, name, args.seeds[0])
-            speed[name] = wall_overhead(results[name][args.seeds[0]], cfg, run_dir, args, batch)
+            many = name == "sgt" and args.timing_processes > 1
+            speed[name] = timed_in_processes(name, args) if many else timed(name)
     print(f"[{time.perf_counter() - t0:.0f} s] SGT's final structure at other batch sizes")
     scaling = batch_scaling(results["sgt"][args.seeds[0]], data, args) if "sgt" in results else []
     print(f"[{time.perf_counter() - t0:.0f} s] SGT's final structure with and without dropout")
