@@ -232,32 +232,38 @@ def timed_in_processes(name: str, args: argparse.Namespace) -> dict[str, Any]:
     return speed
 
 
+def looped_vs_vanilla(
+    looped: Architecture, batch: dict[str, torch.Tensor], rounds: int, steps: int
+) -> dict[str, float]:
+    """``looped`` against the same model without loops, timed in alternation on ``batch``:
+    vanilla step time and the FLOPs and measured overheads."""
+    vanilla = without_loops(looped)
+    torch.manual_seed(0)
+    models = {"vanilla": (build_model(vanilla), False), "sgt": (build_model(looped), False)}
+    t = time_steps(models, batch, rounds, steps)
+    shape = tuple(batch["input_ids"].shape)
+    flops = train_step_flops(looped, *shape) / train_step_flops(vanilla, *shape)
+    return {
+        "vanilla_step_s": t["vanilla"],
+        "flops_overhead_pct": 100 * (flops - 1),
+        "wall_overhead_pct": 100 * (t["sgt"] / t["vanilla"] - 1),
+    }
+
+
 def batch_scaling(
     summary: dict[str, Any], data: Any, args: argparse.Namespace
 ) -> list[dict[str, Any]]:
     """Final-structure overhead (FLOPs and measured) of a run at growing batch sizes: whether
     the gap between them is a fixed cost per operation (it would shrink) or not."""
     final = Architecture.from_dict(summary["architecture"])
-    vanilla = without_loops(final)
     rows = []
     for b in args.scale_batches:
         torch.manual_seed(0)
         pick = torch.randperm(len(data.train))[:b]
         batch = collate(data.train, pick, data.tokenizer.pad_id)
-        models = {"vanilla": (build_model(vanilla), False), "sgt": (build_model(final), False)}
         # Fewer, longer rounds: a step at batch 256 takes seconds.
-        t = time_steps(models, batch, max(5, args.rounds // 2), args.timed_steps)
-        shape = tuple(batch["input_ids"].shape)
-        flops = train_step_flops(final, *shape) / train_step_flops(vanilla, *shape)
-        rows.append(
-            {
-                "batch": b,
-                "tokens": b * shape[1],
-                "vanilla_step_s": t["vanilla"],
-                "flops_overhead_pct": 100 * (flops - 1),
-                "wall_overhead_pct": 100 * (t["sgt"] / t["vanilla"] - 1),
-            }
-        )
+        timed = looped_vs_vanilla(final, batch, max(5, args.rounds // 2), args.timed_steps)
+        rows.append({"batch": b, "tokens": b * batch["input_ids"].shape[1], **timed})
     return rows
 
 
@@ -266,24 +272,13 @@ def dropout_cost(summary: dict[str, Any], batch, args: argparse.Namespace) -> li
     0.1: on CPU, sampling the dropout masks of every loop pass costs time no FLOP count
     shows."""
     final = Architecture.from_dict(summary["architecture"])
-    rows = []
-    for p in sorted({args.dropout, 0.1}):
-        sgt = replace(final, dropout=p)
-        vanilla = without_loops(sgt)
-        torch.manual_seed(0)
-        models = {"vanilla": (build_model(vanilla), False), "sgt": (build_model(sgt), False)}
-        t = time_steps(models, batch, args.rounds, args.timed_steps)
-        shape = tuple(batch["input_ids"].shape)
-        flops = train_step_flops(sgt, *shape) / train_step_flops(vanilla, *shape)
-        rows.append(
-            {
-                "dropout": p,
-                "vanilla_step_s": t["vanilla"],
-                "flops_overhead_pct": 100 * (flops - 1),
-                "wall_overhead_pct": 100 * (t["sgt"] / t["vanilla"] - 1),
-            }
-        )
-    return rows
+    return [
+        {
+            "dropout": p,
+            **looped_vs_vanilla(replace(final, dropout=p), batch, args.rounds, args.timed_steps),
+        }
+        for p in sorted({args.dropout, 0.1})
+    ]
 
 
 def summarize(results: dict[str, dict[int, dict[str, Any]]]) -> list[dict[str, Any]]:
