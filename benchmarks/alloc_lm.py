@@ -142,7 +142,7 @@ def main() -> None:
                 "train_flops_ratio": train_step_flops(models[strategy].arch, *shape)
                 / uniform_flops,
                 "latency_ratio": infer[strategy] / infer["uniform"],
-                "train_step_ratio": step[strategy] / step["uniform"],
+                "train_step_ratio": step.ratio(strategy, "uniform"),
             }
         )
     uniform = rows[0]["mean_val_loss"]

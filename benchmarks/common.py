@@ -6,6 +6,7 @@ import json
 import shutil
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import torch
 
 from growformer import statistics as stats_capture
 from growformer.model import ElasticModel
-from growformer.train import TrainConfig, Trainer
+from growformer.train import TrainConfig, Trainer, keep_freed_memory
 
 RUN_CONFIG = "benchmark_config.json"
 
@@ -50,15 +51,35 @@ def run(cfg: dict[str, Any], out: Path, fresh: bool = False) -> dict[str, Any]:
     return summary
 
 
+@dataclass
+class StepTimes:
+    """Seconds per training step of each model in each timing round."""
+
+    rounds: dict[str, list[float]]
+
+    def __getitem__(self, name: str) -> float:
+        """Median seconds of one step of ``name``."""
+        return statistics.median(self.rounds[name])
+
+    def ratio(self, name: str, base: str) -> float:
+        """Median over the rounds of ``name``'s step time over ``base``'s in the same round:
+        drifts of the machine's speed between rounds cancel out."""
+        pairs = zip(self.rounds[name], self.rounds[base], strict=True)
+        return statistics.median(a / b for a, b in pairs)
+
+
 def time_steps(
     models: dict[str, tuple[ElasticModel, bool]],
     batch: dict[str, torch.Tensor],
     rounds: int,
     steps: int,
-) -> dict[str, float]:
-    """Median seconds of one training step (forward, backward, AdamW) per model, the models
-    timed in alternation so that machine noise hits them alike. A model marked True also
-    records the attention entropies, as SGT does until its structure freezes.
+) -> StepTimes:
+    """Time training steps (forward, backward, AdamW) of several models in alternation, so
+    that machine noise hits them alike. A model marked True also records the attention
+    entropies, as SGT does until its structure freezes. glibc is first told to keep freed
+    memory (:func:`~growformer.train.keep_freed_memory`, as training does): otherwise
+    which model pays for fresh pages depends on allocation order, a bias of several
+    percent between identical models.
 
     Args:
         models: Name -> (model, record entropies).
@@ -66,6 +87,7 @@ def time_steps(
         rounds: Timing rounds; each times every model in turn.
         steps: Steps per model and round.
     """
+    keep_freed_memory()
     optims = {n: torch.optim.AdamW(m.parameters(), lr=1e-4) for n, (m, _) in models.items()}
     times: dict[str, list[float]] = {n: [] for n in models}
 
@@ -88,7 +110,7 @@ def time_steps(
             for _ in range(steps):
                 step(name)
             times[name].append((time.perf_counter() - t0) / steps)
-    return {n: statistics.median(t) for n, t in times.items()}
+    return StepTimes(times)
 
 
 def save_report(

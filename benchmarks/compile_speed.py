@@ -78,7 +78,7 @@ def main() -> None:
                 "structure": name,
                 "eager_step_s": t["eager"],
                 "compiled_step_s": t["compiled"],
-                "ratio": t["compiled"] / t["eager"],
+                "ratio": t.ratio("compiled", "eager"),
                 "compile_s": compile_s,
             }
         )

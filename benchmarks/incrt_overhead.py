@@ -37,7 +37,7 @@ from growformer.data import BatchStream, load_task
 from growformer.model import ElasticModel, build_model
 from growformer.policies import IncrtPolicy
 from growformer.statistics import InputCapture, LayerStats, capture_inputs, layer_stats
-from growformer.train import TrainConfig, make_optimizer
+from growformer.train import TrainConfig, keep_freed_memory, make_optimizer
 
 TARGET = 0.03
 CURVE = (1, 5, 10, 20, 50, 100, 200)
@@ -406,6 +406,7 @@ def main() -> None:
     p.add_argument("--out", default="runs/incrt_overhead.json")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     args = p.parse_args()
+    keep_freed_memory()  # as training does; see its docstring
     if args.threads:
         # On a shared machine, fewer threads than cores avoids oversubscription stalls.
         torch.set_num_threads(args.threads)

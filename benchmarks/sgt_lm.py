@@ -179,7 +179,8 @@ def wall_overhead(
     for start, n, model in phase_list:
         name = f"phase@{start}"
         stats_n = len(with_stats & set(range(start, start + n)))
-        step_time = (n - stats_n) * t[name] + stats_n * t.get(name + "+stats", 0.0)
+        ratio = t.ratio(name, "vanilla")
+        stats_ratio = t.ratio(name + "+stats", "vanilla") if stats_n else None
         f = train_step_flops(model.arch, *shape)
         rows.append(
             {
@@ -189,18 +190,16 @@ def wall_overhead(
                 "loops": [b.loops for b in model.transformer.layers],
                 "fading": [b.fade is not None for b in model.transformer.layers],
                 "flops_ratio": f / base_flops,
-                "wall_ratio": t[name] / t["vanilla"],
-                "wall_ratio_with_statistics": (
-                    t[name + "+stats"] / t["vanilla"] if stats_n else None
-                ),
+                "wall_ratio": ratio,
+                "wall_ratio_with_statistics": stats_ratio,
             }
         )
-        wall += step_time / t["vanilla"]
+        wall += (n - stats_n) * ratio + stats_n * (stats_ratio or 0.0)
         flops += n * f / base_flops
         total += n
     return {
         "vanilla_step_s": t["vanilla"],
-        "aa_pct": 100 * (t["vanilla_copy"] / t["vanilla"] - 1),
+        "aa_pct": 100 * (t.ratio("vanilla_copy", "vanilla") - 1),
         "phases": rows,
         "integrated_flops_overhead_pct": 100 * (flops / total - 1),
         "integrated_wall_overhead_pct": 100 * (wall / total - 1),
@@ -208,7 +207,7 @@ def wall_overhead(
         "final_wall_overhead_pct": 100 * (rows[-1]["wall_ratio"] - 1),
         "final_masked_flops_overhead_pct": 100
         * (train_step_flops(masked.arch, *shape) / base_flops - 1),
-        "final_masked_wall_overhead_pct": 100 * (t["final_masked"] / t["vanilla"] - 1),
+        "final_masked_wall_overhead_pct": 100 * (t.ratio("final_masked", "vanilla") - 1),
     }
 
 
@@ -246,7 +245,7 @@ def looped_vs_vanilla(
     return {
         "vanilla_step_s": t["vanilla"],
         "flops_overhead_pct": 100 * (flops - 1),
-        "wall_overhead_pct": 100 * (t["sgt"] / t["vanilla"] - 1),
+        "wall_overhead_pct": 100 * (t.ratio("sgt", "vanilla") - 1),
     }
 
 

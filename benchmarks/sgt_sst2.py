@@ -61,7 +61,7 @@ def final_overhead(
     t = time_steps(models, batch, args.rounds, args.timed_steps)
     shape = tuple(batch["input_ids"].shape)
     flops = train_step_flops(arch, *shape) / train_step_flops(plain, *shape)
-    return 100 * (flops - 1), 100 * (t["looped"] / t["plain"] - 1)
+    return 100 * (flops - 1), 100 * (t.ratio("looped", "plain") - 1)
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from torch import nn
 from growformer import surgery
 from growformer.arch import Architecture, LayerSpec
 from growformer.model import build_model
+from growformer.train import keep_freed_memory
 
 
 class RefAttention(nn.Module):
@@ -179,6 +180,7 @@ def main() -> None:
     p.add_argument("--surgery-rounds", type=int, default=10)
     p.add_argument("--out", default="step_speed.json")
     args = p.parse_args()
+    keep_freed_memory()  # as training does; see its docstring
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, d_model {args.d_model}, "
         f"batch {args.batch} x seq {args.seq}, {args.rounds} alternating rounds"

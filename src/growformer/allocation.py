@@ -50,7 +50,7 @@ from growformer.data import Tokenizer, eval_batches
 from growformer.errors import ConfigError
 from growformer.flops import forward_flops
 from growformer.model import ElasticModel, build_model
-from growformer.train import evaluate
+from growformer.train import evaluate, keep_freed_memory
 
 # Cost of leaving a fraction f of the budget unused: 100 f^2 (1% costs as much as one
 # layer 10% off its target width).
@@ -532,13 +532,16 @@ def latency(
     models: dict[str, ElasticModel], batch: dict[str, Tensor], rounds: int = 20
 ) -> dict[str, float]:
     """Median seconds of one inference forward pass per model on ``batch``, the models timed
-    in alternation so that machine noise hits them alike.
+    in alternation so that machine noise hits them alike, with freed memory kept for
+    reuse (:func:`~growformer.train.keep_freed_memory`) so that no model pays for fresh
+    pages that another does not.
 
     Args:
         models: Name -> model (put in eval mode for the timing, then restored).
         batch: Forward keyword arguments.
         rounds: Timings per model.
     """
+    keep_freed_memory()
     modes = {name: m.training for name, m in models.items()}
     for m in models.values():
         m.eval()

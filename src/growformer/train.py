@@ -9,6 +9,7 @@ random numbers, same optimizer state, same logs.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import itertools
 import json
 import math
@@ -341,6 +342,37 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+# glibc's mallopt parameters (malloc.h) and the largest mmap threshold it accepts on 64 bits.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_MAX = 32 * 2**20
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep the memory that CPU tensors free, for the next ones.
+
+    By default glibc returns large freed blocks and the free top of its heap to the
+    system, so a training step may fault in fresh pages for its activations and gradients
+    each time it allocates them. Which tensors are hit depends on the order of earlier
+    allocations: of two identical models, one may step a few percent slower than the
+    other, and a model with a few more tensors a quarter slower (the loss's log-softmax
+    and the gradients' zero fills took 4-6x longer in such a process). Raising the mmap
+    threshold to glibc's maximum (32 MiB) and the trim threshold to 1 GiB keeps freed
+    memory in the process for reuse. The setting is process-wide; the trainer applies it
+    for CPU runs.
+
+    Returns:
+        Whether it was applied (False where the C library has no such settings).
+    """
+    if sys.platform != "linux":
+        return False
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is None:
+        return False
+    return bool(mallopt(_M_TRIM_THRESHOLD, 2**30)) and bool(
+        mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
+    )
+
+
 def train(
     cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True
 ) -> dict[str, Any]:
@@ -385,6 +417,8 @@ class Trainer:
                 f"{self.ranks.world} ranks"
             )
         self.device = self.ranks.device(resolve_device(cfg.device))
+        if self.device.type == "cpu":
+            keep_freed_memory()
         self.ranks.start(self.device)
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
