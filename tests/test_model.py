@@ -11,6 +11,7 @@ from helpers import KINDS, MAX_LEN, VARIANTS, VOCAB, arch, batch
 
 from growformer import checkpoint, surgery
 from growformer.arch import Architecture, LayerSpec, LoopFade
+from growformer.data import Tokenizer
 from growformer.errors import CheckpointError
 from growformer.model import ElasticAttention, KVCache, build_model, head_rows
 from growformer.train import TrainConfig, make_optimizer
@@ -254,7 +255,7 @@ def test_grouped_checkpoint_round_trip(tmp_path):
         model=model,
         optimizer=opt,
         config={},
-        tokenizer_json="{}",
+        tokenizer_json=Tokenizer.word_level([f"w{i}" for i in range(VOCAB - 4)]).to_json(),
         task={},
         trainer_state={"step": 1},
     )

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from growformer import checkpoint
 from growformer.errors import ConfigError, DataError
+from growformer.hf_files import growformer_tokenizer
 from growformer.train import TrainConfig, lr_at, macro_f1, train
 
 EVENTS = [
@@ -115,16 +117,38 @@ def test_resume_of_a_checkpoint_written_before_a_config_field_existed(straight, 
     out, _ = straight
     train(TrainConfig.from_dict(config(steps=12)), tmp_path, progress=False)
     for ckpt in (tmp_path / "checkpoints").glob("step_*"):
-        saved = json.loads((ckpt / "config.json").read_text())
+        saved = json.loads((ckpt / checkpoint.TRAIN_CONFIG).read_text())
         del saved["model"]["embed_rank"]
         text = json.dumps(saved).encode()
-        (ckpt / "config.json").write_bytes(text)
+        (ckpt / checkpoint.TRAIN_CONFIG).write_bytes(text)
         manifest = json.loads((ckpt / "manifest.json").read_text())
         digest = {"bytes": len(text), "sha256": hashlib.sha256(text).hexdigest()}
-        manifest["files"]["config.json"] = digest
+        manifest["files"][checkpoint.TRAIN_CONFIG] = digest
         (ckpt / "manifest.json").write_text(json.dumps(manifest))
     train(TrainConfig.from_dict(config()), tmp_path, resume=True, progress=False)
     assert _files(tmp_path)["weights"] == _files(out)["weights"]
+
+
+def test_resume_of_a_checkpoint_of_format_1(straight, tmp_path):
+    """Checkpoints written before the files for transformers (format 1: the training
+    configuration in config.json, no tokenizer_config.json) resume exactly."""
+    out, _ = straight
+    train(TrainConfig.from_dict(config(steps=12)), tmp_path, progress=False)
+    for ckpt in (tmp_path / "checkpoints").glob("step_*"):
+        (ckpt / checkpoint.TRAIN_CONFIG).replace(ckpt / "config.json")
+        (ckpt / "tokenizer_config.json").unlink()
+        tokenizer = ckpt / "tokenizer.json"
+        tokenizer.write_text(growformer_tokenizer(tokenizer.read_text()))
+        files = sorted(p.name for p in ckpt.iterdir() if p.name != "manifest.json")
+        manifest = {"format": 1, "files": {f: checkpoint._digest(ckpt / f) for f in files}}
+        (ckpt / "manifest.json").write_text(json.dumps(manifest))
+    assert checkpoint.read_config(tmp_path)["steps"] == 12
+    summary = train(TrainConfig.from_dict(config()), tmp_path, resume=True, progress=False)
+    assert summary["steps"] == 24
+    assert _files(tmp_path)["weights"] == _files(out)["weights"]
+    latest = checkpoint.resolve(tmp_path)
+    assert json.loads((latest / "manifest.json").read_text())["format"] == checkpoint.FORMAT
+    assert json.loads((latest / "config.json").read_text())["model_type"] == "growformer"
 
 
 def test_same_seed_same_trajectory_other_seed_differs(straight, tmp_path):
@@ -265,7 +289,7 @@ def test_lm_task_trains_and_reports_perplexity(tmp_path):
 def test_no_pickle_in_checkpoints(straight):
     out, _ = straight
     ckpt = out / "checkpoints" / (out / "checkpoints" / "LATEST").read_text().strip()
-    assert sorted(p.suffix for p in ckpt.iterdir()) == sorted([".safetensors"] * 3 + [".json"] * 7)
+    assert sorted(p.suffix for p in ckpt.iterdir()) == sorted([".safetensors"] * 3 + [".json"] * 9)
     assert not [p for p in ckpt.iterdir() if p.suffix in (".pt", ".pkl", ".bin")]
 
 

@@ -5,10 +5,17 @@ Layout of a run directory::
     RUN/checkpoints/LATEST               name of the newest complete checkpoint
     RUN/checkpoints/step_00000500/
         model.safetensors                weights
-        architecture.json  config.json  tokenizer.json  task.json
+        architecture.json  train_config.json  tokenizer.json  task.json
+        config.json  tokenizer_config.json   the model and tokenizer for transformers
         optimizer.safetensors  optimizer.json
         rng.safetensors  trainer_state.json
         manifest.json                    size and sha256 of every file above
+
+A checkpoint directory is also a Hugging Face transformers model directory: after
+``import growformer``, ``AutoModelForSequenceClassification.from_pretrained`` (or
+``AutoModelForCausalLM``) and ``AutoTokenizer.from_pretrained`` read it (see
+:mod:`growformer.hf`). Checkpoints of format 1, written before that, hold the training
+configuration in ``config.json``; they load and resume as before.
 
 A checkpoint is written into a temporary directory, flushed to disk, renamed into place,
 and only then does ``LATEST`` (replaced atomically) point to it: a crash at any moment
@@ -31,10 +38,19 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from growformer.arch import Architecture
-from growformer.errors import ArchitectureError, CheckpointError
+from growformer.errors import ArchitectureError, CheckpointError, DataError
+from growformer.hf_files import (
+    growformer_tokenizer,
+    model_config,
+    tokenizer_config,
+    transformers_tokenizer,
+)
 from growformer.model import ElasticModel, build_model
 
-FORMAT = 1
+FORMAT = 2
+# Format 1 had the training configuration in config.json (now transformers' file).
+FORMATS = (1, 2)
+TRAIN_CONFIG = "train_config.json"
 LATEST = "LATEST"
 
 
@@ -115,8 +131,10 @@ def save(
 
     save_file(_contiguous(model.state_dict()), tmp / "model.safetensors", metadata={"format": "pt"})
     _write_json(tmp / "architecture.json", model.arch.to_dict())
-    _write_json(tmp / "config.json", config)
-    (tmp / "tokenizer.json").write_text(tokenizer_json)
+    _write_json(tmp / TRAIN_CONFIG, config)
+    _write_json(tmp / "config.json", model_config(model.arch, task.get("label_names")))
+    (tmp / "tokenizer.json").write_text(transformers_tokenizer(tokenizer_json, model.arch))
+    _write_json(tmp / "tokenizer_config.json", tokenizer_config(model.arch))
     _write_json(tmp / "task.json", task)
     _save_optimizer(tmp, optimizer)
     rng = {"torch_cpu": torch.get_rng_state()}
@@ -162,14 +180,15 @@ def resolve(path: str | Path) -> Path:
 
 def read_config(path: str | Path) -> dict[str, Any]:
     """The training configuration of a checkpoint, without loading its tensors."""
-    return _read_json(resolve(path) / "config.json")
+    ckpt_dir = resolve(path)
+    return _read_json(ckpt_dir / _train_config_name(_read_json(ckpt_dir / "manifest.json")))
 
 
 def load(path: str | Path) -> Checkpoint:
     """Load and verify a checkpoint (run directory or checkpoint directory)."""
     ckpt_dir = resolve(path)
     manifest = _read_json(ckpt_dir / "manifest.json")
-    if manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
+    if manifest.get("format") not in FORMATS or not isinstance(manifest.get("files"), dict):
         raise CheckpointError(f"{ckpt_dir}: unknown checkpoint format {manifest.get('format')!r}")
     for name, expected in manifest["files"].items():
         f = ckpt_dir / name
@@ -189,11 +208,15 @@ def load(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{ckpt_dir}: invalid architecture.json: {e}") from None
     model = build_model(arch)
     load_weights(model, ckpt_dir / "model.safetensors")
+    try:
+        tokenizer_json = growformer_tokenizer((ckpt_dir / "tokenizer.json").read_text())
+    except DataError as e:
+        raise CheckpointError(f"{ckpt_dir}: tokenizer.json: {e}") from None
     return Checkpoint(
         path=ckpt_dir,
         model=model,
-        config=_read_json(ckpt_dir / "config.json"),
-        tokenizer_json=(ckpt_dir / "tokenizer.json").read_text(),
+        config=_read_json(ckpt_dir / _train_config_name(manifest)),
+        tokenizer_json=tokenizer_json,
         task=_read_json(ckpt_dir / "task.json"),
         trainer_state=_read_json(ckpt_dir / "trainer_state.json"),
     )
@@ -224,13 +247,22 @@ def load_weights(model: ElasticModel, path: str | Path) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Replace ``path`` with ``text`` so that readers see the old or the new file, never a mix."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that readers see the old or the new file, never a mix."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
+    with open(tmp, "wb") as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _train_config_name(manifest: dict[str, Any]) -> str:
+    return "config.json" if manifest.get("format") == 1 else TRAIN_CONFIG
 
 
 def _save_optimizer(directory: Path, optimizer: torch.optim.Optimizer) -> None:

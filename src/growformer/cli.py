@@ -1,4 +1,5 @@
-"""Command line: ``growformer train | evaluate | info | plan | analyze | compress``.
+"""Command line: ``growformer train | evaluate | info | plan | analyze | compress | report |
+export``.
 
 User errors (bad files, configs, flags, checkpoints) end with one ``growformer: error:``
 line on standard error and exit code 2, never a traceback.
@@ -10,10 +11,11 @@ import argparse
 import itertools
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from growformer import allocation, checkpoint
+from growformer import allocation, checkpoint, export
 from growformer.allocation import STRATEGIES
 from growformer.arch import Architecture
 from growformer.data import (
@@ -28,8 +30,9 @@ from growformer.data import (
     read_text,
 )
 from growformer.distributed import Ranks
-from growformer.errors import ConfigError, GrowformerError
+from growformer.errors import ConfigError, ExportError, GrowformerError
 from growformer.flops import layer_components
+from growformer.report import write_report
 from growformer.train import (
     PRECISIONS,
     TrainConfig,
@@ -56,6 +59,7 @@ OVERRIDES = (
     "data_file",
     "labels_file",
     "decay_steps",
+    "tensorboard",
 )
 
 
@@ -105,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         default=None,
         help="torch.compile the steps without statistics (again after structural changes)",
+    )
+    t.add_argument(
+        "--tensorboard",
+        action=argparse.BooleanOptionalAction,
+        help="also log to DIR/tensorboard for TensorBoard (needs the tensorboard extra)",
     )
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -158,6 +167,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--embed-rank", type=int, help="factor the token embedding to this width")
     _add_eval_data_flags(c)
+
+    r = sub.add_parser("report", help="write a run's HTML report (figures and summary)")
+    r.add_argument("run", help="run directory (with summary.json)")
+    r.add_argument("--out", help="directory for index.html and the figures (default: RUN/report)")
+
+    x = sub.add_parser("export", help="export a checkpoint to ONNX and check it with onnxruntime")
+    x.add_argument("checkpoint", help="run directory or checkpoint directory")
+    x.add_argument("--onnx", required=True, help="ONNX file to write")
+    x.add_argument(
+        "--check",
+        type=int,
+        default=100,
+        help="inputs on which to compare onnxruntime with PyTorch (0: no check)",
+    )
+    x.add_argument(
+        "--tolerance", type=float, default=1e-3, help="largest logit difference the check allows"
+    )
     return parser
 
 
@@ -181,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
             "plan": _plan,
             "analyze": _analyze,
             "compress": _compress,
+            "report": _report,
+            "export": _export,
         }
         return commands[args.command](args)
     except (GrowformerError, OSError) as e:
@@ -373,6 +401,34 @@ def _compress(args: argparse.Namespace) -> int:
     for key, b in before["metrics"].items():
         print(f"{key:>16}: {b:.6g} -> {after['metrics'][key]:.6g}")
     print(f"wrote {report['checkpoint']} and {Path(args.out) / 'compression.json'}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    print(write_report(args.run, args.out))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    if args.check < 0:
+        raise ConfigError(f"--check must be >= 0, got {args.check}")
+    ckpt = checkpoint.load(args.checkpoint)
+    start = time.perf_counter()
+    path = export.export_onnx(ckpt.model, args.onnx, label_names=ckpt.task.get("label_names"))
+    seconds = time.perf_counter() - start
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MiB) in {seconds:.1f} s")
+    if not args.check:
+        return 0
+    batches, source = export.checkpoint_inputs(ckpt, args.check)
+    diff = export.verify_onnx(ckpt.model, path, batches)
+    print(
+        f"max |onnxruntime - PyTorch| logit difference {diff:.3g} on {args.check} inputs: {source}"
+    )
+    if not diff <= args.tolerance:
+        raise ExportError(
+            f"{path} was written, but its logits differ from PyTorch's by {diff:.3g} "
+            f"(--tolerance {args.tolerance:g})"
+        )
     return 0
 
 

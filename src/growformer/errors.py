@@ -23,3 +23,7 @@ class CheckpointError(GrowformerError, ValueError):
 
 class SurgeryError(GrowformerError, ValueError):
     """A structural change cannot be applied to the model."""
+
+
+class ExportError(GrowformerError, ValueError):
+    """A model cannot be exported (structure still changing, exporter missing, bad path)."""

@@ -306,6 +306,17 @@ class Capture:
             if c is not None:
                 c.reduce(sum_)
 
+    @contextlib.contextmanager
+    def watch(self, model: ElasticModel, attention_mask: Tensor | None) -> Iterator[None]:
+        """Record the forward passes of ``model`` inside (inputs masked by
+        ``attention_mask``, True for real tokens, None: all real) into this capture."""
+        with contextlib.ExitStack() as stack:
+            if self.inputs is not None:
+                stack.enter_context(capture_inputs(model, attention_mask, self.inputs))
+            for c in self.entropy.values():
+                stack.enter_context(capture_entropy(model, attention_mask, c))
+            yield
+
     def results(self, model: ElasticModel) -> dict[str, Any]:
         """Statistic name -> per-layer values (moments use the model's current forms)."""
         out: dict[str, Any] = {name: c.entropies() for name, c in self.entropy.items()}
@@ -333,9 +344,5 @@ def capture(
     """Record the statistics named in ``needs`` during the forward passes inside; nothing
     (no hook) when ``needs`` is empty."""
     recorded = Capture(len(model.transformer.layers), needs)
-    with contextlib.ExitStack() as stack:
-        if recorded.inputs is not None:
-            stack.enter_context(capture_inputs(model, attention_mask, recorded.inputs))
-        for c in recorded.entropy.values():
-            stack.enter_context(capture_entropy(model, attention_mask, c))
+    with recorded.watch(model, attention_mask):
         yield recorded

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import itertools
 import json
 import math
@@ -20,7 +21,8 @@ import threading
 import time
 import types
 import typing
-from collections.abc import Iterable, Iterator
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -37,12 +39,21 @@ from growformer.distributed import DistributedError, Ranks
 from growformer.errors import ArchitectureError, ConfigError, DataError
 from growformer.flops import train_step_flops, without_loops
 from growformer.model import ATTN_INITS, ElasticModel, build_model
-from growformer.policies import make_policy
+from growformer.policies import Policy, make_policy
+from growformer.report import TensorBoardLog, write_report
 from growformer.statistics import InputCapture, LayerStats, capture_inputs, layer_stats
 
 # Settings that may differ between a run and its resumption (they do not change the math).
 RESUMABLE_CHANGES = frozenset(
-    {"steps", "eval_every", "checkpoint_every", "keep_checkpoints", "log_every", "compile"}
+    {
+        "steps",
+        "eval_every",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "log_every",
+        "compile",
+        "tensorboard",
+    }
 )
 PRECISIONS = ("fp32", "bf16")
 
@@ -111,6 +122,8 @@ class TrainConfig:
             autocast (weights, optimizer and evaluation stay float32).
         compile: Run the training steps that take no statistics through
             ``torch.compile``; compiled again after each structural change.
+        tensorboard: Also write the training statistics to ``RUN/tensorboard`` for
+            TensorBoard (see :class:`growformer.report.TensorBoardLog`).
         task_options: Task-specific options.
         policy_options: Policy-specific options.
         model: Initial model shape.
@@ -139,6 +152,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "fp32"
     compile: bool = False
+    tensorboard: bool = False
     task_options: dict[str, Any] = field(default_factory=dict)
     policy_options: dict[str, Any] = field(default_factory=dict)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -330,6 +344,70 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
+def apply_events(
+    model: ElasticModel,
+    optimizer: torch.optim.Optimizer | None,
+    policy: Policy,
+    step: int,
+    stats: dict[str, Any],
+    probe: Callable[[], float],
+) -> list[surgery.Event]:
+    """Apply the structural changes due once ``step`` optimizer steps are done.
+
+    First the fades that are over (:func:`surgery.advance`), then the policy's turns
+    (:meth:`Policy.decide_from`); the records of each turn are shown to
+    :meth:`Policy.observe` before the next turn is asked for.
+
+    Args:
+        model: The model that surgery changes.
+        optimizer: Its optimizer (the state of surviving parameters is carried), or None.
+        policy: The structure policy.
+        step: Optimizer steps done.
+        stats: The statistics captured during the step (name -> per-layer values).
+        probe: The loss a change is measured by, called just before and just after it
+            (the record's ``loss_before`` and ``loss_after``).
+
+    Returns:
+        The records of the changes, in the order applied (``step`` filled in).
+    """
+    applied: list[surgery.Event] = []
+    turns = itertools.chain([surgery.advance(model, step)], policy.decide_from(step, stats))
+    for requests in turns:
+        records = []
+        for request in requests:
+            request.step = step
+            loss_before = probe()
+            record = surgery.apply(model, optimizer, request)
+            record.loss_before, record.loss_after = loss_before, probe()
+            records.append(record)
+        if records:
+            policy.observe(records)
+            applied += records
+    return applied
+
+
+@torch.no_grad()
+def probe_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> float:
+    """The loss of ``model`` on ``batch`` without dropout (a structural change's jump)."""
+    with eval_mode(model):
+        return model(**batch).loss.item()
+
+
+@torch.no_grad()
+def layer_statistics(
+    model: ElasticModel, batches: Iterable[dict[str, torch.Tensor]]
+) -> list[LayerStats]:
+    """Layer statistics of ``model`` over ``batches`` (eval mode, no dropout)."""
+    device = next(model.parameters()).device
+    capture = InputCapture(len(model.transformer.layers))
+    with eval_mode(model):
+        for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with capture_inputs(model, batch.get("attention_mask"), capture):
+                model(batch["input_ids"], batch.get("attention_mask"))
+    return layer_stats(model, capture)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -469,9 +547,11 @@ class Trainer:
         self.stream = BatchStream(self.data.train, cfg.batch_size, cfg.seed, self.pad_id)
         if ckpt is None and self.policy.calibration_batches:
             batches = (self.stream.batch(i) for i in range(self.policy.calibration_batches))
-            self.policy.calibrate([self.statistics([b]) for b in batches])
+            self.policy.calibrate([layer_statistics(self.model, [b]) for b in batches])
         self.arch = self.model.arch
         self.metrics: dict[str, float] = {}
+        # TensorBoard's writer while run() trains (rank 0, cfg.tensorboard).
+        self.board: TensorBoardLog | None = None
         self._started = time.perf_counter()
         self._wall_before = self.state["wall_s"]
 
@@ -491,7 +571,7 @@ class Trainer:
             mininterval=0.5 if sys.stderr.isatty() else 30.0,
             dynamic_ncols=True,
         )
-        with bar, _stop_requests() as stop, self._data_parallel():
+        with bar, _stop_requests() as stop, self._data_parallel(), self._tensorboard():
             while self.state["step"] < cfg.steps:
                 lr = self.train_step()
                 step = self.state["step"]
@@ -514,11 +594,43 @@ class Trainer:
         summary = self.summary()
         if self.policy.heldout_batches:
             val = eval_batches(self.data.val, cfg.batch_size, self.pad_id)
-            heldout = self.statistics(itertools.islice(val, self.policy.heldout_batches))
+            heldout = layer_statistics(
+                self.model, itertools.islice(val, self.policy.heldout_batches)
+            )
             summary.update(self.policy.report(heldout))
         if self.ranks.main:
             checkpoint.atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2))
+            self._write_report()
         return summary
+
+    def _write_report(self) -> None:
+        """RUN/report (see :func:`growformer.report.write_report`); the run is saved
+        whatever happens here, so a report that fails is a warning."""
+        try:
+            write_report(self.out)
+        except Exception as e:
+            warnings.warn(
+                f"could not write the report of {self.out} ({type(e).__name__}: {e}); "
+                f"retry with: growformer report {self.out}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    @contextlib.contextmanager
+    def _tensorboard(self) -> Iterator[None]:
+        """Around the training loop: TensorBoard's writer on rank 0 if ``cfg.tensorboard``,
+        starting with the structure trained from."""
+        if not (self.cfg.tensorboard and self.ranks.main):
+            yield
+            return
+        step = self.state["step"]
+        self.board = TensorBoardLog(self.out / "tensorboard", step)
+        self.board.structure(step, self.arch, self.model.num_params())
+        try:
+            yield
+        finally:
+            self.board.close()
+            self.board = None
 
     @contextlib.contextmanager
     def _data_parallel(self) -> Iterator[None]:
@@ -576,16 +688,16 @@ class Trainer:
         step = self.state["step"]
         captured.reduce(self.ranks.sum_)
         stats = captured.results(self.model)
-        turns = itertools.chain(
-            [surgery.advance(self.model, step)], self.policy.decide_from(step, stats)
-        )
-        changed = False
-        for requests in turns:
-            records = [self._apply(r, full) for r in requests]
-            if records:
-                self.policy.observe(records)
-                changed = True
-        if changed:
+        probe = functools.partial(probe_loss, self.model, full)
+        applied = apply_events(self.model, self.optimizer, self.policy, step, stats, probe)
+        for record in applied:
+            self.events_log.write(record.to_dict())
+        self.state["events"] += len(applied)
+        if applied:
+            self.arch = self.model.arch
+            if self.board is not None:
+                self.board.events(step, applied)
+                self.board.structure(step, self.arch, self.model.num_params())
             self.ranks.check_same_structure(self.model)
             self.trained = self.ranks.wrap(self.model)
             if self.compiled is not None:
@@ -595,6 +707,8 @@ class Trainer:
                 self.compiled = None
         for record in self.policy.drain_log():
             self.stats_log.write(record)
+            if self.board is not None:
+                self.board.stats(record)
             self.state["stats"] += 1
         return lr
 
@@ -607,34 +721,6 @@ class Trainer:
             self.compiled = torch.compile(self.trained)
         return self.compiled
 
-    def _apply(self, request: surgery.Event, batch: dict[str, torch.Tensor]) -> surgery.Event:
-        """Apply one structural change, measuring the loss on ``batch`` around it; log it."""
-        request.step = self.state["step"]
-        loss_before = self._probe_loss(batch)
-        record = surgery.apply(self.model, self.optimizer, request)
-        record.loss_before, record.loss_after = loss_before, self._probe_loss(batch)
-        self.events_log.write(record.to_dict())
-        self.state["events"] += 1
-        self.arch = self.model.arch
-        return record
-
-    @torch.no_grad()
-    def _probe_loss(self, batch: dict[str, torch.Tensor]) -> float:
-        """The loss on ``batch`` without dropout (to measure a structural change's jump)."""
-        with eval_mode(self.model):
-            return self.model(**batch).loss.item()
-
-    @torch.no_grad()
-    def statistics(self, batches: Iterable[dict[str, torch.Tensor]]) -> list[LayerStats]:
-        """Layer statistics of the current model over ``batches`` (eval mode, no dropout)."""
-        capture = InputCapture(len(self.model.transformer.layers))
-        with eval_mode(self.model):
-            for batch in batches:
-                batch = {k: v.to(self.device) for k, v in batch.items()}
-                with capture_inputs(self.model, batch.get("attention_mask"), capture):
-                    self.model(batch["input_ids"], batch.get("attention_mask"))
-        return layer_stats(self.model, capture)
-
     def evaluate(self, log: bool = True) -> dict[str, float]:
         """Validation metrics: val_loss, then val_accuracy and val_macro_f1, or val_ppl."""
         result = evaluate(
@@ -643,6 +729,8 @@ class Trainer:
         self.metrics = {f"val_{k}": v for k, v in result.items() if k not in ("n", "tokens")}
         if log:
             self.metrics_log.write({"step": self.state["step"], **self.metrics})
+            if self.board is not None:
+                self.board.evaluation(self.state["step"], self.metrics)
             self.state["metrics"] += 1
         return self.metrics
 
@@ -703,6 +791,9 @@ class Trainer:
     def _log_train_loss(self, lr: float) -> float:
         train_loss = self.ranks.mean(self.state["loss_sum"] / self.state["loss_n"])
         self.metrics_log.write({"step": self.state["step"], "train_loss": train_loss, "lr": lr})
+        if self.board is not None:
+            self.board.train(self.state["step"], train_loss, lr)
+            self.board.structure(self.state["step"], self.arch, self.model.num_params())
         self.state["metrics"] += 1
         self.state["loss_sum"], self.state["loss_n"] = 0.0, 0
         return train_loss

@@ -1,0 +1,283 @@
+"""Hugging Face transformers integration: growformer models as ``PreTrainedModel``s, and a
+``TrainerCallback`` that runs a structure policy inside ``transformers.Trainer``.
+
+After ``import growformer``, a growformer checkpoint directory loads like any
+transformers model::
+
+    model = AutoModelForSequenceClassification.from_pretrained(checkpoint_dir)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir)
+    pipeline("text-classification", model=checkpoint_dir, tokenizer=checkpoint_dir)
+
+The transformers model *is* the growformer model: it holds the growformer model's own
+modules under the same names (``transformer``, ``classifier`` or ``lm_head``), so the
+weights are the same tensors and the state-dict keys are growformer's, and the
+growformer model itself is :attr:`GrowformerPreTrainedModel.elastic`, which surgery,
+statistics and evaluation take.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import itertools
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+# First: names the extra to install when transformers is missing or too old.
+from growformer.hf_config import GrowformerConfig
+
+# isort: split
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    PreTrainedModel,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
+from transformers.initialization import guard_torch_init_functions
+from transformers.modeling_outputs import CausalLMOutput, SequenceClassifierOutput
+
+import growformer
+from growformer import statistics
+from growformer.errors import ConfigError
+from growformer.model import (
+    ElasticForCausalLM,
+    ElasticForSequenceClassification,
+    ElasticModel,
+)
+from growformer.policies import make_policy
+from growformer.train import apply_events, layer_statistics, probe_loss
+
+__all__ = [
+    "GrowformerCallback",
+    "GrowformerConfig",
+    "GrowformerForCausalLM",
+    "GrowformerForSequenceClassification",
+    "GrowformerPreTrainedModel",
+]
+
+
+class GrowformerPreTrainedModel(PreTrainedModel):
+    """A growformer model inside a transformers ``PreTrainedModel``.
+
+    Args:
+        config: The model's configuration.
+
+    Attributes:
+        elastic: The growformer model, which shares every module with this one: pass it
+            to :mod:`growformer.surgery`, :mod:`growformer.statistics` or
+            :func:`growformer.evaluate`.
+    """
+
+    config_class = GrowformerConfig
+    base_model_prefix = "transformer"
+    main_input_name = "input_ids"
+    _no_split_modules: ClassVar[list[str]] = ["Block"]
+    elastic_class: ClassVar[type[ElasticModel]]
+    elastic: ElasticModel
+
+    def __init__(self, config: GrowformerConfig) -> None:
+        super().__init__(config)
+        elastic = self.elastic_class(config.arch)
+        # The growformer model's modules become this model's (registered once, here, so
+        # the state-dict keys are growformer's); the growformer model itself is kept
+        # outside the module tree.
+        for name, module in elastic.named_children():
+            setattr(self, name, module)
+        object.__setattr__(self, "elastic", elastic)
+        self.post_init()
+
+    @torch.no_grad()
+    def initialize_weights(self) -> None:
+        """growformer's initialisation (:meth:`ElasticModel.init_weights`) of every
+        parameter not loaded from a file, and the loop index buffers, which files lack.
+
+        transformers calls it after building the model and after loading weights, when it
+        marks the loaded parameters: its guard keeps their values.
+        """
+        with guard_torch_init_functions():
+            self.elastic.init_weights()
+        for block in self.transformer.layers:
+            block.set_loops(block.loops, block.looped_heads, block.fade)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.transformer.tok_emb
+
+    def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> None:
+        """``PreTrainedModel.save_pretrained``, with the architecture the model has now
+        (surgery may have changed it since the configuration was written)."""
+        self.config.architecture = self.elastic.arch.to_dict()
+        self.config.growformer_version = growformer.__version__
+        super().save_pretrained(save_directory, *args, **kwargs)
+
+
+class GrowformerForSequenceClassification(GrowformerPreTrainedModel):
+    """A growformer classifier (bidirectional encoder, ``[CLS]`` pooling)."""
+
+    elastic_class = ElasticForSequenceClassification
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+    ) -> SequenceClassifierOutput:
+        """Class logits of each sequence, and the mean cross-entropy when ``labels`` given.
+
+        Args:
+            input_ids: (batch, seq) token ids, ``[CLS]`` first.
+            attention_mask: (batch, seq) 1 for real tokens, 0 for padding.
+            labels: (batch,) class indices.
+        """
+        out = self.elastic(input_ids, attention_mask, labels)
+        return SequenceClassifierOutput(loss=out.loss, logits=out.logits)
+
+
+class GrowformerForCausalLM(GrowformerPreTrainedModel):
+    """A growformer causal language model. Text generation: ``model.elastic.generate``."""
+
+    elastic_class = ElasticForCausalLM
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+    ) -> CausalLMOutput:
+        """Next-token logits at every position, and the loss when ``labels`` given.
+
+        Args:
+            input_ids: (batch, seq) token ids.
+            attention_mask: (batch, seq) 1 for real tokens, 0 for padding.
+            labels: (batch, seq) as transformers has them: the tokens themselves (position
+                ``t`` is predicted at ``t - 1``), -100 where ignored.
+        """
+        # growformer's targets are aligned with the positions that predict them.
+        targets = None if labels is None else F.pad(labels[:, 1:], (0, 1), value=-100)
+        out = self.elastic(input_ids, attention_mask, targets)
+        return CausalLMOutput(loss=out.loss, logits=out.logits)
+
+
+def register() -> None:
+    """Register the growformer classes with transformers' Auto classes (idempotent)."""
+    AutoModelForSequenceClassification.register(
+        GrowformerConfig, GrowformerForSequenceClassification, exist_ok=True
+    )
+    AutoModelForCausalLM.register(GrowformerConfig, GrowformerForCausalLM, exist_ok=True)
+
+
+register()
+
+
+class GrowformerCallback(TrainerCallback):
+    """Runs a growformer structure policy inside ``transformers.Trainer``.
+
+    What :class:`growformer.train.Trainer` does around its optimizer steps, in the
+    Trainer's loop: before training, the policy calibrates on statistics of the first
+    ``calibration_batches`` training batches; during each step's forward passes, the
+    statistics the policy asked for are recorded; after the optimizer step, the policy's
+    events are applied by :mod:`growformer.surgery` to the model and to the Trainer's
+    optimizer (the state of surviving parameters is carried, new slices start at zero).
+
+    The model as given is where the structure starts (a policy's ``initial_arch`` is not
+    applied). Training must run in one process: the structure changes would otherwise
+    have to be made on every rank.
+
+    Args:
+        policy: A policy name (``"incrt"``, ``"sgt"``, ``"a+b"``, see
+            :func:`growformer.policies.make_policy`).
+        options: The policy's options.
+
+    Attributes:
+        policy: The policy.
+        events: The records of the structural changes, in order (as in ``events.jsonl``).
+        stats: The policy's statistics records (as in ``stats.jsonl``).
+    """
+
+    def __init__(self, policy: str, options: dict[str, Any] | None = None) -> None:
+        self.policy = make_policy(policy, options)
+        self.events: list[dict[str, Any]] = []
+        self.stats: list[dict[str, Any]] = []
+        self._calibrated = False
+        self._capture: statistics.Capture | None = None
+        self._batch: dict[str, Tensor] | None = None
+        self._hooks: list[RemovableHandle] = []
+        self._recording = contextlib.ExitStack()
+
+    def on_train_begin(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: nn.Module | None = None,
+        train_dataloader: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(model, GrowformerPreTrainedModel):
+            raise ConfigError(
+                f"GrowformerCallback needs a growformer model, got {type(model).__name__}"
+            )
+        if args.world_size > 1:
+            raise ConfigError(
+                f"GrowformerCallback changes the model's structure in one process, but "
+                f"training runs in {args.world_size}"
+            )
+        n = self.policy.calibration_batches
+        if n and not self._calibrated:
+            batches = itertools.islice(train_dataloader, n)
+            self.policy.calibrate([layer_statistics(model.elastic, [b]) for b in batches])
+            self._calibrated = True
+
+    def on_step_begin(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: nn.Module | None = None,
+        **kwargs: Any,
+    ) -> None:
+        needs = self.policy.needs(state.global_step + 1)
+        n_layers = len(model.elastic.transformer.layers)
+        self._capture = statistics.Capture(n_layers, needs) if needs else None
+        self._hooks = [
+            model.register_forward_pre_hook(self._before_forward, with_kwargs=True),
+            model.register_forward_hook(self._after_forward, always_call=True),
+        ]
+
+    def on_step_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: nn.Module | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        **kwargs: Any,
+    ) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        stats = {} if self._capture is None else self._capture.results(model.elastic)
+        probe = functools.partial(probe_loss, model, self._batch)
+        records = apply_events(
+            model.elastic, optimizer, self.policy, state.global_step, stats, probe
+        )
+        self.events += [r.to_dict() for r in records]
+        self.stats += self.policy.drain_log()
+        self._capture = self._batch = None
+
+    def _before_forward(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        """Keep the step's batch (to measure the changes by) and record its statistics."""
+        inputs = inspect.signature(module.forward).bind(*args, **kwargs).arguments
+        self._batch = {k: v for k, v in inputs.items() if v is not None}
+        if self._capture is not None:
+            watch = self._capture.watch(module.elastic, inputs.get("attention_mask"))
+            self._recording.enter_context(watch)
+
+    def _after_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
+        self._recording.close()

@@ -1,0 +1,199 @@
+"""The part of the Hugging Face integration that needs no ``transformers``.
+
+A checkpoint directory is also a transformers model directory: next to growformer's own
+files it holds a ``config.json`` (:func:`model_config`) and a ``tokenizer_config.json``
+(:func:`tokenizer_config`) in the form transformers reads, and its ``tokenizer.json``
+puts ``[CLS]`` first as growformer's classifiers expect (:func:`transformers_tokenizer`).
+They are written by :mod:`growformer.checkpoint` whether transformers is installed or not.
+
+``import growformer`` calls :func:`register_on_import`: the growformer configuration is
+registered with ``AutoConfig`` when transformers' auto-configuration module is first
+imported, not before, because importing transformers takes seconds (see
+:mod:`growformer.hf_config` for the model classes, registered when a growformer
+configuration is first built).
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.util
+import sys
+import warnings
+from collections.abc import Callable
+from importlib.machinery import ModuleSpec
+from types import ModuleType
+from typing import Any
+
+import tokenizers
+from tokenizers import processors
+
+from growformer.arch import Architecture
+from growformer.data.tokenizer import SPECIAL_TOKENS
+from growformer.errors import DataError
+
+MODEL_TYPE = "growformer"
+# The transformers class of each kind of model (see growformer.hf).
+HF_CLASSES = {
+    "classifier": "GrowformerForSequenceClassification",
+    "causal_lm": "GrowformerForCausalLM",
+}
+AUTO_CONFIG_MODULE = "transformers.models.auto.configuration_auto"
+MISSING_TRANSFORMERS = (
+    "growformer's Hugging Face integration needs transformers: pip install -e '.[hf]'"
+)
+
+
+def model_config(arch: Architecture, label_names: list[str] | None) -> dict[str, Any]:
+    """The transformers ``config.json`` of a model (read by :class:`GrowformerConfig`).
+
+    Args:
+        arch: The model's architecture.
+        label_names: Class ``i`` is ``label_names[i]`` (classifiers), else None.
+
+    Returns:
+        The JSON-ready configuration.
+    """
+    from growformer import __version__  # the package imports this module: not at the top
+
+    config: dict[str, Any] = {
+        "model_type": MODEL_TYPE,
+        "architectures": [HF_CLASSES[arch.kind]],
+        "architecture": arch.to_dict(),
+        "pad_token_id": SPECIAL_TOKENS.index("[PAD]"),
+        "growformer_version": __version__,
+    }
+    if arch.kind == "classifier":
+        names = label_names or [str(i) for i in range(arch.num_labels)]
+        config["id2label"] = dict(enumerate(names))
+        config["label2id"] = {name: i for i, name in enumerate(names)}
+    else:
+        config["eos_token_id"] = SPECIAL_TOKENS.index("[EOS]")
+    return config
+
+
+def tokenizer_config(arch: Architecture) -> dict[str, Any]:
+    """The transformers ``tokenizer_config.json`` that encodes text as growformer does.
+
+    With :func:`transformers_tokenizer` it makes ``AutoTokenizer`` give the ids of
+    :meth:`growformer.data.Tokenizer.encode`: ``[CLS]`` first for classifiers, at most
+    ``arch.max_len`` ids when truncating, and special-token strings in the text encoded
+    as ordinary text (growformer inserts special tokens only by id).
+
+    Args:
+        arch: The model's architecture.
+
+    Returns:
+        The JSON-ready tokenizer configuration.
+    """
+    pad, cls, eos, unk = SPECIAL_TOKENS
+    return {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "cls_token": cls,
+        "eos_token": eos,
+        "pad_token": pad,
+        "unk_token": unk,
+        "split_special_tokens": True,
+        "model_max_length": arch.max_len,
+        "padding_side": "right",
+        "truncation_side": "right",
+        "model_input_names": ["input_ids", "attention_mask"],
+        "clean_up_tokenization_spaces": False,
+    }
+
+
+def transformers_tokenizer(tokenizer_json: str, arch: Architecture) -> str:
+    """A checkpoint's ``tokenizer.json``: growformer's tokenizer (``tokenizer_json``, see
+    :meth:`growformer.data.Tokenizer.to_json`) with, for classifiers, the template that
+    makes transformers put ``[CLS]`` first (growformer inserts it itself, by id)."""
+    if arch.kind != "classifier":
+        return tokenizer_json
+    tok = tokenizers.Tokenizer.from_str(tokenizer_json)
+    cls = SPECIAL_TOKENS[1]
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{cls} $A", pair=f"{cls} $A $B:1", special_tokens=[(cls, 1)]
+    )
+    return tok.to_str()
+
+
+def growformer_tokenizer(text: str) -> str:
+    """growformer's tokenizer JSON from a checkpoint's ``tokenizer.json`` (the inverse of
+    :func:`transformers_tokenizer`: the same bytes as ``Tokenizer.to_json``)."""
+    try:
+        tok = tokenizers.Tokenizer.from_str(text)
+    except Exception as e:  # the Rust side raises bare Exception for any parse error
+        raise DataError(f"tokenizer JSON is invalid: {str(e).splitlines()[0]}") from None
+    tok.post_processor = None
+    return tok.to_str()
+
+
+def register_on_import() -> None:
+    """Register growformer with transformers' ``AutoConfig`` once transformers' auto
+    classes are imported (at once if they already are); imports nothing itself."""
+    module = sys.modules.get(AUTO_CONFIG_MODULE)
+    if module is not None:
+        _register(module)
+    elif not any(isinstance(f, _AfterImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImport(AUTO_CONFIG_MODULE, _register))
+
+
+def _register(module: ModuleType) -> None:
+    version = getattr(sys.modules.get("transformers"), "__version__", "0")
+    if int(version.split(".")[0]) < 5:
+        return  # growformer.hf names the version it needs when it is imported
+    try:
+        from growformer.hf_config import GrowformerConfig
+
+        module.AutoConfig.register(MODEL_TYPE, GrowformerConfig, exist_ok=True)
+    except Exception as e:
+        # This runs inside the user's import of transformers: a failure here must not
+        # break transformers itself.
+        warnings.warn(
+            f"growformer could not register its model type with transformers "
+            f"{version}: {type(e).__name__}: {e}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Calls ``callback(module)`` right after the module ``name`` is first imported.
+
+    Args:
+        name: Full module name.
+        callback: Called with the module once it has been executed.
+    """
+
+    def __init__(self, name: str, callback: Callable[[ModuleType], None]) -> None:
+        self.name = name
+        self.callback = callback
+
+    def find_spec(
+        self, fullname: str, path: Any = None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
+        if fullname != self.name:
+            return None
+        # Out of the way first: the search below asks the other finders, not this one.
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _ThenCall(spec.loader, self.callback)
+        return spec
+
+
+class _ThenCall(importlib.abc.Loader):
+    """A module loader that calls ``callback(module)`` after the wrapped loader ran it."""
+
+    def __init__(self, loader: importlib.abc.Loader, callback: Callable[[ModuleType], None]):
+        self.loader = loader
+        self.callback = callback
+
+    def create_module(self, spec: ModuleSpec) -> ModuleType | None:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        self.loader.exec_module(module)
+        self.callback(module)
+
+    def __getattr__(self, name: str) -> Any:
+        # get_source and friends (tracebacks show the module's lines through them).
+        return getattr(self.loader, name)

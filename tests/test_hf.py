@@ -1,0 +1,338 @@
+"""Hugging Face transformers: growformer checkpoints as transformers models and tokenizers,
+in ``Trainer`` and ``pipeline``, and structure policies inside ``transformers.Trainer``."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers", minversion="5")
+
+import torch
+from helpers import KINDS, MAX_LEN, VARIANTS, VOCAB, arch, batch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    pipeline,
+)
+
+import growformer
+from growformer import checkpoint, surgery
+from growformer.data import Tokenizer
+from growformer.errors import ConfigError
+from growformer.hf import (
+    GrowformerCallback,
+    GrowformerConfig,
+    GrowformerForCausalLM,
+    GrowformerForSequenceClassification,
+)
+from growformer.model import build_model
+from growformer.train import TrainConfig
+from growformer.train import Trainer as GrowformerTrainer
+
+AUTO = {"classifier": AutoModelForSequenceClassification, "causal_lm": AutoModelForCausalLM}
+CLASSES = {"classifier": GrowformerForSequenceClassification, "causal_lm": GrowformerForCausalLM}
+LABELS = ["negative", "neutral", "positive"]
+# Text the tokenizers must encode alike besides the SST-2 sentences: special-token strings
+# (ordinary text to growformer), text longer than the model, odd characters, nothing.
+EDGE_TEXTS = [
+    "a [CLS] literal [PAD] and [EOS] [UNK] tokens",
+    "  leading and trailing spaces  ",
+    "a long review " * 80,
+    "émigré naïve 日本語 🙂",
+    "",
+]
+
+
+def _save(directory: Path, model: torch.nn.Module) -> Path:
+    """A growformer checkpoint of ``model``, as the trainer writes it."""
+    words = Tokenizer.word_level([f"w{i}" for i in range(VOCAB - 4)])
+    classifier = model.kind == "classifier"
+    return checkpoint.save(
+        directory,
+        step=0,
+        model=model,
+        optimizer=torch.optim.AdamW(model.parameters()),
+        config=TrainConfig().to_dict(),
+        tokenizer_json=words.to_json(),
+        task={
+            "name": "file" if classifier else "lm",
+            "kind": "classification" if classifier else "lm",
+            "label_names": LABELS if classifier else None,
+            "max_len": MAX_LEN,
+            "info": {},
+        },
+        trainer_state={"step": 0},
+    )
+
+
+def _loaded(auto: type, directory: Path) -> torch.nn.Module:
+    model, info = auto.from_pretrained(directory, output_loading_info=True)
+    assert info == {
+        "missing_keys": set(),
+        "unexpected_keys": set(),
+        "mismatched_keys": set(),
+        "error_msgs": [],
+    }
+    return model
+
+
+def _logits(model: torch.nn.Module, b: dict[str, torch.Tensor]) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=b["input_ids"], attention_mask=b.get("attention_mask")).logits
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_checkpoint_is_a_transformers_model(tmp_path, kind, variant):
+    torch.manual_seed(0)
+    model = build_model(arch(kind, variant)).eval()
+    surgery.advance(model, 3)  # a fade (variant "fading") part-way: its level is a buffer
+    hf = _loaded(AUTO[kind], _save(tmp_path / "run", model))
+    assert type(hf) is CLASSES[kind] and not hf.training
+    assert hf.elastic.arch == model.arch
+    b = batch(kind)
+    expected = _logits(model, b)
+    assert (_logits(hf, b) - expected).abs().max() <= 1e-6
+    hf.save_pretrained(tmp_path / "hf")
+    again = _loaded(AUTO[kind], tmp_path / "hf")
+    assert [layer.heads for layer in again.elastic.arch.layers] == [
+        layer.heads for layer in model.arch.layers
+    ]
+    assert again.elastic.arch == model.arch
+    assert (_logits(again, b) - expected).abs().max() <= 1e-6
+    # The keys are growformer's own: the transformers weights load into a growformer model.
+    plain = build_model(model.arch).eval()
+    checkpoint.load_weights(plain, tmp_path / "hf" / "model.safetensors")
+    assert torch.equal(_logits(plain, b), expected)
+
+
+def test_losses_follow_transformers_conventions(tmp_path):
+    torch.manual_seed(0)
+    classifier = build_model(arch("classifier", "nonuniform")).eval()
+    hf = _loaded(AutoModelForSequenceClassification, _save(tmp_path / "c", classifier))
+    assert hf.config.id2label == dict(enumerate(LABELS))
+    assert hf.config.label2id == {name: i for i, name in enumerate(LABELS)}
+    b = batch("classifier")
+    with torch.no_grad():
+        assert torch.equal(hf(**b).loss, classifier(**b).loss)
+    lm = build_model(arch("causal_lm", "looped")).eval()
+    hf = _loaded(AutoModelForCausalLM, _save(tmp_path / "lm", lm))
+    ids = batch("causal_lm")["input_ids"]
+    # transformers' labels are the inputs; growformer's, the next tokens.
+    targets = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -100)], 1)
+    with torch.no_grad():
+        assert torch.equal(hf(input_ids=ids, labels=ids).loss, lm(ids, labels=targets).loss)
+
+
+def test_new_labels_draw_only_the_new_classifier(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(arch("classifier", "uniform"))
+    hf, info = AutoModelForSequenceClassification.from_pretrained(
+        _save(tmp_path, model), num_labels=5, ignore_mismatched_sizes=True, output_loading_info=True
+    )
+    assert {key for key, *_ in info["mismatched_keys"]} == {"classifier.weight", "classifier.bias"}
+    assert hf.elastic.arch.num_labels == 5
+    for name, value in model.state_dict().items():
+        if not name.startswith("classifier."):
+            assert torch.equal(hf.state_dict()[name], value), name
+    assert hf.classifier.bias.abs().max() == 0
+    assert 0.015 < hf.classifier.weight.std().item() < 0.025  # growformer's N(0, 0.02^2)
+
+
+def test_configuration_round_trips(tmp_path):
+    model = build_model(arch("classifier", "compressed"))
+    config = AutoConfig.from_pretrained(_save(tmp_path, model))
+    assert type(config) is GrowformerConfig
+    assert config.arch == model.arch
+    assert config.pad_token_id == 0
+    assert config.growformer_version == growformer.__version__
+    config.save_pretrained(tmp_path / "again")
+    assert AutoConfig.from_pretrained(tmp_path / "again").arch == model.arch
+
+
+@pytest.fixture(scope="module")
+def sst2_checkpoint(sst2_dir, tmp_path_factory) -> Path:
+    """A growformer SST-2 checkpoint (one head per layer) as the trainer writes it."""
+    cfg = TrainConfig.from_dict(
+        {
+            "task": "sst2",
+            "data_dir": str(sst2_dir),
+            "task_options": {"train_limit": 1000},
+            "vocab_size": 1000,
+            "max_len": 48,
+            "model": {"d_model": 32, "n_layers": 2, "heads": 1, "head_dim": 8, "ffn_dim": 64},
+            "device": "cpu",
+        }
+    )
+    return GrowformerTrainer(cfg, tmp_path_factory.mktemp("sst2")).save()
+
+
+def _sentences(sst2_dir: Path, split: str, n: int) -> list[tuple[str, int]]:
+    lines = (sst2_dir / f"{split}.tsv").read_text().splitlines()[1 : n + 1]
+    return [(text, int(label)) for text, label in (line.split("\t") for line in lines)]
+
+
+def test_auto_tokenizer_encodes_like_growformer(sst2_checkpoint, sst2_dir):
+    ckpt = checkpoint.load(sst2_checkpoint)
+    texts = [text for text, _ in _sentences(sst2_dir, "dev", 1000)] + EDGE_TEXTS
+    max_len = ckpt.model.arch.max_len
+    expected = Tokenizer.from_json(ckpt.tokenizer_json).encode(texts, add_cls=True, max_len=max_len)
+    tokenizer = AutoTokenizer.from_pretrained(sst2_checkpoint)
+    assert tokenizer.model_max_length == max_len
+    assert tokenizer(texts, truncation=True)["input_ids"] == expected
+    padded = tokenizer(texts[:2], padding=True, return_tensors="pt")
+    assert set(padded) == {"input_ids", "attention_mask"}
+    short = min(len(ids) for ids in expected[:2])
+    assert padded["input_ids"][:, short:][padded["attention_mask"][:, short:] == 0].eq(0).all()
+
+
+def test_text_classification_pipeline(sst2_checkpoint, sst2_dir):
+    ckpt = checkpoint.load(sst2_checkpoint)
+    texts = [text for text, _ in _sentences(sst2_dir, "dev", 4)]
+    classify = pipeline(
+        "text-classification", model=str(sst2_checkpoint), tokenizer=str(sst2_checkpoint)
+    )
+    results = classify(texts)
+    tokenizer = Tokenizer.from_json(ckpt.tokenizer_json)
+    model = ckpt.model.eval()
+    for text, result in zip(texts, results, strict=True):
+        ids = torch.tensor(tokenizer.encode([text], add_cls=True, max_len=None))
+        with torch.no_grad():
+            probs = model(ids).logits.softmax(-1)[0]
+        assert result["label"] == ckpt.task["label_names"][probs.argmax()]
+        assert result["score"] == pytest.approx(probs.max().item(), abs=1e-6)
+
+
+class _OptimizerWatch(TrainerCallback):
+    """Keeps the optimizer state after each optimizer step, and the steps whose structural
+    events (applied before this callback's ``on_step_end``) kept it."""
+
+    def __init__(self) -> None:
+        self.carried: list[int] = []
+
+    def on_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self.params = dict(model.named_parameters())
+        self.state = {
+            n: {k: v.clone() for k, v in optimizer.state[p].items()} for n, p in self.params.items()
+        }
+
+    def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+        now = dict(model.named_parameters())
+        if all(now[n] is p for n, p in self.params.items()):
+            return
+        for name, p in now.items():
+            before, after = self.state[name], optimizer.state[p]
+            for key in ("exp_avg", "exp_avg_sq"):
+                kept = tuple(slice(0, n) for n in before[key].shape)
+                assert torch.equal(after[key][kept], before[key]), (name, key)
+                new = after[key].clone()
+                new[kept] = 0
+                assert new.eq(0).all(), (name, key)  # a new head's slices start at zero
+            assert torch.equal(after["step"], before["step"])
+        self.carried.append(state.global_step)
+
+
+def _train(model, tokenizer, rows, callbacks, output_dir: Path, steps: int) -> float:
+    encoded = tokenizer([text for text, _ in rows], truncation=True)
+    data = [
+        {"input_ids": ids, "attention_mask": mask, "labels": label}
+        for ids, mask, (_, label) in zip(
+            encoded["input_ids"], encoded["attention_mask"], rows, strict=True
+        )
+    ]
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        max_steps=steps,
+        per_device_train_batch_size=16,
+        learning_rate=1e-3,
+        logging_steps=5,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=data,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        callbacks=callbacks,
+    )
+    return trainer.train().training_loss
+
+
+def test_incrt_grows_heads_inside_transformers_trainer(sst2_checkpoint, sst2_dir, tmp_path):
+    model = AutoModelForSequenceClassification.from_pretrained(sst2_checkpoint)
+    tokenizer = AutoTokenizer.from_pretrained(sst2_checkpoint)
+    before = [layer.heads for layer in model.elastic.arch.layers]
+    incrt = GrowformerCallback(
+        "incrt", {"check_every": 2, "calibration_batches": 2, "min_refractory": 4}
+    )
+    watch = _OptimizerWatch()
+    rows = _sentences(sst2_dir, "train", 480)
+    loss = _train(model, tokenizer, rows, [incrt, watch], tmp_path / "out", steps=30)
+    assert math.isfinite(loss)
+    grown = [e for e in incrt.events if e["op"] == "add_head"]
+    assert grown and all(e["init"] == "function_preserving" for e in grown)
+    after = [layer.heads for layer in model.elastic.arch.layers]
+    assert sum(after) == sum(before) + len(grown)
+    assert watch.carried == sorted({e["step"] for e in incrt.events})
+    assert incrt.stats and {r["layer"] for r in incrt.stats} == {0, 1}
+    # The grown model saves and loads as such.
+    model.save_pretrained(tmp_path / "grown")
+    again = AutoModelForSequenceClassification.from_pretrained(tmp_path / "grown")
+    assert [layer.heads for layer in again.elastic.arch.layers] == after
+    b = tokenizer([text for text, _ in rows[:8]], padding=True, return_tensors="pt")
+    assert torch.equal(_logits(again, b), _logits(model.eval(), b))
+
+
+def test_sgt_loops_a_layer_inside_transformers_trainer(sst2_checkpoint, sst2_dir, tmp_path):
+    model = AutoModelForSequenceClassification.from_pretrained(sst2_checkpoint)
+    tokenizer = AutoTokenizer.from_pretrained(sst2_checkpoint)
+    sgt = GrowformerCallback(
+        "sgt", {"warmup": 4, "window": 4, "top_layers": 1, "kept_heads": 1, "stat_steps": 2}
+    )
+    loss = _train(model, tokenizer, _sentences(sst2_dir, "train", 160), [sgt], tmp_path, 6)
+    assert math.isfinite(loss)
+    assert [(e["op"], e["step"], e["layer"]) for e in sgt.events] == [("set_loops", 4, 1)]
+    assert model.elastic.arch.layers[1].loops == 1
+
+
+def test_callback_refuses_what_it_cannot_run(tmp_path):
+    with pytest.raises(ConfigError, match="unknown policy 'nope'"):
+        GrowformerCallback("nope")
+    with pytest.raises(ConfigError, match="has no option"):
+        GrowformerCallback("incrt", {"check_evry": 2})
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    with pytest.raises(ConfigError, match="needs a growformer model, got Linear"):
+        GrowformerCallback("incrt").on_train_begin(args, None, None, model=torch.nn.Linear(2, 2))
+
+
+def test_import_registers_without_importing_transformers(tmp_path):
+    """In a fresh process: ``import growformer`` leaves transformers alone, and the Auto
+    classes know growformer however transformers is imported later."""
+    ckpt = _save(tmp_path, build_model(arch("classifier", "looped")))
+    code = f"""
+import sys
+import growformer
+assert "transformers" not in sys.modules
+import transformers.modeling_utils  # imports the Auto configuration half-way through
+from transformers import AutoModelForSequenceClassification
+model = AutoModelForSequenceClassification.from_pretrained({str(ckpt)!r})
+print(type(model).__name__)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["GrowformerForSequenceClassification"]
