@@ -57,6 +57,18 @@ def incrt_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def sst2_incrt_run(sst2_dir, tmp_path_factory) -> Path:
+    """INCRT on real SST-2 sentences (the first 800 training rows, a user table)."""
+    out = tmp_path_factory.mktemp("sst2")
+    table = out.parent / f"{out.name}.tsv"
+    table.write_text("".join((sst2_dir / "train.tsv").read_text().splitlines(True)[:801]))
+    cfg = config("incrt", INCRT, task="file", data_file=str(table), task_options={})
+    cfg.update(steps=60, decay_steps=60, eval_every=20, checkpoint_every=60, vocab_size=1000)
+    train(TrainConfig.from_dict(cfg), out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
 def sgt_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sgt")
     train(TrainConfig.from_dict(config("sgt", SGT)), out, progress=False)
@@ -126,7 +138,7 @@ def _chromium() -> str:
     pytest.skip("no Chromium binary found (apt-get install chromium)")
 
 
-@pytest.mark.parametrize("run", ["incrt_run", "sgt_run"])
+@pytest.mark.parametrize("run", ["incrt_run", "sst2_incrt_run", "sgt_run"])
 def test_report_renders_in_headless_chromium(run, request, tmp_path):
     chromium = _chromium()
     page = (request.getfixturevalue(run) / "report" / "index.html").read_text()
