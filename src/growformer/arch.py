@@ -226,8 +226,10 @@ class Architecture:
     def from_json(cls, text: str) -> Architecture:
         try:
             d = json.loads(text)
-        except json.JSONDecodeError as e:
+        except ValueError as e:  # JSONDecodeError, or an integer beyond the 4300-digit limit
             raise ArchitectureError(f"architecture is not valid JSON: {e}") from None
+        except RecursionError:
+            raise ArchitectureError("architecture JSON is nested too deeply") from None
         return cls.from_dict(d)
 
     def save(self, path: str | Path) -> None:

@@ -76,34 +76,47 @@ class Checkpoint:
 
     def load_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """Restore the optimizer state saved with this checkpoint."""
-        meta = _read_json(self.path / "optimizer.json")
+        meta = _read_object(self.path / "optimizer.json")
         if meta.get("type") != type(optimizer).__name__:
             raise CheckpointError(
                 f"{self.path}: optimizer is {meta.get('type')!r}, not {type(optimizer).__name__}"
             )
         tensors = _load_tensors(self.path / "optimizer.safetensors")
         state: dict[int, dict[str, Any]] = {}
-        for key, value in tensors.items():
-            _, idx, name = key.split(".", 2)
-            state.setdefault(int(idx), {})[name] = value
-        for idx, values in meta["state"].items():
-            state.setdefault(int(idx), {}).update(values)
-        groups = [
-            {k: v if k == "params" or not isinstance(v, list) else tuple(v) for k, v in g.items()}
-            for g in meta["param_groups"]
-        ]
+        try:
+            for key, value in tensors.items():
+                _, idx, name = key.split(".", 2)
+                state.setdefault(int(idx), {})[name] = value
+            for idx, values in meta["state"].items():
+                state.setdefault(int(idx), {}).update(values)
+            groups = [
+                {
+                    k: v if k == "params" or not isinstance(v, list) else tuple(v)
+                    for k, v in g.items()
+                }
+                for g in meta["param_groups"]
+            ]
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{self.path}: optimizer state is malformed: {e!r}") from None
         try:
             optimizer.load_state_dict({"state": state, "param_groups": groups})
-        except (ValueError, KeyError) as e:
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:
             raise CheckpointError(
                 f"{self.path}: optimizer state does not fit the model: {e}"
             ) from None
 
     def restore_rng(self) -> None:
         """Put the torch random generators back where they were at save time."""
-        tensors = _load_tensors(self.path / "rng.safetensors")
-        torch.set_rng_state(tensors["torch_cpu"])
+        path = self.path / "rng.safetensors"
+        tensors = _load_tensors(path)
+        current = torch.get_rng_state()
+        saved = tensors.get("torch_cpu")
+        if saved is None or saved.dtype != current.dtype or saved.shape != current.shape:
+            raise CheckpointError(f"{path}: no CPU generator state of the expected shape")
         cuda = [tensors[k] for k in sorted(tensors) if k.startswith("cuda.")]
+        if any(t.dtype != torch.uint8 for t in cuda):
+            raise CheckpointError(f"{path}: a CUDA generator state is not bytes")
+        torch.set_rng_state(saved)
         if cuda and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(cuda)
 
@@ -168,7 +181,10 @@ def resolve(path: str | Path) -> Path:
         return p
     latest = p / "checkpoints" / LATEST
     if latest.is_file():
-        name = latest.read_text().strip()
+        name = _read_text(latest).strip()
+        # LATEST is data: it may only name a directory beside it, never lead elsewhere.
+        if name in ("", ".", "..") or Path(name).name != name:
+            raise CheckpointError(f"{latest} names {name!r}, not a checkpoint directory beside it")
         target = p / "checkpoints" / name
         if not (target / "manifest.json").is_file():
             raise CheckpointError(f"{latest} points to {name!r}, which is missing or incomplete")
@@ -181,16 +197,22 @@ def resolve(path: str | Path) -> Path:
 def read_config(path: str | Path) -> dict[str, Any]:
     """The training configuration of a checkpoint, without loading its tensors."""
     ckpt_dir = resolve(path)
-    return _read_json(ckpt_dir / _train_config_name(_read_json(ckpt_dir / "manifest.json")))
+    return _read_object(ckpt_dir / _train_config_name(_read_object(ckpt_dir / "manifest.json")))
 
 
 def load(path: str | Path) -> Checkpoint:
     """Load and verify a checkpoint (run directory or checkpoint directory)."""
     ckpt_dir = resolve(path)
-    manifest = _read_json(ckpt_dir / "manifest.json")
+    manifest = _read_object(ckpt_dir / "manifest.json")
     if manifest.get("format") not in FORMATS or not isinstance(manifest.get("files"), dict):
         raise CheckpointError(f"{ckpt_dir}: unknown checkpoint format {manifest.get('format')!r}")
     for name, expected in manifest["files"].items():
+        if Path(name).name != name or name in (".", ".."):
+            raise CheckpointError(
+                f"{ckpt_dir}: manifest names {name!r}, not a file of the checkpoint"
+            )
+        if not isinstance(expected, dict) or not {"bytes", "sha256"} <= expected.keys():
+            raise CheckpointError(f"{ckpt_dir}: manifest entry of {name} lacks bytes and sha256")
         f = ckpt_dir / name
         if not f.is_file():
             raise CheckpointError(f"{ckpt_dir}: file {name} is missing")
@@ -206,26 +228,51 @@ def load(path: str | Path) -> Checkpoint:
         arch = Architecture.from_dict(_read_json(ckpt_dir / "architecture.json"))
     except ArchitectureError as e:
         raise CheckpointError(f"{ckpt_dir}: invalid architecture.json: {e}") from None
+    # Shapes first, on the meta device: an architecture.json that asks for more weights
+    # than the file holds is refused before anything of its size is allocated.
+    with torch.device("meta"):
+        expected = build_model(arch).state_dict()
+    tensors = _load_tensors(ckpt_dir / "model.safetensors")
+    _check_weights(ckpt_dir / "model.safetensors", tensors, expected)
     model = build_model(arch)
-    load_weights(model, ckpt_dir / "model.safetensors")
+    model.load_state_dict(tensors)
     try:
-        tokenizer_json = growformer_tokenizer((ckpt_dir / "tokenizer.json").read_text())
+        tokenizer_json = growformer_tokenizer(_read_text(ckpt_dir / "tokenizer.json"))
     except DataError as e:
         raise CheckpointError(f"{ckpt_dir}: tokenizer.json: {e}") from None
+    task = _read_object(ckpt_dir / "task.json")
+    if not isinstance(task.get("name"), str) or not isinstance(task.get("info", {}), dict):
+        raise CheckpointError(f"{ckpt_dir}: task.json needs a 'name' string and an 'info' object")
+    names = task.get("label_names")
+    if names is not None and not (
+        isinstance(names, list) and all(isinstance(n, str) for n in names)
+    ):
+        raise CheckpointError(f"{ckpt_dir}: task.json label_names must be a list of strings")
+    trainer_state = _read_object(ckpt_dir / "trainer_state.json")
+    step = trainer_state.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"{ckpt_dir}: trainer_state.json step must be an integer >= 0")
     return Checkpoint(
         path=ckpt_dir,
         model=model,
-        config=_read_json(ckpt_dir / _train_config_name(manifest)),
+        config=_read_object(ckpt_dir / _train_config_name(manifest)),
         tokenizer_json=tokenizer_json,
-        task=_read_json(ckpt_dir / "task.json"),
-        trainer_state=_read_json(ckpt_dir / "trainer_state.json"),
+        task=task,
+        trainer_state=trainer_state,
     )
 
 
 def load_weights(model: ElasticModel, path: str | Path) -> None:
     """Load safetensors weights, refusing any tensor that disagrees with the architecture."""
     tensors = _load_tensors(Path(path))
-    expected = model.state_dict()
+    _check_weights(path, tensors, model.state_dict())
+    model.load_state_dict(tensors)
+
+
+def _check_weights(
+    path: str | Path, tensors: dict[str, Tensor], expected: dict[str, Tensor]
+) -> None:
+    """Refuse weights that are missing, extra, of another shape or dtype, or not finite."""
     for name, ref in expected.items():
         if name not in tensors:
             raise CheckpointError(f"{path}: tensor {name} is missing")
@@ -239,10 +286,11 @@ def load_weights(model: ElasticModel, path: str | Path) -> None:
             raise CheckpointError(
                 f"{path}: tensor {name} has dtype {got.dtype}, expected {ref.dtype}"
             )
+        if got.is_floating_point() and not torch.isfinite(got).all():
+            raise CheckpointError(f"{path}: tensor {name} holds NaN or infinite values")
     extra = sorted(tensors.keys() - expected.keys())
     if extra:
         raise CheckpointError(f"{path}: tensor {extra[0]} is not part of the architecture")
-    model.load_state_dict(tensors)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -287,13 +335,30 @@ def _load_tensors(path: Path) -> dict[str, Tensor]:
         raise CheckpointError(f"cannot read {path}: {e}") from None
 
 
-def _read_json(path: Path) -> Any:
+def _read_text(path: Path) -> str:
     try:
-        return json.loads(path.read_text())
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint file {path} is missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"checkpoint file {path} is not UTF-8 text: {e}") from None
+
+
+def _read_json(path: Path) -> Any:
+    text = _read_text(path)
+    try:
+        return json.loads(text)
+    except ValueError as e:  # JSONDecodeError, or an integer beyond the 4300-digit limit
         raise CheckpointError(f"checkpoint file {path} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise CheckpointError(f"checkpoint file {path} is nested too deeply") from None
+
+
+def _read_object(path: Path) -> dict[str, Any]:
+    value = _read_json(path)
+    if not isinstance(value, dict):
+        raise CheckpointError(f"checkpoint file {path} must hold a JSON object")
+    return value
 
 
 def _write_json(path: Path, obj: Any) -> None:

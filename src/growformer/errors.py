@@ -27,3 +27,7 @@ class SurgeryError(GrowformerError, ValueError):
 
 class ExportError(GrowformerError, ValueError):
     """A model cannot be exported (structure still changing, exporter missing, bad path)."""
+
+
+class DivergenceError(GrowformerError, ArithmeticError):
+    """Training met a non-finite loss or gradient and stopped before it reached the weights."""

@@ -36,14 +36,15 @@ from growformer import checkpoint, statistics, surgery
 from growformer.arch import Architecture, layer_from_dict
 from growformer.data import BatchStream, TaskData, eval_batches, load_task
 from growformer.distributed import DistributedError, Ranks
-from growformer.errors import ArchitectureError, ConfigError, DataError
+from growformer.errors import ArchitectureError, ConfigError, DataError, DivergenceError
 from growformer.flops import train_step_flops, without_loops
 from growformer.model import ATTN_INITS, ElasticModel, build_model
 from growformer.policies import Policy, make_policy
 from growformer.report import TensorBoardLog, write_report
 from growformer.statistics import InputCapture, LayerStats, capture_inputs, layer_stats
 
-# Settings that may differ between a run and its resumption (they do not change the math).
+# Settings that may differ between a run and its resumption (they do not change the math,
+# or change it only from the resumption on, as the user means to: a fault's handling, a cap).
 RESUMABLE_CHANGES = frozenset(
     {
         "steps",
@@ -53,9 +54,14 @@ RESUMABLE_CHANGES = frozenset(
         "log_every",
         "compile",
         "tensorboard",
+        "on_nonfinite",
+        "max_nonfinite_skips",
+        "max_params",
+        "max_heads_per_layer",
     }
 )
 PRECISIONS = ("fp32", "bf16")
+ON_NONFINITE = ("stop", "skip")
 
 
 @dataclass
@@ -124,6 +130,14 @@ class TrainConfig:
             ``torch.compile``; compiled again after each structural change.
         tensorboard: Also write the training statistics to ``RUN/tensorboard`` for
             TensorBoard (see :class:`growformer.report.TensorBoardLog`).
+        on_nonfinite: What a step whose loss or gradient norm is not finite does, before
+            its optimizer step: ``"stop"`` the run (:class:`DivergenceError`; the last
+            checkpoint stays the newest), or ``"skip"`` the batch (logged in
+            metrics.jsonl) and go on.
+        max_nonfinite_skips: Most batches skipped in a row; one more non-finite step stops.
+        max_params: Parameter budget: a structural change that would exceed it is refused
+            (logged in stats.jsonl) and training goes on; None: no budget.
+        max_heads_per_layer: Head budget of each layer, enforced the same way; None: none.
         task_options: Task-specific options.
         policy_options: Policy-specific options.
         model: Initial model shape.
@@ -153,6 +167,10 @@ class TrainConfig:
     precision: str = "fp32"
     compile: bool = False
     tensorboard: bool = False
+    on_nonfinite: str = "stop"
+    max_nonfinite_skips: int = 10
+    max_params: int | None = None
+    max_heads_per_layer: int | None = None
     task_options: dict[str, Any] = field(default_factory=dict)
     policy_options: dict[str, Any] = field(default_factory=dict)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -167,9 +185,17 @@ class TrainConfig:
             "log_every",
             "max_len",
             "vocab_size",
+            "max_nonfinite_skips",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("max_params", "max_heads_per_layer"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive or null, got {getattr(self, name)}")
+        if self.on_nonfinite not in ON_NONFINITE:
+            raise ConfigError(
+                f"on_nonfinite must be one of {', '.join(ON_NONFINITE)}, got {self.on_nonfinite!r}"
+            )
         for name in ("warmup_steps", "weight_decay", "grad_clip", "seed"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -200,8 +226,11 @@ def read_json(path: str | Path, what: str) -> Any:
         return json.loads(p.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{what} {p} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    # ValueError: also integers beyond Python's 4300-digit parsing limit.
+    except (OSError, UnicodeDecodeError, ValueError) as e:
         raise ConfigError(f"{what} {p} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{what} {p} is nested too deeply") from None
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
@@ -351,12 +380,14 @@ def apply_events(
     step: int,
     stats: dict[str, Any],
     probe: Callable[[], float],
+    refuse: Callable[[surgery.Event], str | None] | None = None,
 ) -> list[surgery.Event]:
     """Apply the structural changes due once ``step`` optimizer steps are done.
 
     First the fades that are over (:func:`surgery.advance`), then the policy's turns
     (:meth:`Policy.decide_from`); the records of each turn are shown to
-    :meth:`Policy.observe` before the next turn is asked for.
+    :meth:`Policy.observe` before the next turn is asked for, and the requests refused
+    to :meth:`Policy.refused`.
 
     Args:
         model: The model that surgery changes.
@@ -366,6 +397,8 @@ def apply_events(
         stats: The statistics captured during the step (name -> per-layer values).
         probe: The loss a change is measured by, called just before and just after it
             (the record's ``loss_before`` and ``loss_after``).
+        refuse: Why a request must not be applied (a budget it would exceed), or None to
+            apply it; None: every request is applied.
 
     Returns:
         The records of the changes, in the order applied (``step`` filled in).
@@ -373,17 +406,28 @@ def apply_events(
     applied: list[surgery.Event] = []
     turns = itertools.chain([surgery.advance(model, step)], policy.decide_from(step, stats))
     for requests in turns:
-        records = []
+        records, refused = [], []
         for request in requests:
             request.step = step
+            if refuse is not None and refuse(request) is not None:
+                refused.append(request)
+                continue
             loss_before = probe()
             record = surgery.apply(model, optimizer, request)
             record.loss_before, record.loss_after = loss_before, probe()
             records.append(record)
+        if refused:
+            policy.refused(refused)
         if records:
             policy.observe(records)
             applied += records
     return applied
+
+
+def param_count(arch: Architecture) -> int:
+    """Parameters of a model of ``arch``, counted without allocating its weights."""
+    with torch.device("meta"):
+        return build_model(arch).num_params()
 
 
 @torch.no_grad()
@@ -512,6 +556,7 @@ class Trainer:
             if attn_init not in ATTN_INITS:
                 raise ConfigError(f"model.attn_init must be one of {ATTN_INITS}, got {attn_init!r}")
             self.model = build_model(arch, attn_init)
+            _check_budget(self.model.arch, cfg)
         self.model.to(self.device).train()
         # What the training step calls: the model, or a data-parallel wrapper around it,
         # and its compiled form (built at the first step that uses it).
@@ -529,6 +574,8 @@ class Trainer:
             "loss_sum": 0.0,
             "loss_n": 0,
             "stats": 0,
+            # Non-finite steps skipped in a row (on_nonfinite="skip").
+            "nonfinite_skips": 0,
         }
         if ckpt is not None:
             ckpt.load_optimizer(self.optimizer)
@@ -537,6 +584,7 @@ class Trainer:
             # Checkpoints from before the baseline was kept start it at train_flops (exact
             # for runs without loops).
             saved.setdefault("train_flops_no_loops", saved["train_flops"])
+            saved.setdefault("nonfinite_skips", 0)
             self.state = {k: saved[k] for k in self.state}
             random.setstate(_tuple_state(ckpt.trainer_state["python_rng"]))
             ckpt.restore_rng()
@@ -577,7 +625,9 @@ class Trainer:
                 step = self.state["step"]
                 # A signal reaches the ranks at different steps: they stop together.
                 stopping = self.ranks.any(bool(stop))
-                if step % cfg.log_every == 0 or step == cfg.steps:
+                # Skipped batches leave no loss to log (the same on every rank).
+                logging = step % cfg.log_every == 0 or step == cfg.steps
+                if logging and self.state["loss_n"]:
                     train_loss = self._log_train_loss(lr)
                     bar.set_postfix(
                         loss=f"{train_loss:.3f}", heads=_heads(self.arch), refresh=False
@@ -675,21 +725,33 @@ class Trainer:
         ):
             loss = self._step_module(needs)(**batch).loss
         loss.backward()
-        if self.cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.optimizer.step()
+        # An infinite limit measures the norm and scales by exactly 1.0: nothing clipped.
+        limit = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), limit)
+        # Before the optimizer step, which would carry the non-finite values into the
+        # weights; decided on all ranks together (a loss may be non-finite on one only).
+        finite = not self.ranks.any(not torch.isfinite(loss.detach() + grad_norm).item())
+        if finite:
+            self.optimizer.step()
+            self.state["nonfinite_skips"] = 0
+        else:
+            self._nonfinite(loss.item(), grad_norm.item())
         self.optimizer.zero_grad(set_to_none=True)
         shape = full["input_ids"].shape
         self.state["train_flops"] += train_step_flops(self.arch, *shape)
         self.state["train_flops_no_loops"] += train_step_flops(without_loops(self.arch), *shape)
         self.state["step"] += 1
-        self.state["loss_sum"] += loss.item()
-        self.state["loss_n"] += 1
         step = self.state["step"]
-        captured.reduce(self.ranks.sum_)
-        stats = captured.results(self.model)
+        stats: dict[str, Any] = {}
+        if finite:
+            self.state["loss_sum"] += loss.item()
+            self.state["loss_n"] += 1
+            captured.reduce(self.ranks.sum_)
+            stats = captured.results(self.model)
         probe = functools.partial(probe_loss, self.model, full)
-        applied = apply_events(self.model, self.optimizer, self.policy, step, stats, probe)
+        applied = apply_events(
+            self.model, self.optimizer, self.policy, step, stats, probe, self._refuse
+        )
         for record in applied:
             self.events_log.write(record.to_dict())
         self.state["events"] += len(applied)
@@ -711,6 +773,43 @@ class Trainer:
                 self.board.stats(record)
             self.state["stats"] += 1
         return lr
+
+    def _nonfinite(self, loss: float, grad_norm: float) -> None:
+        """Skip the batch of a step whose loss or gradient norm is not finite (logged in
+        metrics.jsonl), or stop with :class:`DivergenceError` when ``cfg.on_nonfinite`` is
+        ``"stop"`` or ``cfg.max_nonfinite_skips`` batches in a row were skipped."""
+        step = self.state["step"] + 1
+        what = f"non-finite loss {loss} or gradient norm {grad_norm} at step {step}"
+        self.state["nonfinite_skips"] += 1
+        skips = self.state["nonfinite_skips"]
+        if self.cfg.on_nonfinite == "skip" and skips <= self.cfg.max_nonfinite_skips:
+            self.metrics_log.write({"step": step, "skipped": what})
+            self.state["metrics"] += 1
+            return
+        after = f" after {skips - 1} skipped in a row" if skips > 1 else ""
+        raise DivergenceError(
+            f"{what}{after}; stopped before the optimizer step, the last checkpoint in "
+            f"{self.out} is intact (lower lr, or set on_nonfinite to skip, and --resume)"
+        )
+
+    def _refuse(self, request: surgery.Event) -> str | None:
+        """Why ``request`` must not be applied (it would exceed ``cfg.max_params`` or
+        ``cfg.max_heads_per_layer``), logged in stats.jsonl; None to apply it."""
+        arch, cfg = self.model.arch, self.cfg
+        if cfg.max_params is None and cfg.max_heads_per_layer is None:
+            return None
+        # Only a new head grows the model; surgery rejects a bad layer or a grouped one.
+        if request.op != "add_head" or not 0 <= request.layer < arch.n_layers:
+            return None
+        if arch.layers[request.layer].kv_heads is not None:
+            return None
+        heads = arch.layers[request.layer].heads + 1
+        reason = _over_budget(arch.with_layer(request.layer, heads=heads), cfg)
+        if reason is not None:
+            record = {"step": request.step, "op": request.op, "layer": request.layer}
+            self.stats_log.write({**record, "refused": reason})
+            self.state["stats"] += 1
+        return reason
 
     def _step_module(self, needs: frozenset[str]) -> torch.nn.Module:
         """What computes this step's loss: the compiled module when ``cfg.compile`` and the
@@ -861,6 +960,26 @@ def _tuple_state(state: Any) -> Any:
     return tuple(_tuple_state(s) for s in state) if isinstance(state, list) else state
 
 
+def _over_budget(arch: Architecture, cfg: TrainConfig) -> str | None:
+    """Which of ``cfg``'s budgets ``arch`` exceeds, as a sentence; None if none."""
+    cap = cfg.max_heads_per_layer
+    if cap is not None:
+        for i, layer in enumerate(arch.layers):
+            if layer.heads > cap:
+                return f"layer {i} heads {layer.heads} > max_heads_per_layer {cap}"
+    if cfg.max_params is not None:
+        n = param_count(arch)
+        if n > cfg.max_params:
+            return f"params {n} > max_params {cfg.max_params}"
+    return None
+
+
+def _check_budget(arch: Architecture, cfg: TrainConfig) -> None:
+    reason = _over_budget(arch, cfg)
+    if reason is not None:
+        raise ConfigError(f"the initial model is over budget: {reason}")
+
+
 def _check_resumable(saved: dict[str, Any], cfg: TrainConfig) -> None:
     # Through TrainConfig, so that a field added since the checkpoint reads as its default.
     saved = TrainConfig.from_dict(saved).to_dict()
@@ -901,6 +1020,8 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
         if option is type(None) and value is None:
             return value
         if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not abs(value) <= sys.float_info.max:  # NaN, infinities, ints float() refuses
+                raise ConfigError(f"{where} must be a finite number, got {value!r}")
             return float(value)
         if base is int and isinstance(value, int) and not isinstance(value, bool):
             return value

@@ -24,6 +24,8 @@ SPIKE_TASKS = frozenset({"sarscov2", "fasta"})
 
 # Label rules of the retrieval task.
 RETRIEVAL_LABELS = ("sum_mod", "count", "tuple")
+# More classes than this cannot be a classifier's output layer (nor listed as label names).
+MAX_TUPLE_LABELS = 1 << 20
 
 # Default value of every option each task accepts; anything else is a ConfigError.
 TASK_OPTIONS: dict[str, dict[str, Any]] = {
@@ -309,6 +311,16 @@ def _fraction(task: str, key: str, value: Any) -> float:
     return x
 
 
+def _path(task: str, key: str, value: Any) -> str | os.PathLike | None:
+    if (
+        value is None
+        or isinstance(value, os.PathLike)
+        or (isinstance(value, str) and value.strip())
+    ):
+        return value
+    raise ConfigError(f"task '{task}': {key} must be a file or directory path, got {value!r}")
+
+
 def _bool(task: str, key: str, value: Any) -> bool:
     # Options may arrive as strings from a command line.
     if isinstance(value, bool):
@@ -402,6 +414,11 @@ def _retrieval(opts: dict[str, Any], seed: int, max_len: int) -> TaskData:
     if rule not in RETRIEVAL_LABELS:
         raise ConfigError(
             f"task 'retrieval': label must be one of {', '.join(RETRIEVAL_LABELS)}, got {rule!r}"
+        )
+    if rule == "tuple" and symbols**k > MAX_TUPLE_LABELS:
+        raise ConfigError(
+            f"task 'retrieval': label 'tuple' with symbols={symbols}, k={k} has symbols^k "
+            f"classes, more than {MAX_TUPLE_LABELS:,}"
         )
     fixed = {"count": (k + 1, "k+1"), "tuple": (symbols**k, "symbols^k")}
     num_labels = fixed[rule][0] if rule in fixed else 2
@@ -536,8 +553,8 @@ def _file(
         raise ConfigError("task 'file' needs a data file (--data-file FILE)")
     texts, raw = read_labeled(data_file)
     source = f"data file {data_file}"
-    if opts["val_file"] is not None:
-        val_file = opts["val_file"]
+    val_file = _path("file", "val_file", opts["val_file"])
+    if val_file is not None:
         return _classification(
             "file",
             (texts, raw),
@@ -603,9 +620,13 @@ def _sarscov2(
         raise ConfigError(f"task 'sarscov2': label must be 'who' or 'lineage', got {rule!r}")
     top = _int("sarscov2", "top_lineages", opts["top_lineages"], 1)
     files = sarscov2.locate_files(
-        data_dir, opts["reference"], opts["alias_key"], need_aliases=rule == "who"
+        data_dir,
+        _path("sarscov2", "reference", opts["reference"]),
+        _path("sarscov2", "alias_key", opts["alias_key"]),
+        need_aliases=rule == "who",
     )
-    leaves = sarscov2.load_tree_leaves(files.tree, files.reference, opts["cache_dir"])
+    cache_dir = _path("sarscov2", "cache_dir", opts["cache_dir"])
+    leaves = sarscov2.load_tree_leaves(files.tree, files.reference, cache_dir)
     info: dict[str, Any] = {
         "source": str(files.tree),
         "reference": str(files.reference),

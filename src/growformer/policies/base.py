@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -48,6 +49,8 @@ class Policy:
             raise ConfigError(
                 f"policy {self.name!r} has no option(s) {', '.join(unknown)} (known: {known})"
             )
+        for key, value in options.items():
+            _check_option(self.name, key, value, self.defaults[key])
         self.options = {**self.defaults, **options}
 
     def initial_arch(self, arch: Architecture) -> Architecture:
@@ -87,6 +90,10 @@ class Policy:
     def observe(self, records: list[Event]) -> None:
         """Learn of the structural changes applied this step (its own and any other's)."""
 
+    def refused(self, requests: list[Event]) -> None:
+        """Learn that the trainer did not apply these requests of the last turn (they would
+        exceed a budget, see :class:`growformer.train.TrainConfig`'s ``max_params``)."""
+
     def drain_log(self) -> list[dict[str, Any]]:
         """Statistics records since the last call (written to stats.jsonl)."""
         return []
@@ -105,3 +112,20 @@ class Policy:
             raise CheckpointError(
                 f"policy {self.name!r} keeps no state, but the checkpoint has some"
             )
+
+
+def _check_option(policy: str, key: str, value: Any, default: Any) -> None:
+    """ConfigError unless ``value`` has the type of the option's default (an int may stand
+    for a float); None, and any value of an option whose default is None, are for the
+    policy to check."""
+    if default is None or value is None:
+        return
+    if isinstance(default, bool) or not isinstance(default, (int, float)):
+        ok = isinstance(value, type(default))
+    else:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = ok and (isinstance(default, float) or isinstance(value, int))
+        ok = ok and abs(value) <= sys.float_info.max  # no NaN, no infinity
+    if not ok:
+        kind = type(default).__name__
+        raise ConfigError(f"policy {policy!r}: option {key} must be a {kind}, got {value!r}")

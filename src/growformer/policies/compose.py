@@ -33,6 +33,8 @@ class ComposedPolicy(Policy):
         if len(parts) < 2 or len(set(names)) != len(names):
             raise ConfigError(f"a composed policy needs two or more distinct parts, got {names}")
         self.parts = parts
+        # The part whose events the trainer is applying (see refused).
+        self._turn = parts[0]
         self.name = "+".join(names)
         self.options = {p.name: p.options for p in parts}
         self.calibration_batches = max(p.calibration_batches for p in parts)
@@ -57,7 +59,12 @@ class ComposedPolicy(Policy):
 
     def decide_from(self, step: int, stats: dict[str, Any]) -> Iterator[list[Event]]:
         for p in self.parts:
+            self._turn = p
             yield from p.decide_from(step, stats)
+
+    def refused(self, requests: list[Event]) -> None:
+        # Refusals come between turns: they are the requests of the part whose turn it is.
+        self._turn.refused(requests)
 
     def observe(self, records: list[Event]) -> None:
         for p in self.parts:
@@ -107,4 +114,7 @@ def compose(
         raise ConfigError(
             f"policy {name!r} takes options per part ({', '.join(names)}), not {', '.join(unknown)}"
         )
+    for part, value in options.items():
+        if not isinstance(value, dict):
+            raise ConfigError(f"policy {name!r}: options of {part!r} must be an object")
     return ComposedPolicy([make(n, options.get(n)) for n in names])

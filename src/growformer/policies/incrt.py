@@ -270,6 +270,15 @@ class IncrtPolicy(Policy):
             )
         return None
 
+    def refused(self, requests: list[Event]) -> None:
+        # Forget the direction a refused head was to capture; last_growth_step stays, so
+        # the layer asks again only after its refractory time.
+        for request in requests:
+            if request.op == "add_head":
+                gate = self.gates[request.layer]
+                for per_head in (gate.directions, gate.low_checks, gate.born_check):
+                    per_head.pop()
+
     def drain_log(self) -> list[dict[str, Any]]:
         log, self._log = self._log, []
         return log

@@ -24,7 +24,10 @@ class ScheduledPolicy(Policy):
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         super().__init__(options)
         self.schedule: dict[int, list[Event]] = {}
-        for i, raw in enumerate(self.options.get("events", [])):
+        events = self.options["events"]
+        if not isinstance(events, list):
+            raise ConfigError(f"scheduled policy events must be a list, got {events!r}")
+        for i, raw in enumerate(events):
             event = _parse(i, raw)
             self.schedule.setdefault(event.step, []).append(event)
 
