@@ -392,3 +392,6 @@ def _prune(root: Path, keep: int, current: str) -> None:
             shutil.rmtree(old, ignore_errors=True)
     for stale in root.glob(".tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
+    # A writer killed between creating LATEST's temporary file and renaming it.
+    for stale in root.glob(f".{LATEST}.tmp-*"):
+        stale.unlink(missing_ok=True)
