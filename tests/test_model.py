@@ -230,17 +230,38 @@ def test_generate_continues_greedily_with_the_cache():
 
 
 @pytest.mark.parametrize(
-    "layer", [4, 0], ids=["fewer-calls-of-the-same-shape", "a-call-of-another-shape"]
+    ("layer", "loops"),
+    [(4, 0), (0, 0), (6, 2)],
+    # More calls (a regression): the fading last layer's extra loop passes have the shapes of
+    # the others, and were cached from the new positions on instead of refused.
+    ids=["fewer-calls-of-the-same-shape", "a-call-of-another-shape", "more-calls"],
 )
-def test_a_cache_refuses_a_changed_structure(layer):
+def test_a_cache_refuses_a_changed_structure(layer, loops):
     model = _decoding_model()
     cache = KVCache()
     ids = torch.randint(4, VOCAB, (1, 4))
     with torch.no_grad():
         model(ids, cache=cache)
-        surgery.set_loops(model, layer, 0)
+        surgery.set_loops(model, layer, loops, (0,) if loops else None)
         with pytest.raises(ValueError, match="structure changed"):
             model(ids[:, :1], cache=cache)
+
+
+def test_cached_decoding_without_any_attention_call():
+    # Regression (found by tests/test_properties.py): with no head left in any layer the
+    # cache counted no position, so every continuation restarted at position 0.
+    a = Architecture(
+        kind="causal_lm", d_model=8, vocab_size=VOCAB, max_len=MAX_LEN, layers=(LayerSpec(0, 2, 4),)
+    )
+    torch.manual_seed(0)
+    model = build_model(a).eval()
+    ids = torch.randint(4, VOCAB, (2, 6))
+    with torch.no_grad():
+        full = model(ids).logits
+        cache = KVCache()
+        pieces = [model(ids[:, :1], cache=cache).logits, model(ids[:, 1:], cache=cache).logits]
+    assert cache.length == 6 and not cache.entries
+    assert (torch.cat(pieces, 1) - full).abs().max().item() <= 1e-5
 
 
 def test_grouped_checkpoint_round_trip(tmp_path):
@@ -256,7 +277,7 @@ def test_grouped_checkpoint_round_trip(tmp_path):
         optimizer=opt,
         config={},
         tokenizer_json=Tokenizer.word_level([f"w{i}" for i in range(VOCAB - 4)]).to_json(),
-        task={},
+        task={"name": "lm", "kind": "causal_lm"},
         trainer_state={"step": 1},
     )
     written = json.loads((ckpt_dir / "architecture.json").read_text())

@@ -163,12 +163,10 @@ class KVCache:
 
     def __init__(self) -> None:
         self.entries: list[tuple[Tensor, Tensor]] = []
+        # Positions cached so far: counted, not read off the entries, because a model whose
+        # layers all lost their heads makes no attention call, yet its positions go on.
+        self.length = 0
         self._cursor = 0
-
-    @property
-    def length(self) -> int:
-        """Positions cached so far."""
-        return self.entries[0][0].shape[2] if self.entries else 0
 
     def start(self) -> None:
         """Rewind to the first attention call (a new forward pass begins)."""
@@ -186,18 +184,26 @@ class KVCache:
                 )
             k, v = torch.cat([past_k, k], 2), torch.cat([past_v, v], 2)
             self.entries[self._cursor] = (k, v)
+        elif self.length:
+            # A call beyond those of the earlier passes would attend to the new positions only.
+            raise ValueError(
+                f"attention call {self._cursor} is not in the cache, which holds "
+                f"{len(self.entries)} calls: the structure changed since it was filled"
+            )
         else:
             self.entries.append((k, v))
         self._cursor += 1
         return k, v
 
-    def finish(self) -> None:
-        """Check that the forward pass made as many attention calls as the cache holds."""
+    def finish(self, positions: int) -> None:
+        """Check that the forward pass made as many attention calls as the cache holds, and
+        count the ``positions`` it added."""
         if self._cursor != len(self.entries):
             raise ValueError(
                 f"the cache holds {len(self.entries)} attention calls but this pass made "
                 f"{self._cursor}: the structure changed since the cache was filled"
             )
+        self.length += positions
 
 
 def head_rows(heads: list[int] | tuple[int, ...], head_dim: int) -> Tensor:

@@ -80,7 +80,7 @@ class ElasticTransformer(nn.Module):
         for block in self.layers:
             h = block(h, mask, is_causal, cache)
         if cache is not None:
-            cache.finish()
+            cache.finish(input_ids.shape[1])
         return self.ln_f(h)
 
 
