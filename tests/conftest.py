@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -28,3 +29,13 @@ def sarscov2_dir() -> Path:
     if not (d / "lineageTree.pb").is_file():
         pytest.skip(f"SARS-CoV-2 files not found at {d}")
     return d
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a busy 2-core machine its
+    spinning makes their forward passes many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

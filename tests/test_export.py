@@ -27,6 +27,8 @@ from growformer.export import (
 from growformer.model import build_model
 from growformer.train import TrainConfig, task_data
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
@@ -60,16 +62,6 @@ TRAIN_CONFIG = {
     "warmup_steps": 2,
     "device": "cpu",
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a busy 2-core machine its
-    spinning makes their forward passes many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # Every variant as a classifier (the kind that pads); as a language model, the variants

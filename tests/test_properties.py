@@ -45,6 +45,8 @@ from growformer.model import ElasticModel, KVCache, build_model, head_rows
 from growformer.surgery import INITS, OPS, Event
 from growformer.train import TrainConfig, make_optimizer
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 settings.register_profile(
     "structure",
     deadline=None,
@@ -62,16 +64,6 @@ TOL = 1e-5
 CONFIG = TrainConfig(lr=1e-2, weight_decay=0.1)
 MAX_ACTIONS = 8
 DROPOUTS = st.sampled_from((0.0, 0.1))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a busy 2-core machine its
-    spinning makes their forward passes many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # -- strategies -------------------------------------------------------------------------
