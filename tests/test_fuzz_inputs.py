@@ -32,7 +32,7 @@ from growformer.cli import main
 from growformer.data import load_task, read_fasta_labels, read_labeled
 from growformer.errors import GrowformerError
 from growformer.policies import POLICIES, make_policy
-from growformer.train import TrainConfig, make_optimizer, read_config, train
+from growformer.train import TrainConfig, Trainer, make_optimizer, read_config, train
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "growformer"
 GUARD_S = 10  # per case: far above the milliseconds a case takes, far below a hang
@@ -630,6 +630,33 @@ def test_checkpoint_json_fuzzed(trained: Path, tmp_path: Path, data: st.DataObje
     if name != "manifest.json" and data.draw(st.integers(0, 4)):
         _reseal(ckpt)
     _check_checkpoint(outcome(lambda: _use(ckpt), str(ckpt), "config"))
+
+
+@pytest.fixture(scope="module")
+def trained_incrt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real INCRT run (2 steps): its trainer state holds the policy's gates."""
+    out = tmp_path_factory.mktemp("trained_incrt") / "run"
+    train(TrainConfig.from_dict({**RUN_CONFIG, "policy": "incrt"}), out, progress=False)
+    return out
+
+
+@fuzz(60)
+@given(data=st.data())
+def test_resume_from_a_fuzzed_trainer_state(
+    trained_incrt: Path, tmp_path: Path, data: st.DataObject
+) -> None:
+    # What checkpoint.load reads is fuzzed above; a resumed run also reads the counters,
+    # the policy's state and Python's random state.
+    run = tmp_path / "run"
+    shutil.rmtree(run, ignore_errors=True)
+    shutil.copytree(trained_incrt, run)
+    ckpt = checkpoint.resolve(run)
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    (ckpt / "trainer_state.json").write_text(json.dumps(data.draw(mutated(state))))
+    _reseal(ckpt)
+    cfg = TrainConfig.from_dict({**RUN_CONFIG, "policy": "incrt", "steps": 4})
+    summary = outcome(lambda: Trainer(cfg, run, resume=True).run(progress=False), "trainer_state")
+    assert summary is None or summary["steps"] == 4
 
 
 NASTY_CHECKPOINT_EDITS: list[tuple[str, Callable[[Path], None]]] = [

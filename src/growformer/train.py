@@ -36,7 +36,13 @@ from growformer import checkpoint, statistics, surgery
 from growformer.arch import Architecture, layer_from_dict
 from growformer.data import BatchStream, TaskData, eval_batches, load_task
 from growformer.distributed import DistributedError, Ranks
-from growformer.errors import ArchitectureError, ConfigError, DataError, DivergenceError
+from growformer.errors import (
+    ArchitectureError,
+    CheckpointError,
+    ConfigError,
+    DataError,
+    DivergenceError,
+)
 from growformer.flops import train_step_flops, without_loops
 from growformer.model import ATTN_INITS, ElasticModel, build_model
 from growformer.policies import Policy, make_policy
@@ -578,16 +584,7 @@ class Trainer:
             "nonfinite_skips": 0,
         }
         if ckpt is not None:
-            ckpt.load_optimizer(self.optimizer)
-            self.policy.load_state_dict(ckpt.trainer_state["policy"])
-            saved = ckpt.trainer_state
-            # Checkpoints from before the baseline was kept start it at train_flops (exact
-            # for runs without loops).
-            saved.setdefault("train_flops_no_loops", saved["train_flops"])
-            saved.setdefault("nonfinite_skips", 0)
-            self.state = {k: saved[k] for k in self.state}
-            random.setstate(_tuple_state(ckpt.trainer_state["python_rng"]))
-            ckpt.restore_rng()
+            self._restore(ckpt)
         main = self.ranks.main
         self.events_log = _Log(self.out / "events.jsonl", self.state["events"], main)
         self.metrics_log = _Log(self.out / "metrics.jsonl", self.state["metrics"], main)
@@ -606,6 +603,44 @@ class Trainer:
     @property
     def pad_id(self) -> int:
         return self.data.tokenizer.pad_id
+
+    def _restore(self, ckpt: checkpoint.Checkpoint) -> None:
+        """Continue from ``ckpt``: optimizer, counters, policy and random states, each
+        checked, so that a damaged ``trainer_state.json`` is named rather than crashing
+        the run later."""
+        ckpt.load_optimizer(self.optimizer)
+        saved = dict(ckpt.trainer_state)
+        where = ckpt.path / "trainer_state.json"
+        # Checkpoints from before the baseline was kept start it at train_flops (exact for
+        # runs without loops).
+        saved.setdefault("train_flops_no_loops", saved.get("train_flops"))
+        saved.setdefault("nonfinite_skips", 0)
+        for key, fresh in self.state.items():
+            value = saved.get(key)
+            kinds = (int, float) if isinstance(fresh, float) else (int,)
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                raise CheckpointError(f"{where}: '{key}' must be a number, got {value!r:.60}")
+            if not (math.isfinite(value) and value >= 0):
+                raise CheckpointError(f"{where}: '{key}' must be finite and >= 0, got {value}")
+            self.state[key] = type(fresh)(value)
+        try:
+            self.policy.load_state_dict(saved["policy"])
+            random.setstate(_tuple_state(saved["python_rng"]))
+        except (
+            KeyError,
+            TypeError,
+            ValueError,
+            OverflowError,
+            IndexError,
+            AttributeError,
+            RecursionError,
+        ) as e:
+            reason = str(e).splitlines()[0] if str(e) else ""
+            raise CheckpointError(
+                f"{where}: the policy or random state cannot be restored "
+                f"({type(e).__name__}: {reason:.100})"
+            ) from None
+        ckpt.restore_rng()
 
     def run(self, progress: bool = True) -> dict[str, Any]:
         """Train to ``cfg.steps``; return the summary (also written to summary.json)."""
