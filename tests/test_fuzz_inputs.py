@@ -32,6 +32,7 @@ from growformer.cli import main
 from growformer.data import load_task, read_fasta_labels, read_labeled
 from growformer.errors import GrowformerError
 from growformer.policies import POLICIES, make_policy
+from growformer.report import write_report
 from growformer.train import TrainConfig, Trainer, make_optimizer, read_config, train
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "growformer"
@@ -657,6 +658,33 @@ def test_resume_from_a_fuzzed_trainer_state(
     cfg = TrainConfig.from_dict({**RUN_CONFIG, "policy": "incrt", "steps": 4})
     summary = outcome(lambda: Trainer(cfg, run, resume=True).run(progress=False), "trainer_state")
     assert summary is None or summary["steps"] == 4
+
+
+RUN_LOGS = ["summary.json", "metrics.jsonl", "events.jsonl", "stats.jsonl"]
+
+
+@fuzz(80)
+@given(data=st.data())
+def test_report_of_fuzzed_run_logs(
+    trained_incrt: Path, tmp_path: Path, data: st.DataObject
+) -> None:
+    # Hand-edited or damaged logs: the report is drawn (a figure it cannot draw says so)
+    # or refused naming the run; never a raw exception.
+    run = tmp_path / "logs"
+    shutil.rmtree(run, ignore_errors=True)
+    shutil.copytree(trained_incrt, run, ignore=shutil.ignore_patterns("checkpoints", "report"))
+    name = data.draw(st.sampled_from(RUN_LOGS))
+    path = run / name
+    if name == "summary.json":
+        path.write_text(json.dumps(data.draw(mutated(json.loads(path.read_text())))))
+    else:
+        text = path.read_text() if path.exists() else ""
+        lines = [json.loads(x) for x in text.splitlines()] or [{}]
+        i = data.draw(st.integers(0, len(lines) - 1))
+        lines[i] = data.draw(mutated(lines[i]))
+        path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    index = outcome(lambda: write_report(run), str(run))
+    assert index is None or index.read_text().startswith("<!DOCTYPE html>")
 
 
 NASTY_CHECKPOINT_EDITS: list[tuple[str, Callable[[Path], None]]] = [

@@ -136,8 +136,12 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     for name, title, draw in FIGURES:
         png = out / f"{name}.png"
         # Tick labels in full: an offset ("1e-5+9.999e-1") hides nearly equal scores.
-        with mpl.rc_context({"axes.formatter.useoffset": False}):
-            figure = draw(run, mpl)
+        try:
+            with mpl.rc_context({"axes.formatter.useoffset": False}):
+                figure = draw(run, mpl)
+        except _DAMAGED as e:
+            # One damaged log line costs its figures, not the whole page.
+            figure = f"Not drawn: the run's logs hold a value it cannot use ({_reason(e)})."
         if isinstance(figure, str):
             png.unlink(missing_ok=True)  # left by an earlier report of the run
             sections.append(_section(title, f'<p class="note">{html.escape(figure)}</p>'))
@@ -150,9 +154,25 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         sections.append(
             _section(title, f'<img src="{uri}" alt="{html.escape(title)}" data-file="{png.name}">')
         )
+    try:
+        page = _page(run, sections)
+    except _DAMAGED as e:
+        raise ConfigError(
+            f"{run.path}: summary.json or events.jsonl hold a value the report cannot show "
+            f"({_reason(e)})"
+        ) from None
     index = out / "index.html"
-    atomic_write_text(index, _page(run, sections))
+    atomic_write_text(index, page)
     return index
+
+
+# What malformed values in hand-edited or damaged logs raise while they are drawn.
+_DAMAGED = (KeyError, TypeError, ValueError, IndexError, AttributeError)
+
+
+def _reason(e: Exception) -> str:
+    text = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {text:.100}"
 
 
 # --- figures: each returns a matplotlib Figure, or a line saying why there is none ---------
@@ -714,8 +734,8 @@ def _events_table(events: list[dict[str, Any]]) -> str:
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path} is not valid JSON: {e}") from None
+    except (OSError, ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
+        raise ConfigError(f"{path} is not valid JSON: {_reason(e)}") from None
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -723,13 +743,20 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     records = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} cannot be read: {_reason(e)}") from None
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}:{n} is not valid JSON: {e}") from None
+            record = json.loads(line)
+        except (ValueError, RecursionError) as e:
+            raise ConfigError(f"{path}:{n} is not valid JSON: {_reason(e)}") from None
+        if not isinstance(record, dict):
+            raise ConfigError(f"{path}:{n} is not a JSON object")
+        records.append(record)
     return records
 
 
