@@ -75,11 +75,13 @@ def time_steps(
     steps: int,
 ) -> StepTimes:
     """Time training steps (forward, backward, AdamW) of several models in alternation, so
-    that machine noise hits them alike. A model marked True also records the attention
-    entropies, as SGT does until its structure freezes. glibc is first told to keep freed
-    memory (:func:`~growformer.train.keep_freed_memory`, as training does): otherwise
-    which model pays for fresh pages depends on allocation order, a bias of several
-    percent between identical models.
+    that machine noise hits them alike; every other round runs them in reverse order, so
+    that no model always follows the same one (whose memory traffic it would inherit).
+    With ``steps=1`` every round pairs one step of each model. A model marked True also
+    records the attention entropies, as SGT does until its structure freezes. glibc is
+    first told to keep freed memory (:func:`~growformer.train.keep_freed_memory`, as
+    training does): otherwise which model pays for fresh pages depends on allocation
+    order, a bias of several percent between identical models.
 
     Args:
         models: Name -> (model, record entropies).
@@ -104,8 +106,8 @@ def time_steps(
     for name in models:  # warm-up
         for _ in range(2):
             step(name)
-    for _ in range(rounds):
-        for name in models:
+    for r in range(rounds):
+        for name in list(models)[:: -1 if r % 2 else 1]:
             t0 = time.perf_counter()
             for _ in range(steps):
                 step(name)

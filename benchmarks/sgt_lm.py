@@ -211,24 +211,32 @@ def wall_overhead(
     }
 
 
-def timed_in_processes(name: str, args: argparse.Namespace) -> dict[str, Any]:
+def timed_in_processes(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     """:func:`wall_overhead` of run ``name`` (first seed) measured in
-    ``args.timing_processes`` fresh processes, one after the other, and the median of each
-    figure: within one process the ratios are stable, between processes they move by a
-    few percent (where the allocator puts the tensors), as the A/A control shows."""
-    per_process = []
-    for _ in range(args.timing_processes):
-        with tempfile.TemporaryDirectory() as tmp:
-            result = Path(tmp) / "speed.json"
-            worker = ["--variants", name, "--seeds", str(args.seeds[0]), "--timing-worker", name]
-            worker += ["--worker-out", str(result)]
-            subprocess.run([sys.executable, __file__, *sys.argv[1:], *worker], check=True)
-            per_process.append(json.loads(result.read_text()))
-    keys = [k for k, v in per_process[0].items() if isinstance(v, float)]
-    speed = {k: statistics.median(r[k] for r in per_process) for k in keys}
-    speed["phases"] = per_process[0]["phases"]
-    speed["per_process"] = [{k: r[k] for k in keys} for r in per_process]
-    return speed
+    ``args.timing_processes`` fresh processes per CPU thread count of
+    ``args.timing_threads``, one after the other: within one process the ratios are
+    stable, between processes they move by a few percent (where the allocator puts the
+    tensors), as the A/A control shows. One entry per thread count: the median of each
+    figure, and every process's."""
+    out = []
+    for threads in args.timing_threads:
+        per_process = []
+        for i in range(args.timing_processes):
+            print(f"  {threads} thread(s), process {i + 1}/{args.timing_processes}", flush=True)
+            with tempfile.TemporaryDirectory() as tmp:
+                result = Path(tmp) / "speed.json"
+                worker = ["--variants", name, "--seeds", str(args.seeds[0])]
+                worker += ["--timing-worker", name, "--worker-out", str(result)]
+                worker += ["--worker-threads", str(threads)]
+                subprocess.run([sys.executable, __file__, *sys.argv[1:], *worker], check=True)
+                per_process.append(json.loads(result.read_text()))
+        keys = [k for k, v in per_process[0].items() if isinstance(v, float)]
+        speed = {k: statistics.median(r[k] for r in per_process) for k in keys}
+        speed["threads"] = threads
+        speed["phases"] = per_process[0]["phases"]
+        speed["per_process"] = [{k: r[k] for k in keys} for r in per_process]
+        out.append(speed)
+    return out
 
 
 def looped_vs_vanilla(
@@ -343,22 +351,47 @@ def speed_lines(speed: dict[str, dict[str, Any]]) -> list[str]:
             f"{s['final_masked_flops_overhead_pct']:.2f}% | "
             f"{s['final_masked_wall_overhead_pct']:.2f}% | {s['aa_pct']:+.2f}% |"
         )
-    for name, s in speed.items():
-        if "per_process" in s:
-
-            def each(key: str, runs: list[dict[str, float]] = s["per_process"]) -> str:
-                return ", ".join(f"{r[key]:+.2f}%" for r in runs)
-
-            lines += [
-                "",
-                f"{name}: medians of {len(s['per_process'])} fresh processes; per process, "
-                f"integrated wall overhead {each('integrated_wall_overhead_pct')}; final "
-                f"structure {each('final_wall_overhead_pct')}; A/A {each('aa_pct')}.",
-            ]
     return lines
 
 
-def plot(results: dict, rows: list[dict], speed: dict, out: Path, seeds: list[int]) -> Path:
+def process_lines(processes: list[dict[str, Any]]) -> list[str]:
+    """SGT's overheads measured in fresh processes, one row per CPU thread count: the mean
+    with its standard error and the range over the processes, and how many processes
+    read the integrated wall overhead within 2 points of the FLOPs overhead."""
+
+    def spread(runs: list[dict[str, float]], key: str, sign: str = "") -> str:
+        xs = [r[key] for r in runs]
+        se = statistics.stdev(xs) / len(xs) ** 0.5 if len(xs) > 1 else float("nan")
+        return (
+            f"{statistics.mean(xs):{sign}.2f} ± {se:.2f} "
+            f"({min(xs):{sign}.2f} .. {max(xs):{sign}.2f})"
+        )
+
+    lines = [
+        "| CPU threads | processes | vanilla step s | FLOPs overhead (integrated) "
+        "| wall overhead (integrated) | gap (pp) | within 2 pp | final structure: FLOPs "
+        "| wall | A/A |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in processes:
+        runs = [
+            {**r, "gap": r["integrated_wall_overhead_pct"] - r["integrated_flops_overhead_pct"]}
+            for r in p["per_process"]
+        ]
+        within = sum(abs(r["gap"]) <= 2 for r in runs)
+        lines.append(
+            f"| {p['threads']} | {len(runs)} | {p['vanilla_step_s']:.3f} | "
+            f"{p['integrated_flops_overhead_pct']:.2f}% | "
+            f"{spread(runs, 'integrated_wall_overhead_pct')}% | {spread(runs, 'gap', '+')} | "
+            f"{within}/{len(runs)} | {p['final_flops_overhead_pct']:.2f}% | "
+            f"{spread(runs, 'final_wall_overhead_pct')}% | {spread(runs, 'aa_pct', '+')}% |"
+        )
+    return lines
+
+
+def plot(
+    results: dict, rows: list[dict], speed: dict, processes: list[dict], out: Path, seeds: list[int]
+) -> Path:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     for variant in results:
         steps, ppl = val_curve(out / f"{variant}_s{seeds[0]}")
@@ -370,24 +403,24 @@ def plot(results: dict, rows: list[dict], speed: dict, out: Path, seeds: list[in
         title=f"Held-out perplexity (seed {seeds[0]})",
     )
     ax1.legend(fontsize=8)
+    # A legend, not labels at the points: several variants share an overhead.
     for r in rows:
-        ax2.scatter(r["flops_overhead_pct"], r["mean_ppl"], s=40)
-        ax2.annotate(
-            r["variant"],
-            (r["flops_overhead_pct"], r["mean_ppl"]),
-            fontsize=8,
-            xytext=(4, 4),
-            textcoords="offset points",
-        )
+        ax2.scatter(r["flops_overhead_pct"], r["mean_ppl"], s=40, label=r["variant"])
+    ppl = {r["variant"]: r["mean_ppl"] for r in rows}
     for name, s in speed.items():
+        ax2.scatter(s["integrated_wall_overhead_pct"], ppl[name], marker="x", color="black")
+    for p in processes:
+        walls = [r["integrated_wall_overhead_pct"] for r in p["per_process"]]
         ax2.scatter(
-            s["integrated_wall_overhead_pct"],
-            next(r["mean_ppl"] for r in rows if r["variant"] == name),
-            marker="x",
-            color="black",
+            walls,
+            [ppl["sgt"]] * len(walls),
+            marker="|",
+            s=120,
+            label=f"sgt, fresh processes, {p['threads']} thread(s)",
         )
+    ax2.legend(fontsize=8, loc="center right")
     ax2.set(
-        xlabel="training overhead over vanilla, % (dots: FLOPs, x: measured wall)",
+        xlabel="training overhead over vanilla, % (dots: FLOPs; x, |: measured wall)",
         ylabel=f"final held-out perplexity, mean of {len(seeds)} seeds",
         title="Quality vs cost",
     )
@@ -414,8 +447,13 @@ def main() -> None:
         default=0.0,
         help="dropout of every variant (0 as in the reference's OLMo pretraining config)",
     )
-    p.add_argument("--rounds", type=int, default=15, help="timing rounds per structure")
-    p.add_argument("--timed-steps", type=int, default=5, help="steps per timing round")
+    p.add_argument("--rounds", type=int, default=60, help="timing rounds per structure")
+    p.add_argument(
+        "--timed-steps",
+        type=int,
+        default=1,
+        help="steps per model and timing round (1: every step is paired with vanilla's)",
+    )
     p.add_argument(
         "--scale-batches",
         type=int,
@@ -427,9 +465,17 @@ def main() -> None:
         "--timing-processes",
         type=int,
         default=5,
-        help="fresh processes that each time SGT's structures (the median is reported)",
+        help="fresh processes per thread count that time SGT's structures (0: none)",
+    )
+    p.add_argument(
+        "--timing-threads",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="CPU thread counts of the fresh timing processes",
     )
     p.add_argument("--timing-worker", help=argparse.SUPPRESS)
+    p.add_argument("--worker-threads", type=int, help=argparse.SUPPRESS)
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
     p.add_argument("--train-only", action="store_true", help="train, skip timing and report")
     p.add_argument("--fresh", action="store_true")
@@ -457,14 +503,18 @@ def main() -> None:
         return wall_overhead(results[name][args.seeds[0]], cfg, run_dir, args, batch)
 
     if args.timing_worker:
+        torch.set_num_threads(args.worker_threads)
         Path(args.worker_out).write_text(json.dumps(timed(args.timing_worker)))
         return
     speed = {}
     for name in ("sgt", "sgt_k3", "high_entropy_1layer", "block_loop"):
         if name in results:
             print(f"[{time.perf_counter() - t0:.0f} s] timing the structures of {name}", flush=True)
-            many = name == "sgt" and args.timing_processes > 1
-            speed[name] = timed_in_processes(name, args) if many else timed(name)
+            speed[name] = timed(name)
+    processes = []
+    if "sgt" in results and args.timing_processes:
+        print(f"[{time.perf_counter() - t0:.0f} s] SGT's structures in fresh processes", flush=True)
+        processes = timed_in_processes("sgt", args)
     print(f"[{time.perf_counter() - t0:.0f} s] SGT's final structure at other batch sizes")
     scaling = batch_scaling(results["sgt"][args.seeds[0]], data, args) if "sgt" in results else []
     print(f"[{time.perf_counter() - t0:.0f} s] SGT's final structure with and without dropout")
@@ -482,6 +532,13 @@ def main() -> None:
         "reference code does (every head computed, the non-kept ones multiplied by 0):",
         "",
         *speed_lines(speed),
+        "",
+        f"SGT's structures timed the same way in {args.timing_processes} fresh processes per "
+        "CPU thread count (one after the other): mean ± standard error (range over the "
+        "processes). Within 2 pp: processes whose integrated wall overhead is within 2 "
+        "points of the FLOPs overhead:",
+        "",
+        *process_lines(processes),
         "",
         "SGT's final structure (seed 0) vs vanilla at other batch sizes (same timing): the "
         "gap between the two at each size:",
@@ -506,7 +563,7 @@ def main() -> None:
             for r in dropout
         ),
     ]
-    png = plot(results, rows, speed, out, args.seeds)
+    png = plot(results, rows, speed, processes, out, args.seeds)
     save_report(
         out,
         "sgt_lm",
@@ -515,6 +572,7 @@ def main() -> None:
         t0,
         rows=rows,
         speed=speed,
+        processes=processes,
         batch_scaling=scaling,
         dropout_cost=dropout,
     )

@@ -38,7 +38,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from growformer.arch import Architecture
-from growformer.errors import ArchitectureError, CheckpointError, DataError
+from growformer.errors import ArchitectureError, CheckpointError, DataError, read_json
 from growformer.hf_files import (
     growformer_tokenizer,
     model_config,
@@ -225,7 +225,9 @@ def load(path: str | Path) -> Checkpoint:
         if found["sha256"] != expected["sha256"]:
             raise CheckpointError(f"{ckpt_dir}: {name} is corrupt (checksum mismatch)")
     try:
-        arch = Architecture.from_dict(_read_json(ckpt_dir / "architecture.json"))
+        arch = Architecture.from_dict(
+            read_json(ckpt_dir / "architecture.json", "checkpoint file", CheckpointError)
+        )
     except ArchitectureError as e:
         raise CheckpointError(f"{ckpt_dir}: invalid architecture.json: {e}") from None
     # Shapes first, on the meta device: an architecture.json that asks for more weights
@@ -344,18 +346,8 @@ def _read_text(path: Path) -> str:
         raise CheckpointError(f"checkpoint file {path} is not UTF-8 text: {e}") from None
 
 
-def _read_json(path: Path) -> Any:
-    text = _read_text(path)
-    try:
-        return json.loads(text)
-    except ValueError as e:  # JSONDecodeError, or an integer beyond the 4300-digit limit
-        raise CheckpointError(f"checkpoint file {path} is not valid JSON: {e}") from None
-    except RecursionError:
-        raise CheckpointError(f"checkpoint file {path} is nested too deeply") from None
-
-
 def _read_object(path: Path) -> dict[str, Any]:
-    value = _read_json(path)
+    value = read_json(path, "checkpoint file", CheckpointError)
     if not isinstance(value, dict):
         raise CheckpointError(f"checkpoint file {path} must hold a JSON object")
     return value

@@ -30,7 +30,7 @@ from growformer.data import (
     read_text,
 )
 from growformer.distributed import Ranks
-from growformer.errors import ConfigError, ExportError, GrowformerError
+from growformer.errors import ConfigError, ExportError, GrowformerError, read_json
 from growformer.flops import layer_components
 from growformer.report import write_report
 from growformer.train import (
@@ -39,7 +39,6 @@ from growformer.train import (
     TrainingStopped,
     evaluate,
     read_config,
-    read_json,
     task_data,
     train,
 )

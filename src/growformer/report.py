@@ -27,7 +27,7 @@ from typing import Any
 
 from growformer.arch import Architecture
 from growformer.checkpoint import atomic_write_bytes, atomic_write_text
-from growformer.errors import ConfigError
+from growformer.errors import ConfigError, read_json
 from growformer.surgery import Event
 
 # Colour of each structural operation, in the figures that mark events.
@@ -99,7 +99,7 @@ def read_run(run_dir: str | Path) -> RunLogs:
             f"{path} is not a run directory: it has no summary.json (growformer train writes "
             "one when training ends)"
         )
-    summary = _read_json(summary_file)
+    summary = read_json(summary_file, "run summary")
     arch = summary.get("architecture") if isinstance(summary, dict) else None
     if not isinstance(arch, dict) or not isinstance(arch.get("layers"), list):
         raise ConfigError(f"{summary_file} has no architecture: not a growformer run summary")
@@ -729,13 +729,6 @@ def _events_table(events: list[dict[str, Any]]) -> str:
         + "\n".join(rows)
         + "\n</table></details>"
     )
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
-        raise ConfigError(f"{path} is not valid JSON: {_reason(e)}") from None
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:

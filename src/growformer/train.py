@@ -42,6 +42,7 @@ from growformer.errors import (
     ConfigError,
     DataError,
     DivergenceError,
+    read_json,
 )
 from growformer.flops import train_step_flops, without_loops
 from growformer.model import ATTN_INITS, ElasticModel, build_model
@@ -223,20 +224,6 @@ class TrainConfig:
     def from_dict(cls, d: Any) -> TrainConfig:
         """Build from a (possibly partial) dict, naming the first bad key."""
         return _dataclass_from_dict(cls, d, "config")
-
-
-def read_json(path: str | Path, what: str) -> Any:
-    """A user's JSON file; ConfigError naming ``what`` and the path if missing or invalid."""
-    p = Path(path)
-    try:
-        return json.loads(p.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{what} {p} does not exist") from None
-    # ValueError: also integers beyond Python's 4300-digit parsing limit.
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise ConfigError(f"{what} {p} is not valid JSON: {e}") from None
-    except RecursionError:
-        raise ConfigError(f"{what} {p} is nested too deeply") from None
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
