@@ -18,10 +18,11 @@ from test_incrt import run_config as incrt_config
 from test_sgt import run_config as sgt_config
 
 from growformer import checkpoint
+from growformer.data import load_task
 from growformer.distributed import Ranks, fingerprint
 from growformer.errors import ConfigError
 from growformer.model import build_model
-from growformer.train import TrainConfig, train
+from growformer.train import ModelConfig, TrainConfig, build_arch, evaluate, train
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
@@ -79,6 +80,14 @@ def test_two_processes_grow_like_one(policy, tmp_path):
     for name in ("events.jsonl", "stats.jsonl"):  # rank 0 alone writes: one line per record
         lines = (tmp_path / "double" / name).read_text().splitlines()
         assert len(lines) == len((tmp_path / "single" / name).read_text().splitlines())
+    # The ranks share the validation set and add up their sums: the metrics of all of it.
+    metrics = [
+        [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        for run in ("single", "double")
+    ]
+    assert [m.keys() for m in metrics[1]] == [m.keys() for m in metrics[0]]
+    for a, b in zip(*metrics, strict=True):
+        assert a == pytest.approx(b, rel=1e-4)
 
 
 def _worker_pids(launcher: int) -> dict[int, int]:
@@ -143,6 +152,40 @@ def test_one_process_needs_no_torchrun(monkeypatch):
     monkeypatch.setenv("RANK", "x")
     with pytest.raises(ConfigError, match="torchrun environment is incomplete or invalid"):
         Ranks.from_env()
+
+
+class _LocalRanks(Ranks):
+    """A rank of a job whose sums stay local: what this rank adds to the collective sum."""
+
+    def sum_(self, tensors: list[torch.Tensor]) -> None:
+        pass
+
+
+@pytest.mark.parametrize("kind", ["classifier", "causal_lm"])
+def test_ranks_share_the_evaluation(kind):
+    """Each of 3 ranks evaluates every third batch; their shares add up to the whole set."""
+    task = "retrieval" if kind == "classifier" else "lm"
+    options = {"n_train": 64, "n_val": 100, "k": 2, "seq_len": 12} if task == "retrieval" else None
+    data = load_task(task, max_len=24, vocab_size=300, options=options)
+    torch.manual_seed(0)
+    model = build_model(build_arch(TrainConfig(task=task, model=ModelConfig(d_model=32)), data))
+    pad = data.tokenizer.pad_id
+    whole = evaluate(model, data.val, batch_size=16, pad_id=pad)
+    shares = [
+        evaluate(model, data.val, batch_size=16, pad_id=pad, ranks=_LocalRanks(r, 3, r))
+        for r in range(3)
+    ]
+    batches = -(-len(data.val) // 16)
+    sizes = [min(16, len(data.val) - 16 * b) for b in range(batches)]
+    assert [s["n"] for s in shares] == [sum(sizes[r::3]) for r in range(3)]
+    if kind == "classifier":
+        correct = sum(s["accuracy"] * s["n"] for s in shares)
+        assert correct / whole["n"] == pytest.approx(whole["accuracy"], abs=1e-12)
+        weights = [s["n"] for s in shares]
+    else:
+        weights = [s["tokens"] for s in shares]
+    loss = sum(s["loss"] * w for s, w in zip(shares, weights, strict=True)) / sum(weights)
+    assert loss == pytest.approx(whole["loss"], rel=1e-9)
 
 
 def test_fingerprint_tells_structures_apart():

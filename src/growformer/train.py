@@ -304,15 +304,29 @@ def task_data(cfg: TrainConfig, ckpt: checkpoint.Checkpoint | None = None) -> Ta
     return data
 
 
-def evaluate(model: ElasticModel, data: Any, *, batch_size: int, pad_id: int) -> dict[str, float]:
-    """Loss, accuracy and macro-F1 (classification) or perplexity (LM) over all of ``data``."""
+def evaluate(
+    model: ElasticModel, data: Any, *, batch_size: int, pad_id: int, ranks: Ranks | None = None
+) -> dict[str, float]:
+    """Loss, accuracy and macro-F1 (classification) or perplexity (LM) over all of ``data``.
+
+    Args:
+        model: The model (not a DDP wrapper: evaluation makes no collective call of its own).
+        data: The examples.
+        batch_size: Examples per batch.
+        pad_id: Padding id for classification batches.
+        ranks: Data-parallel ranks that share the work: each evaluates every
+            ``world``-th batch and the sums are added up over the ranks, so that every
+            rank returns the metrics of all of ``data``. None: this process does it all.
+    """
+    ranks = ranks or Ranks()
     device = next(model.parameters()).device
     loss_sum, count, n = 0.0, 0, 0
     # confusion[label, prediction], for accuracy and per-class F1 (empty for language models).
     classes = model.arch.num_labels or 0
     confusion = torch.zeros(classes, classes, dtype=torch.long)
     with eval_mode(model):
-        for batch in eval_batches(data, batch_size, pad_id):
+        batches = eval_batches(data, batch_size, pad_id)
+        for batch in itertools.islice(batches, ranks.rank, None, ranks.world):
             batch = {k: v.to(device) for k, v in batch.items()}
             logits = model(batch["input_ids"], batch.get("attention_mask")).logits
             labels = batch["labels"]
@@ -323,6 +337,12 @@ def evaluate(model: ElasticModel, data: Any, *, batch_size: int, pad_id: int) ->
             count += labels.numel()
             if model.kind == "classifier":
                 confusion += confusion_matrix(labels.cpu(), logits.argmax(-1).cpu(), classes)
+    if ranks.active:
+        sums = torch.tensor([loss_sum, count, n], dtype=torch.float64, device=device)
+        confusion = confusion.to(device)
+        ranks.sum_([sums, confusion])
+        loss_sum, count, n = sums[0].item(), int(sums[1].item()), int(sums[2].item())
+        confusion = confusion.cpu()
     if n == 0:
         raise DataError("evaluation data is empty")
     loss = loss_sum / count
@@ -845,7 +865,11 @@ class Trainer:
     def evaluate(self, log: bool = True) -> dict[str, float]:
         """Validation metrics: val_loss, then val_accuracy and val_macro_f1, or val_ppl."""
         result = evaluate(
-            self.model, self.data.val, batch_size=self.cfg.batch_size, pad_id=self.pad_id
+            self.model,
+            self.data.val,
+            batch_size=self.cfg.batch_size,
+            pad_id=self.pad_id,
+            ranks=self.ranks,
         )
         self.metrics = {f"val_{k}": v for k, v in result.items() if k not in ("n", "tokens")}
         if log:
