@@ -244,6 +244,10 @@ class _OptimizerWatch(TrainerCallback):
 
 
 def _train(model, tokenizer, rows, callbacks, output_dir: Path, steps: int) -> float:
+    return _trainer(model, tokenizer, rows, callbacks, output_dir, steps).train().training_loss
+
+
+def _trainer(model, tokenizer, rows, callbacks, output_dir: Path, steps: int, **args) -> Trainer:
     encoded = tokenizer([text for text, _ in rows], truncation=True)
     data = [
         {"input_ids": ids, "attention_mask": mask, "labels": label}
@@ -257,20 +261,19 @@ def _train(model, tokenizer, rows, callbacks, output_dir: Path, steps: int) -> f
         per_device_train_batch_size=16,
         learning_rate=1e-3,
         logging_steps=5,
-        save_strategy="no",
         report_to=[],
         use_cpu=True,
         disable_tqdm=True,
         seed=0,
+        **{"save_strategy": "no", **args},
     )
-    trainer = Trainer(
+    return Trainer(
         model=model,
         args=args,
         train_dataset=data,
         data_collator=DataCollatorWithPadding(tokenizer),
         callbacks=callbacks,
     )
-    return trainer.train().training_loss
 
 
 def test_incrt_grows_heads_inside_transformers_trainer(sst2_checkpoint, sst2_dir, tmp_path):
@@ -296,6 +299,32 @@ def test_incrt_grows_heads_inside_transformers_trainer(sst2_checkpoint, sst2_dir
     assert [layer.heads for layer in again.elastic.arch.layers] == after
     b = tokenizer([text for text, _ in rows[:8]], padding=True, return_tensors="pt")
     assert torch.equal(_logits(again, b), _logits(model.eval(), b))
+
+
+def test_incrt_resumes_from_a_transformers_trainer_checkpoint(sst2_checkpoint, sst2_dir, tmp_path):
+    """Resumed from a checkpoint taken mid-growth, with the callback's saved state: the
+    same events and the same model as the uninterrupted run."""
+    options = {"check_every": 2, "calibration_batches": 2, "min_refractory": 4}
+    tokenizer = AutoTokenizer.from_pretrained(sst2_checkpoint)
+    rows = _sentences(sst2_dir, "train", 480)
+    model = AutoModelForSequenceClassification.from_pretrained(sst2_checkpoint)
+    whole = GrowformerCallback("incrt", options)
+    saving = {"save_strategy": "steps", "save_steps": 3}
+    _trainer(model, tokenizer, rows, [whole], tmp_path / "a", 12, **saving).train()
+    assert 0 < len([e for e in whole.events if e["step"] <= 3]) < len(whole.events)
+    ckpt = tmp_path / "a" / "checkpoint-3"
+    again = AutoModelForSequenceClassification.from_pretrained(ckpt)
+    restore = {"restore_callback_states_from_checkpoint": True}
+    fresh = GrowformerCallback("incrt", options)
+    trainer = _trainer(again, tokenizer, rows, [fresh], tmp_path / "b", 12, **restore)
+    trainer.train(resume_from_checkpoint=str(ckpt))
+    callbacks = trainer.callback_handler.callbacks
+    (resumed,) = [c for c in callbacks if isinstance(c, GrowformerCallback)]
+    assert resumed is not fresh and resumed.policy_state["checks"] > fresh.policy_state["checks"]
+    assert resumed.events == whole.events
+    assert again.elastic.arch == model.elastic.arch
+    for (name, a), b in zip(again.named_parameters(), model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5, msg=name)
 
 
 def test_sgt_loops_a_layer_inside_transformers_trainer(sst2_checkpoint, sst2_dir, tmp_path):

@@ -43,6 +43,7 @@ from transformers import (
 )
 from transformers.initialization import guard_torch_init_functions
 from transformers.modeling_outputs import CausalLMOutput, SequenceClassifierOutput
+from transformers.trainer_callback import ExportableState
 
 import growformer
 from growformer import statistics
@@ -176,7 +177,7 @@ def register() -> None:
 register()
 
 
-class GrowformerCallback(TrainerCallback):
+class GrowformerCallback(TrainerCallback, ExportableState):
     """Runs a growformer structure policy inside ``transformers.Trainer``.
 
     What :class:`growformer.train.Trainer` does around its optimizer steps, in the
@@ -190,6 +191,13 @@ class GrowformerCallback(TrainerCallback):
     applied). Training must run in one process: the structure changes would otherwise
     have to be made on every rank.
 
+    The callback's state (the policy's, its events and statistics records) is saved in
+    the Trainer's checkpoints. To resume, load the model from the checkpoint directory
+    (it holds the grown structure, which the model as first built does not), and set
+    ``TrainingArguments(restore_callback_states_from_checkpoint=True)``: the Trainer then
+    replaces this callback by one restored from the checkpoint (find it in
+    ``trainer.callback_handler.callbacks``).
+
     Args:
         policy: A policy name (``"incrt"``, ``"sgt"``, ``"a+b"``, see
             :func:`growformer.policies.make_policy`).
@@ -202,6 +210,7 @@ class GrowformerCallback(TrainerCallback):
     """
 
     def __init__(self, policy: str, options: dict[str, Any] | None = None) -> None:
+        self._args = {"policy": policy, "options": options}
         self.policy = make_policy(policy, options)
         self.events: list[dict[str, Any]] = []
         self.stats: list[dict[str, Any]] = []
@@ -210,6 +219,27 @@ class GrowformerCallback(TrainerCallback):
         self._batch: dict[str, Tensor] | None = None
         self._hooks: list[RemovableHandle] = []
         self._recording = contextlib.ExitStack()
+
+    def state(self) -> dict[str, Any]:
+        """What the Trainer saves in its checkpoints' ``trainer_state.json`` (JSON)."""
+        return {
+            "args": self._args,
+            "attributes": {
+                "policy_state": self.policy_state,
+                "events": self.events,
+                "stats": self.stats,
+                "_calibrated": self._calibrated,
+            },
+        }
+
+    @property
+    def policy_state(self) -> dict[str, Any]:
+        """The policy's state (set by the Trainer when it restores the callback)."""
+        return self.policy.state_dict()
+
+    @policy_state.setter
+    def policy_state(self, state: dict[str, Any]) -> None:
+        self.policy.load_state_dict(state)
 
     def on_train_begin(
         self,
