@@ -214,10 +214,9 @@ def wall_overhead(
 def timed_in_processes(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     """:func:`wall_overhead` of run ``name`` (first seed) measured in
     ``args.timing_processes`` fresh processes per CPU thread count of
-    ``args.timing_threads``, one after the other: within one process the ratios are
-    stable, between processes they move by a few percent (where the allocator puts the
-    tensors), as the A/A control shows. One entry per thread count: the median of each
-    figure, and every process's."""
+    ``args.timing_threads``, one after the other: SGT's ratio moves by several percent
+    between processes, much more than the A/A control's does. One entry per thread count:
+    the median of each figure, and every process's."""
     out = []
     for threads in args.timing_threads:
         per_process = []
