@@ -135,6 +135,29 @@ def test_losses_follow_transformers_conventions(tmp_path):
         assert torch.equal(hf(input_ids=ids, labels=ids).loss, lm(ids, labels=targets).loss)
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_transformers_generate_decodes_like_growformer(variant, tmp_path):
+    """transformers' greedy ``generate`` and text-generation pipeline (no transformers
+    cache: the whole sequence every step) give growformer's cached decoding."""
+    torch.manual_seed(0)
+    lm = build_model(arch("causal_lm", variant)).eval()
+    ckpt = _save(tmp_path, lm)
+    hf = AutoModelForCausalLM.from_pretrained(ckpt)
+    prompts = batch("causal_lm", b=3, t=5)["input_ids"]
+    new = MAX_LEN - prompts.shape[1]
+    expected = lm.generate(prompts, new)
+    # Growformer's generate does not stop at [EOS]: neither does this one.
+    hf.generation_config.eos_token_id = None
+    got = hf.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=new)
+    assert torch.equal(got, expected)
+    generator = pipeline("text-generation", model=str(ckpt), tokenizer=str(ckpt))
+    text = " ".join(f"w{int(i) - 4}" for i in prompts[0])
+    out = generator(text, max_new_tokens=4, do_sample=False, return_tensors=True)
+    assert out[0]["generated_token_ids"] == lm.generate(prompts[:1], 4)[0].tolist()
+    with pytest.raises(ConfigError, match="cannot use transformers' key/value cache"):
+        hf(prompts, past_key_values=object())
+
+
 def test_new_labels_draw_only_the_new_classifier(tmp_path):
     torch.manual_seed(0)
     model = build_model(arch("classifier", "uniform"))

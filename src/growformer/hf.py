@@ -35,6 +35,7 @@ from growformer.hf_config import GrowformerConfig
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
+    GenerationMixin,
     PreTrainedModel,
     TrainerCallback,
     TrainerControl,
@@ -141,16 +142,33 @@ class GrowformerForSequenceClassification(GrowformerPreTrainedModel):
         return SequenceClassifierOutput(loss=out.loss, logits=out.logits)
 
 
-class GrowformerForCausalLM(GrowformerPreTrainedModel):
-    """A growformer causal language model. Text generation: ``model.elastic.generate``."""
+class GrowformerForCausalLM(GrowformerPreTrainedModel, GenerationMixin):
+    """A growformer causal language model.
+
+    transformers' ``generate`` (and the ``text-generation`` pipeline) run it without
+    transformers' cache, recomputing the whole sequence for every new token: a looped
+    layer needs keys and values for each of its passes, which transformers' per-layer
+    caches do not hold. ``model.elastic.generate`` decodes with growformer's cache.
+    """
 
     elastic_class = ElasticForCausalLM
+
+    def __init__(self, config: GrowformerConfig) -> None:
+        super().__init__(config)
+        self.generation_config.use_cache = False
+
+    def adjust_generation_fn(self, *args: Any, **kwargs: Any) -> None:
+        """transformers' loading of the generation settings, without its cache."""
+        super().adjust_generation_fn(*args, **kwargs)
+        self.generation_config.use_cache = False
 
     def forward(
         self,
         input_ids: Tensor,
         attention_mask: Tensor | None = None,
         labels: Tensor | None = None,
+        past_key_values: Any = None,
+        **kwargs: Any,
     ) -> CausalLMOutput:
         """Next-token logits at every position, and the loss when ``labels`` given.
 
@@ -159,7 +177,15 @@ class GrowformerForCausalLM(GrowformerPreTrainedModel):
             attention_mask: (batch, seq) 1 for real tokens, 0 for padding.
             labels: (batch, seq) as transformers has them: the tokens themselves (position
                 ``t`` is predicted at ``t - 1``), -100 where ignored.
+            past_key_values: Must be None (see the class).
+            **kwargs: What transformers' generation passes besides (``use_cache``,
+                ``return_dict``): every call computes the whole sequence.
         """
+        if past_key_values is not None:
+            raise ConfigError(
+                "growformer models cannot use transformers' key/value cache: generate with "
+                "use_cache=False, or decode with model.elastic.generate (growformer's cache)"
+            )
         # growformer's targets are aligned with the positions that predict them.
         targets = None if labels is None else F.pad(labels[:, 1:], (0, 1), value=-100)
         out = self.elastic(input_ids, attention_mask, targets)
