@@ -20,6 +20,7 @@ from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
+    DynamicCache,
     Trainer,
     TrainerCallback,
     TrainingArguments,
@@ -137,8 +138,8 @@ def test_losses_follow_transformers_conventions(tmp_path):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_transformers_generate_decodes_like_growformer(variant, tmp_path):
-    """transformers' greedy ``generate`` and text-generation pipeline (no transformers
-    cache: the whole sequence every step) give growformer's cached decoding."""
+    """transformers' greedy ``generate`` and text-generation pipeline, with growformer's
+    cache or without any, give growformer's cached decoding."""
     torch.manual_seed(0)
     lm = build_model(arch("causal_lm", variant)).eval()
     ckpt = _save(tmp_path, lm)
@@ -148,14 +149,52 @@ def test_transformers_generate_decodes_like_growformer(variant, tmp_path):
     expected = lm.generate(prompts, new)
     # Growformer's generate does not stop at [EOS]: neither does this one.
     hf.generation_config.eos_token_id = None
-    got = hf.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=new)
-    assert torch.equal(got, expected)
+    mask = torch.ones_like(prompts)
+    for use_cache in (True, False):
+        got = hf.generate(prompts, attention_mask=mask, max_new_tokens=new, use_cache=use_cache)
+        assert torch.equal(got, expected), use_cache
     generator = pipeline("text-generation", model=str(ckpt), tokenizer=str(ckpt))
     text = " ".join(f"w{int(i) - 4}" for i in prompts[0])
     out = generator(text, max_new_tokens=4, do_sample=False, return_tensors=True)
     assert out[0]["generated_token_ids"] == lm.generate(prompts[:1], 4)[0].tolist()
-    with pytest.raises(ConfigError, match="cannot use transformers' key/value cache"):
-        hf(prompts, past_key_values=object())
+
+
+@pytest.mark.parametrize("variant", ["looped", "fading"])
+def test_transformers_cached_generation_matches_the_full_forward(variant, tmp_path):
+    """Cached and uncached generate agree on every step's logits, under beam search too
+    (the cache follows the surviving beams); a padded batch or a transformers cache is a
+    clear error."""
+    torch.manual_seed(0)
+    hf = AutoModelForCausalLM.from_pretrained(
+        _save(tmp_path, build_model(arch("causal_lm", variant)))
+    )
+    hf.generation_config.eos_token_id = None
+    prompts = batch("causal_lm", b=2, t=6)["input_ids"]
+    mask = torch.ones_like(prompts)
+    settings = {"attention_mask": mask, "max_new_tokens": 10, "return_dict_in_generate": True}
+    runs = {
+        use_cache: hf.generate(prompts, use_cache=use_cache, output_logits=True, **settings)
+        for use_cache in (True, False)
+    }
+    assert torch.equal(runs[True].sequences, runs[False].sequences)
+    for cached, full in zip(runs[True].logits, runs[False].logits, strict=True):
+        torch.testing.assert_close(cached, full, atol=1e-5, rtol=0)
+    assert runs[True].past_key_values.get_seq_length() == prompts.shape[1] + 9
+    beams = {
+        use_cache: hf.generate(prompts, use_cache=use_cache, num_beams=3, **settings).sequences
+        for use_cache in (True, False)
+    }
+    assert torch.equal(beams[True], beams[False])
+    assert not torch.equal(beams[True], runs[True].sequences)  # the beams did reorder
+    mask[0, 0] = 0
+    with pytest.raises(ConfigError, match="unpadded sequences"):
+        hf.generate(prompts, attention_mask=mask, max_new_tokens=2)
+    assert hf.generate(prompts, attention_mask=mask, max_new_tokens=2, use_cache=False).shape == (
+        2,
+        8,
+    )
+    with pytest.raises(ConfigError, match="not a DynamicCache"):
+        hf(prompts, past_key_values=DynamicCache())
 
 
 def test_new_labels_draw_only_the_new_classifier(tmp_path):

@@ -43,7 +43,7 @@ from transformers import (
     TrainingArguments,
 )
 from transformers.initialization import guard_torch_init_functions
-from transformers.modeling_outputs import CausalLMOutput, SequenceClassifierOutput
+from transformers.modeling_outputs import CausalLMOutputWithPast, SequenceClassifierOutput
 from transformers.trainer_callback import ExportableState
 
 import growformer
@@ -53,11 +53,13 @@ from growformer.model import (
     ElasticForCausalLM,
     ElasticForSequenceClassification,
     ElasticModel,
+    KVCache,
 )
 from growformer.policies import make_policy
 from growformer.train import apply_events, layer_statistics, probe_loss
 
 __all__ = [
+    "GrowformerCache",
     "GrowformerCallback",
     "GrowformerConfig",
     "GrowformerForCausalLM",
@@ -142,54 +144,85 @@ class GrowformerForSequenceClassification(GrowformerPreTrainedModel):
         return SequenceClassifierOutput(loss=out.loss, logits=out.logits)
 
 
+class GrowformerCache(KVCache):
+    """growformer's key/value cache (one entry per attention call, so per loop pass) with
+    the parts of transformers' cache interface that ``generate`` uses."""
+
+    is_compileable = False
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        """Positions cached so far (the same for every layer)."""
+        return self.length
+
+    def reorder_cache(self, beam_idx: Tensor) -> None:
+        """Keep the batch rows ``beam_idx`` (beam search's surviving beams), in that order."""
+        self.entries = [
+            (k.index_select(0, beam_idx.to(k.device)), v.index_select(0, beam_idx.to(v.device)))
+            for k, v in self.entries
+        ]
+
+
 class GrowformerForCausalLM(GrowformerPreTrainedModel, GenerationMixin):
     """A growformer causal language model.
 
-    transformers' ``generate`` (and the ``text-generation`` pipeline) run it without
-    transformers' cache, recomputing the whole sequence for every new token: a looped
-    layer needs keys and values for each of its passes, which transformers' per-layer
-    caches do not hold. ``model.elastic.generate`` decodes with growformer's cache.
+    transformers' ``generate`` (and the ``text-generation`` pipeline) decode it with
+    growformer's own key/value cache (:class:`GrowformerCache`): a looped layer needs keys
+    and values for each of its passes, which transformers' per-layer caches do not hold.
+    The cache needs unpadded prompts; a padded batch generates with ``use_cache=False``,
+    which recomputes the whole sequence for every new token.
     """
 
     elastic_class = ElasticForCausalLM
 
-    def __init__(self, config: GrowformerConfig) -> None:
-        super().__init__(config)
-        self.generation_config.use_cache = False
-
-    def adjust_generation_fn(self, *args: Any, **kwargs: Any) -> None:
-        """transformers' loading of the generation settings, without its cache."""
-        super().adjust_generation_fn(*args, **kwargs)
-        self.generation_config.use_cache = False
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        # The forward makes its own cache: transformers' DynamicCache has one entry per layer.
+        return False
 
     def forward(
         self,
         input_ids: Tensor,
         attention_mask: Tensor | None = None,
         labels: Tensor | None = None,
-        past_key_values: Any = None,
+        past_key_values: GrowformerCache | None = None,
+        use_cache: bool | None = None,
         **kwargs: Any,
-    ) -> CausalLMOutput:
+    ) -> CausalLMOutputWithPast:
         """Next-token logits at every position, and the loss when ``labels`` given.
 
         Args:
-            input_ids: (batch, seq) token ids.
-            attention_mask: (batch, seq) 1 for real tokens, 0 for padding.
+            input_ids: (batch, seq) token ids; with ``past_key_values``, the positions that
+                follow the cached ones.
+            attention_mask: (batch, seq) 1 for real tokens, 0 for padding (with a cache:
+                the whole sequence's, all 1).
             labels: (batch, seq) as transformers has them: the tokens themselves (position
                 ``t`` is predicted at ``t - 1``), -100 where ignored.
-            past_key_values: Must be None (see the class).
-            **kwargs: What transformers' generation passes besides (``use_cache``,
-                ``return_dict``): every call computes the whole sequence.
+            past_key_values: The cache a previous call returned.
+            use_cache: Return a cache holding this call's keys and values (a new one when
+                ``past_key_values`` is None).
+            **kwargs: What transformers' generation passes besides (``return_dict``,
+                ``position_ids``): positions follow from the cache.
         """
-        if past_key_values is not None:
+        if past_key_values is not None and not isinstance(past_key_values, GrowformerCache):
             raise ConfigError(
-                "growformer models cannot use transformers' key/value cache: generate with "
-                "use_cache=False, or decode with model.elastic.generate (growformer's cache)"
+                f"growformer models take their own key/value cache, not a "
+                f"{type(past_key_values).__name__}: a looped layer needs one entry per pass. "
+                "Let generate make it (use_cache=True) or pass use_cache=False"
             )
+        cache = past_key_values
+        if cache is None and use_cache:
+            cache = GrowformerCache()
+        if cache is not None and attention_mask is not None:
+            if not bool(attention_mask.all()):
+                raise ConfigError(
+                    "growformer's key/value cache needs unpadded sequences: generate a padded "
+                    "batch with use_cache=False"
+                )
+            attention_mask = None
         # growformer's targets are aligned with the positions that predict them.
         targets = None if labels is None else F.pad(labels[:, 1:], (0, 1), value=-100)
-        out = self.elastic(input_ids, attention_mask, targets)
-        return CausalLMOutput(loss=out.loss, logits=out.logits)
+        out = self.elastic(input_ids, attention_mask, targets, cache=cache)
+        return CausalLMOutputWithPast(loss=out.loss, logits=out.logits, past_key_values=cache)
 
 
 def register() -> None:
