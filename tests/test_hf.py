@@ -162,8 +162,8 @@ def test_transformers_generate_decodes_like_growformer(variant, tmp_path):
 @pytest.mark.parametrize("variant", ["looped", "fading"])
 def test_transformers_cached_generation_matches_the_full_forward(variant, tmp_path):
     """Cached and uncached generate agree on every step's logits, under beam search too
-    (the cache follows the surviving beams); a padded batch or a transformers cache is a
-    clear error."""
+    (the cache follows the surviving beams) and on left-padded batches; a transformers
+    cache is a clear error."""
     torch.manual_seed(0)
     hf = AutoModelForCausalLM.from_pretrained(
         _save(tmp_path, build_model(arch("causal_lm", variant)))
@@ -186,13 +186,15 @@ def test_transformers_cached_generation_matches_the_full_forward(variant, tmp_pa
     }
     assert torch.equal(beams[True], beams[False])
     assert not torch.equal(beams[True], runs[True].sequences)  # the beams did reorder
-    mask[0, 0] = 0
-    with pytest.raises(ConfigError, match="unpadded sequences"):
-        hf.generate(prompts, attention_mask=mask, max_new_tokens=2)
-    assert hf.generate(prompts, attention_mask=mask, max_new_tokens=2, use_cache=False).shape == (
-        2,
-        8,
-    )
+    # A left-padded batch decodes each prompt as if alone (the short one's positions
+    # start at its first real token).
+    lm = hf.elastic.eval()
+    mask[1, :3] = 0
+    for use_cache in (True, False):
+        got = hf.generate(prompts, attention_mask=mask, max_new_tokens=8, use_cache=use_cache)
+        for row, start in enumerate((0, 3)):
+            alone = lm.generate(prompts[row : row + 1, start:], 8)[0]
+            assert torch.equal(got[row, start:], alone), (use_cache, row)
     with pytest.raises(ConfigError, match="not a DynamicCache"):
         hf(prompts, past_key_values=DynamicCache())
 

@@ -225,8 +225,31 @@ def test_generate_continues_greedily_with_the_cache():
     assert sampled.shape == (2, 10) and torch.equal(sampled[:, :6], prompt)
     with pytest.raises(ValueError, match="exceeds max_len"):
         model.generate(prompt, MAX_LEN)
-    with pytest.raises(ValueError, match="causal, unpadded"):
-        model(prompt, torch.ones_like(prompt), cache=KVCache())
+    with pytest.raises(ValueError, match="covers 6 positions, but there are 6 cached and 1"):
+        cache = KVCache()
+        model(prompt, cache=cache)
+        model(prompt[:, :1], torch.ones_like(prompt), cache=cache)
+
+
+def test_cached_decoding_of_left_padded_rows():
+    """Left-padded rows, their positions counted from the first real token, decode in
+    pieces as in one full forward, and each as if alone."""
+    model = _decoding_model()
+    ids = torch.randint(4, VOCAB, (3, 16))
+    mask = torch.ones(3, 16, dtype=torch.long)
+    mask[1, :4] = mask[2, :2] = 0
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    bounds = [(0, 5), (5, 8), *((t, t + 1) for t in range(8, 16))]
+    with torch.no_grad():
+        full = model(ids, mask, position_ids=pos).logits
+        cache = KVCache()
+        pieces = [
+            model(ids[:, a:b], mask[:, :b], cache=cache, position_ids=pos[:, a:b]).logits
+            for a, b in bounds
+        ]
+        alone = model(ids[1:2, 4:]).logits
+    assert (torch.cat(pieces, 1) - full).abs().max().item() <= 1e-5
+    assert (full[1, 4:] - alone[0]).abs().max().item() <= 1e-5
 
 
 @pytest.mark.parametrize(

@@ -168,8 +168,8 @@ class GrowformerForCausalLM(GrowformerPreTrainedModel, GenerationMixin):
     transformers' ``generate`` (and the ``text-generation`` pipeline) decode it with
     growformer's own key/value cache (:class:`GrowformerCache`): a looped layer needs keys
     and values for each of its passes, which transformers' per-layer caches do not hold.
-    The cache needs unpadded prompts; a padded batch generates with ``use_cache=False``,
-    which recomputes the whole sequence for every new token.
+    Left-padded batches decode like each prompt alone (positions count from each row's
+    first real token).
     """
 
     elastic_class = ElasticForCausalLM
@@ -186,6 +186,7 @@ class GrowformerForCausalLM(GrowformerPreTrainedModel, GenerationMixin):
         labels: Tensor | None = None,
         past_key_values: GrowformerCache | None = None,
         use_cache: bool | None = None,
+        position_ids: Tensor | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """Next-token logits at every position, and the loss when ``labels`` given.
@@ -193,15 +194,16 @@ class GrowformerForCausalLM(GrowformerPreTrainedModel, GenerationMixin):
         Args:
             input_ids: (batch, seq) token ids; with ``past_key_values``, the positions that
                 follow the cached ones.
-            attention_mask: (batch, seq) 1 for real tokens, 0 for padding (with a cache:
-                the whole sequence's, all 1).
+            attention_mask: (batch, keys) 1 for real tokens, 0 for padding; with a cache,
+                the whole sequence's (cached positions first).
             labels: (batch, seq) as transformers has them: the tokens themselves (position
                 ``t`` is predicted at ``t - 1``), -100 where ignored.
             past_key_values: The cache a previous call returned.
             use_cache: Return a cache holding this call's keys and values (a new one when
                 ``past_key_values`` is None).
-            **kwargs: What transformers' generation passes besides (``return_dict``,
-                ``position_ids``): positions follow from the cache.
+            position_ids: (batch, seq) positions of ``input_ids``; None counts from 0 (or
+                from the cached length).
+            **kwargs: What transformers' generation passes besides (``return_dict``).
         """
         if past_key_values is not None and not isinstance(past_key_values, GrowformerCache):
             raise ConfigError(
@@ -212,16 +214,9 @@ class GrowformerForCausalLM(GrowformerPreTrainedModel, GenerationMixin):
         cache = past_key_values
         if cache is None and use_cache:
             cache = GrowformerCache()
-        if cache is not None and attention_mask is not None:
-            if not bool(attention_mask.all()):
-                raise ConfigError(
-                    "growformer's key/value cache needs unpadded sequences: generate a padded "
-                    "batch with use_cache=False"
-                )
-            attention_mask = None
         # growformer's targets are aligned with the positions that predict them.
         targets = None if labels is None else F.pad(labels[:, 1:], (0, 1), value=-100)
-        out = self.elastic(input_ids, attention_mask, targets, cache=cache)
+        out = self.elastic(input_ids, attention_mask, targets, cache, position_ids)
         return CausalLMOutputWithPast(loss=out.loss, logits=out.logits, past_key_values=cache)
 
 

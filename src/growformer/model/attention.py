@@ -97,7 +97,8 @@ class ElasticAttention(nn.Module):
 
         Args:
             hidden_states: (batch, seq, d_model) normalised input.
-            attn_mask: Boolean (batch, 1, 1, seq), True where a key may be attended.
+            attn_mask: Boolean (batch, 1, 1, keys), True where a key may be attended (with
+                a cache, the cached keys come first).
             is_causal: Apply a causal mask (language modelling).
             rows: Projection rows of a subset of heads to compute (looped passes); None
                 computes every head. See :meth:`subset_rows`.
@@ -129,8 +130,9 @@ class ElasticAttention(nn.Module):
                 # The new queries sit at positions past..past+t-1; the kernel's own causal
                 # mask would align them with the first keys instead.
                 if t > 1:
-                    attn_mask = torch.ones(t, past + t, dtype=torch.bool, device=k.device)
-                    attn_mask = attn_mask.tril(past)
+                    causal = torch.ones(t, past + t, dtype=torch.bool, device=k.device)
+                    causal = causal.tril(past)
+                    attn_mask = causal if attn_mask is None else attn_mask & causal
                 is_causal = False
         if kv_index is not None:
             # A loop's heads can use their groups unevenly, which the kernel's grouping

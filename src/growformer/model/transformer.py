@@ -55,32 +55,43 @@ class ElasticTransformer(nn.Module):
         attention_mask: Tensor | None = None,
         is_causal: bool = False,
         cache: KVCache | None = None,
+        position_ids: Tensor | None = None,
     ) -> Tensor:
         """Return the final hidden states (batch, seq, d_model).
 
         Args:
             input_ids: (batch, seq) token ids.
-            attention_mask: (batch, seq) bool or 0/1, True for real tokens; None = all real.
+            attention_mask: (batch, keys) bool or 0/1, True for real tokens; None = all
+                real. Keys are ``input_ids``' positions, with a cache the cached ones too.
             is_causal: Mask future positions.
-            cache: Keys and values of the positions before ``input_ids`` (causal, unpadded
-                input only); this pass's are appended.
+            cache: Keys and values of the positions before ``input_ids`` (causal input
+                only); this pass's are appended.
+            position_ids: (batch, seq) position of each token; None counts from 0 (or from
+                the cached length). Left-padded rows start their real tokens at 0.
         """
-        past = 0
+        past, t = 0, input_ids.shape[1]
         if cache is not None:
-            if attention_mask is not None or not is_causal:
-                raise ValueError("a key/value cache needs causal, unpadded input")
+            if not is_causal:
+                raise ValueError("a key/value cache needs causal input")
             past = cache.length
             cache.start()
-        t = past + input_ids.shape[1]
-        if t > self.pos_emb.num_embeddings:
-            raise ValueError(f"sequence length {t} exceeds max_len {self.pos_emb.num_embeddings}")
-        pos = torch.arange(past, t, device=input_ids.device)
+        if attention_mask is not None and attention_mask.shape[1] != past + t:
+            raise ValueError(
+                f"attention_mask covers {attention_mask.shape[1]} positions, but there are "
+                f"{past} cached and {t} new ones"
+            )
+        if past + t > self.pos_emb.num_embeddings:
+            raise ValueError(
+                f"sequence length {past + t} exceeds max_len {self.pos_emb.num_embeddings}"
+            )
+        pos = torch.arange(past, past + t, device=input_ids.device)
+        pos = pos if position_ids is None else position_ids
         h = self.drop(self.tok_proj(self.tok_emb(input_ids)) + self.pos_emb(pos))
         mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
         for block in self.layers:
             h = block(h, mask, is_causal, cache)
         if cache is not None:
-            cache.finish(input_ids.shape[1])
+            cache.finish(t)
         return self.ln_f(h)
 
 
@@ -174,17 +185,22 @@ class ElasticForCausalLM(ElasticModel):
         attention_mask: Tensor | None = None,
         labels: Tensor | None = None,
         cache: KVCache | None = None,
+        position_ids: Tensor | None = None,
     ) -> ModelOutput:
         """Logits (and loss) of every position of ``input_ids``.
 
         Args:
             input_ids: (batch, seq) token ids.
-            attention_mask: (batch, seq) True for real tokens; None = all real.
+            attention_mask: (batch, keys) True for real tokens (with a cache, the cached
+                positions' too); None = all real.
             labels: (batch, seq) targets, -100 where ignored.
             cache: Incremental decoding: ``input_ids`` continue the positions cached so
-                far (unpadded batches only); the cache is extended in place.
+                far; the cache is extended in place.
+            position_ids: (batch, seq) positions (see :meth:`ElasticTransformer.forward`).
         """
-        hidden_states = self.transformer(input_ids, attention_mask, is_causal=True, cache=cache)
+        hidden_states = self.transformer(
+            input_ids, attention_mask, is_causal=True, cache=cache, position_ids=position_ids
+        )
         logits = self.lm_head(hidden_states)
         loss = None
         if labels is not None:
