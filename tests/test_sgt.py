@@ -675,3 +675,22 @@ def test_incrt_and_sgt_composed_in_one_run(tmp_path):
     resumed = train(TrainConfig.from_dict(cfg), tmp_path / "h", resume=True, progress=False)
     assert resumed["events"] == straight["events"]
     assert _files(tmp_path / "h") == _files(tmp_path / "s")
+    # A head budget refuses INCRT's growth past it (INCRT's turn) and SGT goes on looping.
+    heads = {i: 1 for i in range(cfg["model"]["n_layers"])}
+    for e in straight["events"]:
+        heads[e["layer"]] += e["op"] == "add_head"
+    cap = max(heads.values()) - 1
+    capped = train(
+        TrainConfig.from_dict({**cfg, "max_heads_per_layer": cap}),
+        tmp_path / "capped",
+        progress=False,
+    )
+    rows = [
+        json.loads(line) for line in (tmp_path / "capped" / "stats.jsonl").read_text().splitlines()
+    ]
+    refused = [r for r in rows if "refused" in r]
+    assert refused and all(r["refused"].endswith(f"> max_heads_per_layer {cap}") for r in refused)
+    assert (
+        max(layer.heads for layer in Architecture.from_dict(capped["architecture"]).layers) == cap
+    )
+    assert "set_loops" in {e["op"] for e in capped["events"]}
