@@ -1,19 +1,22 @@
 """SGT on a causal LM: vanilla vs block loop vs SGT and its ablations, same steps and seeds.
 
-Six-layer causal LM on the ``lm`` corpus (the Python standard library's source unless
-``--data-dir``), trained from scratch with the same data order per seed. Variants:
-vanilla; block loop (the deepest 3 layers run twice from step 0); SGT (reference
-schedule: top 3 layers, 2 kept heads, loop depth 1, deep to shallow, windows of 250
-steps); SGT with loop depth up to 3; one high-entropy and one low-entropy head loop
-(SGT's schedule with one layer); shallow-to-deep SGT. Reports held-out perplexity per
-seed, the analytic training-FLOPs overhead over the same model without loops, and the
-measured wall-clock overhead of SGT's structures over vanilla (training steps timed in
-alternation in this process, integrated over the schedule), with a table and a PNG.
-Every variant trains without dropout (``--dropout``), as the reference's OLMo config
-does; the report also times SGT's final structure with dropout 0.1, whose mask sampling
-in every loop pass costs CPU time that no FLOP count shows.
+Six-layer causal LM (d_model 128 unless ``--d-model``, 8 heads) on the ``lm`` corpus
+(the Python standard library's source unless ``--data-dir``), trained from scratch with
+the same data order per seed. Variants: vanilla; block loop (the deepest 3 layers run
+twice from step 0); SGT (reference schedule: top 3 layers, 2 kept heads, loop depth 1,
+deep to shallow, windows of 250 steps); SGT with loop depth up to 3; one high-entropy
+and one low-entropy head loop (SGT's schedule with one layer); shallow-to-deep SGT.
+Reports held-out perplexity per seed, the analytic training-FLOPs overhead over the same
+model without loops, and the measured wall-clock overhead of SGT's structures over
+vanilla (training steps timed in alternation in this process, integrated over the
+schedule), with a table and a PNG. Every variant trains without dropout (``--dropout``),
+as the reference's OLMo config does; the report also times SGT's final structure with
+dropout 0.1, whose mask sampling in every loop pass costs CPU time that no FLOP count
+shows.
 
     python benchmarks/sgt_lm.py [--seeds 0 1] [--steps 2000] [--out runs/sgt_lm]
+    python benchmarks/sgt_lm.py --variants vanilla sgt --seeds 0 --d-model 256 \
+        --out runs/sgt_lm_d256   # the same at twice the width
 """
 
 from __future__ import annotations
@@ -73,11 +76,11 @@ def config(args: argparse.Namespace, variant: str, seed: int) -> dict[str, Any]:
         "checkpoint_every": args.steps,
         "device": "cpu",
         "model": {
-            "d_model": 128,
+            "d_model": args.d_model,
             "n_layers": 6,
             "heads": 8,
-            "head_dim": 16,
-            "ffn_dim": 512,
+            "head_dim": args.d_model // 8,
+            "ffn_dim": 4 * args.d_model,
             "dropout": args.dropout,
         },
     }
@@ -441,6 +444,9 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=64)
     p.add_argument("--vocab", type=int, default=2000)
     p.add_argument(
+        "--d-model", type=int, default=128, help="residual width (8 heads of d_model / 8)"
+    )
+    p.add_argument(
         "--dropout",
         type=float,
         default=0.0,
@@ -519,7 +525,8 @@ def main() -> None:
     print(f"[{time.perf_counter() - t0:.0f} s] SGT's final structure with and without dropout")
     dropout = dropout_cost(results["sgt"][args.seeds[0]], batch, args) if "sgt" in results else []
     lines = [
-        f"Causal LM, 6 layers, d_model 128, 8 heads x 16, seq {args.seq}, batch {args.batch}, "
+        f"Causal LM, 6 layers, d_model {args.d_model}, 8 heads x {args.d_model // 8}, "
+        f"seq {args.seq}, batch {args.batch}, "
         f"vocab {args.vocab}, dropout {args.dropout}, {args.steps} steps, seeds {args.seeds}; CPU "
         f"({torch.get_num_threads()} threads), torch {torch.__version__}.",
         "",
