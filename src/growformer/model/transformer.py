@@ -84,8 +84,9 @@ class ElasticTransformer(nn.Module):
             raise ValueError(
                 f"sequence length {past + t} exceeds max_len {self.pos_emb.num_embeddings}"
             )
-        pos = torch.arange(past, past + t, device=input_ids.device)
-        pos = pos if position_ids is None else position_ids
+        pos = position_ids
+        if pos is None:
+            pos = torch.arange(past, past + t, device=input_ids.device)
         h = self.drop(self.tok_proj(self.tok_emb(input_ids)) + self.pos_emb(pos))
         mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
         for block in self.layers:
