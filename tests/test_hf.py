@@ -154,9 +154,18 @@ def test_transformers_generate_decodes_like_growformer(variant, tmp_path):
         got = hf.generate(prompts, attention_mask=mask, max_new_tokens=new, use_cache=use_cache)
         assert torch.equal(got, expected), use_cache
     generator = pipeline("text-generation", model=str(ckpt), tokenizer=str(ckpt))
-    text = " ".join(f"w{int(i) - 4}" for i in prompts[0])
-    out = generator(text, max_new_tokens=4, do_sample=False, return_tensors=True)
-    assert out[0]["generated_token_ids"] == lm.generate(prompts[:1], 4)[0].tolist()
+    texts = [
+        " ".join(f"w{int(i) - 4}" for i in row[:n])
+        for row, n in zip(prompts[:2], (5, 2), strict=True)
+    ]
+    # Batched: the shorter prompt is left-padded and still continues as if alone.
+    padded = AutoTokenizer.from_pretrained(ckpt)(texts, padding=True)["attention_mask"]
+    assert padded == [[1] * 5, [0] * 3 + [1] * 2]
+    outs = generator(texts, batch_size=2, max_new_tokens=4, do_sample=False, return_tensors=True)
+    for row, n, out in zip(prompts[:2], (5, 2), outs, strict=True):
+        ids = out[0]["generated_token_ids"]
+        assert ids[: 5 - n] == [0] * (5 - n)  # [PAD], id 0
+        assert ids[5 - n :] == lm.generate(row[None, :n], 4)[0].tolist()
 
 
 @pytest.mark.parametrize("variant", ["looped", "fading"])
@@ -195,6 +204,10 @@ def test_transformers_cached_generation_matches_the_full_forward(variant, tmp_pa
         for row, start in enumerate((0, 3)):
             alone = lm.generate(prompts[row : row + 1, start:], 8)[0]
             assert torch.equal(got[row, start:], alone), (use_cache, row)
+    # The forward alone counts positions from the mask too (scoring, training).
+    with torch.no_grad():
+        logits = hf(prompts, attention_mask=mask).logits
+        torch.testing.assert_close(logits[1, 3:], lm(prompts[1:2, 3:]).logits[0], atol=1e-5, rtol=0)
     with pytest.raises(ConfigError, match="not a DynamicCache"):
         hf(prompts, past_key_values=DynamicCache())
 

@@ -201,8 +201,8 @@ class GrowformerForCausalLM(GrowformerPreTrainedModel, GenerationMixin):
             past_key_values: The cache a previous call returned.
             use_cache: Return a cache holding this call's keys and values (a new one when
                 ``past_key_values`` is None).
-            position_ids: (batch, seq) positions of ``input_ids``; None counts from 0 (or
-                from the cached length).
+            position_ids: (batch, seq) positions of ``input_ids``; None counts each row's
+                real tokens from 0 (left padding included), from the cached length on.
             **kwargs: What transformers' generation passes besides (``return_dict``).
         """
         if past_key_values is not None and not isinstance(past_key_values, GrowformerCache):
@@ -214,6 +214,9 @@ class GrowformerForCausalLM(GrowformerPreTrainedModel, GenerationMixin):
         cache = past_key_values
         if cache is None and use_cache:
             cache = GrowformerCache()
+        if position_ids is None and attention_mask is not None:
+            counted = attention_mask.long().cumsum(-1) - 1
+            position_ids = counted[:, -input_ids.shape[1] :].clamp(min=0)
         # growformer's targets are aligned with the positions that predict them.
         targets = None if labels is None else F.pad(labels[:, 1:], (0, 1), value=-100)
         out = self.elastic(input_ids, attention_mask, targets, cache, position_ids)

@@ -77,7 +77,8 @@ def tokenizer_config(arch: Architecture) -> dict[str, Any]:
     With :func:`transformers_tokenizer` it makes ``AutoTokenizer`` give the ids of
     :meth:`growformer.data.Tokenizer.encode`: ``[CLS]`` first for classifiers, at most
     ``arch.max_len`` ids when truncating, and special-token strings in the text encoded
-    as ordinary text (growformer inserts special tokens only by id).
+    as ordinary text (growformer inserts special tokens only by id). Language models pad
+    on the left, so that a batch of prompts generates as each prompt alone.
 
     Args:
         arch: The model's architecture.
@@ -94,7 +95,8 @@ def tokenizer_config(arch: Architecture) -> dict[str, Any]:
         "unk_token": unk,
         "split_special_tokens": True,
         "model_max_length": arch.max_len,
-        "padding_side": "right",
+        # A language model continues after the last token: its prompts pad on the left.
+        "padding_side": "left" if arch.kind == "causal_lm" else "right",
         "truncation_side": "right",
         "model_input_names": ["input_ids", "attention_mask"],
         "clean_up_tokenization_spaces": False,
