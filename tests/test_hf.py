@@ -32,6 +32,8 @@ from growformer import checkpoint, surgery
 from growformer.data import Tokenizer
 from growformer.errors import ConfigError
 from growformer.hf import (
+    CACHE_FIELD,
+    GrowformerCache,
     GrowformerCallback,
     GrowformerConfig,
     GrowformerForCausalLM,
@@ -168,6 +170,49 @@ def test_transformers_generate_decodes_like_growformer(variant, tmp_path):
         assert ids[5 - n :] == lm.generate(row[None, :n], 4)[0].tolist()
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_transformers_generate_decodes_through_the_cache(variant, tmp_path):
+    """With the installed transformers, cached greedy ``generate`` gives the uncached
+    tokens and logits, and really decodes from the cache: after the prompt, each call
+    feeds one new token and the cache that the previous call returned."""
+    torch.manual_seed(0)
+    hf = AutoModelForCausalLM.from_pretrained(
+        _save(tmp_path, build_model(arch("causal_lm", variant)))
+    )
+    hf.generation_config.eos_token_id = None
+    prompts = batch("causal_lm", b=3, t=5)["input_ids"]
+    new = MAX_LEN - prompts.shape[1]
+    runs, calls = {}, {}
+    for use_cache in (True, False):
+        seen = calls[use_cache] = []
+
+        def record(module, args, kwargs, output, seen=seen):
+            seen.append((kwargs["input_ids"].shape[1], getattr(output, CACHE_FIELD)))
+
+        hook = hf.register_forward_hook(record, with_kwargs=True)
+        runs[use_cache] = hf.generate(
+            prompts,
+            attention_mask=torch.ones_like(prompts),
+            use_cache=use_cache,
+            max_new_tokens=new,
+            return_dict_in_generate=True,
+            output_logits=True,
+        )
+        hook.remove()
+    assert torch.equal(runs[True].sequences, runs[False].sequences)
+    assert len(runs[True].logits) == new
+    for cached, full in zip(runs[True].logits, runs[False].logits, strict=True):
+        torch.testing.assert_close(cached, full, atol=1e-5, rtol=0)
+    # Uncached: the whole sequence each call, no cache.
+    assert calls[False] == [(n, None) for n in range(prompts.shape[1], MAX_LEN)]
+    # Cached: one prefill of the prompt, then one token a call into one growing cache.
+    assert [n for n, _ in calls[True]] == [prompts.shape[1]] + [1] * (new - 1)
+    cache = runs[True][CACHE_FIELD]
+    assert isinstance(cache, GrowformerCache)
+    assert all(returned is cache for _, returned in calls[True])
+    assert cache.get_seq_length() == MAX_LEN - 1
+
+
 @pytest.mark.parametrize("variant", ["looped", "fading"])
 def test_transformers_cached_generation_matches_the_full_forward(variant, tmp_path):
     """Cached and uncached generate agree on every step's logits, under beam search too
@@ -188,7 +233,7 @@ def test_transformers_cached_generation_matches_the_full_forward(variant, tmp_pa
     assert torch.equal(runs[True].sequences, runs[False].sequences)
     for cached, full in zip(runs[True].logits, runs[False].logits, strict=True):
         torch.testing.assert_close(cached, full, atol=1e-5, rtol=0)
-    assert runs[True].past_key_values.get_seq_length() == prompts.shape[1] + 9
+    assert runs[True][CACHE_FIELD].get_seq_length() == prompts.shape[1] + 9
     beams = {
         use_cache: hf.generate(prompts, use_cache=use_cache, num_beams=3, **settings).sequences
         for use_cache in (True, False)
@@ -208,8 +253,16 @@ def test_transformers_cached_generation_matches_the_full_forward(variant, tmp_pa
     with torch.no_grad():
         logits = hf(prompts, attention_mask=mask).logits
         torch.testing.assert_close(logits[1, 3:], lm(prompts[1:2, 3:]).logits[0], atol=1e-5, rtol=0)
-    with pytest.raises(ConfigError, match="not a DynamicCache"):
-        hf(prompts, past_key_values=DynamicCache())
+    for name in ("cache", "past_key_values"):
+        with pytest.raises(ConfigError, match="not a DynamicCache"):
+            hf(prompts, **{name: DynamicCache()})
+    # The argument's name before transformers 5.24 still decodes on from a cache.
+    with torch.no_grad():
+        first = hf(prompts[:, :4], use_cache=True)[CACHE_FIELD]
+        step = hf(prompts[:, 4:], past_key_values=first).logits
+        torch.testing.assert_close(step, hf(prompts).logits[:, 4:], atol=1e-5, rtol=0)
+        with pytest.raises(ConfigError, match="not both"):
+            hf(prompts[:, 4:], cache=first, past_key_values=first)
 
 
 def test_new_labels_draw_only_the_new_classifier(tmp_path):

@@ -59,6 +59,7 @@ from growformer.policies import make_policy
 from growformer.train import apply_events, layer_statistics, probe_loss
 
 __all__ = [
+    "CACHE_FIELD",
     "GrowformerCache",
     "GrowformerCallback",
     "GrowformerConfig",
@@ -144,6 +145,13 @@ class GrowformerForSequenceClassification(GrowformerPreTrainedModel):
         return SequenceClassifierOutput(loss=out.loss, logits=out.logits)
 
 
+# transformers 5.24 renamed generation's cache argument and output field from
+# ``past_key_values`` to ``cache``; the model takes both and returns the installed name.
+CACHE_FIELD = (
+    "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+)
+
+
 class GrowformerCache(KVCache):
     """growformer's key/value cache (one entry per attention call, so per loop pass) with
     the parts of transformers' cache interface that ``generate`` uses."""
@@ -184,34 +192,45 @@ class GrowformerForCausalLM(GrowformerPreTrainedModel, GenerationMixin):
         input_ids: Tensor,
         attention_mask: Tensor | None = None,
         labels: Tensor | None = None,
-        past_key_values: GrowformerCache | None = None,
+        cache: GrowformerCache | None = None,
         use_cache: bool | None = None,
         position_ids: Tensor | None = None,
+        past_key_values: GrowformerCache | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """Next-token logits at every position, and the loss when ``labels`` given.
 
         Args:
-            input_ids: (batch, seq) token ids; with ``past_key_values``, the positions that
-                follow the cached ones.
+            input_ids: (batch, seq) token ids; with a ``cache``, the positions that follow
+                the cached ones.
             attention_mask: (batch, keys) 1 for real tokens, 0 for padding; with a cache,
                 the whole sequence's (cached positions first).
             labels: (batch, seq) as transformers has them: the tokens themselves (position
                 ``t`` is predicted at ``t - 1``), -100 where ignored.
-            past_key_values: The cache a previous call returned.
+            cache: The cache a previous call returned.
             use_cache: Return a cache holding this call's keys and values (a new one when
-                ``past_key_values`` is None).
+                ``cache`` is None).
             position_ids: (batch, seq) positions of ``input_ids``; None counts each row's
                 real tokens from 0 (left padding included), from the cached length on.
+            past_key_values: ``cache`` under its name before transformers 5.24.
             **kwargs: What transformers' generation passes besides (``return_dict``).
+
+        Returns:
+            The logits and loss, and the cache under the installed transformers' name for
+            it (:data:`CACHE_FIELD`).
         """
-        if past_key_values is not None and not isinstance(past_key_values, GrowformerCache):
+        if past_key_values is not None:
+            if cache is not None:
+                raise ConfigError(
+                    "pass the key/value cache as cache or as past_key_values, not both"
+                )
+            cache = past_key_values
+        if cache is not None and not isinstance(cache, GrowformerCache):
             raise ConfigError(
                 f"growformer models take their own key/value cache, not a "
-                f"{type(past_key_values).__name__}: a looped layer needs one entry per pass. "
+                f"{type(cache).__name__}: a looped layer needs one entry per pass. "
                 "Let generate make it (use_cache=True) or pass use_cache=False"
             )
-        cache = past_key_values
         if cache is None and use_cache:
             cache = GrowformerCache()
         if position_ids is None and attention_mask is not None:
@@ -220,7 +239,7 @@ class GrowformerForCausalLM(GrowformerPreTrainedModel, GenerationMixin):
         # growformer's targets are aligned with the positions that predict them.
         targets = None if labels is None else F.pad(labels[:, 1:], (0, 1), value=-100)
         out = self.elastic(input_ids, attention_mask, targets, cache, position_ids)
-        return CausalLMOutputWithPast(loss=out.loss, logits=out.logits, past_key_values=cache)
+        return CausalLMOutputWithPast(loss=out.loss, logits=out.logits, **{CACHE_FIELD: cache})
 
 
 def register() -> None:
