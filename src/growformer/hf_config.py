@@ -50,9 +50,18 @@ class GrowformerConfig(PreTrainedConfig):
     eos_token_id: int | None = None
     growformer_version: str | None = None
 
-    def __post_init__(self, **kwargs: Any) -> None:
-        super().__post_init__(**kwargs)
+    def __new__(cls, *args: Any, **kwargs: Any) -> GrowformerConfig:
+        # Here rather than in __init__ or __post_init__: transformers 5.4 turned its
+        # configurations into dataclasses, and __new__ runs under both kinds.
         import growformer.hf  # noqa: F401  (registers the model classes)
+
+        return super().__new__(cls)
+
+    @property
+    def vocab_size(self) -> int | None:
+        """The architecture's vocabulary size, under the name transformers reads (beam
+        search before transformers 5.18 sizes its scores by it)."""
+        return None if self.architecture is None else self.architecture["vocab_size"]
 
     @property
     def arch(self) -> Architecture:
