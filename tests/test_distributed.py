@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -138,6 +140,40 @@ def test_a_killed_rank_stops_the_job_and_resume_finishes_it(tmp_path):
     assert summary["steps"] == 300
     kept = [e for e in events_before if json.loads(e)["step"] <= stopped_at]
     assert (out / "events.jsonl").read_text().splitlines()[: len(kept)] == kept
+
+
+class _Wrapper(torch.nn.Module):
+    """Stands in for DDP: a module that holds the model and forwards to it."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = model
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+
+def test_the_ddp_wrapper_is_gone_before_the_process_group(tmp_path, monkeypatch):
+    """At the end of a run the trainer drops its DDP wrapper before it leaves the process
+    group: a reducer freed afterwards destroys the group with the GIL held, which can
+    deadlock against gloo's threads (seen as a rank that never exits)."""
+    wrappers: list[weakref.ref] = []
+    alive_at_stop: list[int] = []
+
+    def wrap(self, model):
+        wrapper = _Wrapper(model)
+        wrappers.append(weakref.ref(wrapper))
+        return wrapper
+
+    def stop(self):
+        gc.collect()
+        alive_at_stop.append(sum(ref() is not None for ref in wrappers))
+
+    monkeypatch.setattr(Ranks, "wrap", wrap)
+    monkeypatch.setattr(Ranks, "stop", stop)
+    train(TrainConfig.from_dict(sgt_config()), tmp_path / "run", progress=False)
+    assert len(wrappers) > 1, "the run must rebuild its wrapper after a structural change"
+    assert alive_at_stop == [0]
 
 
 def test_one_process_needs_no_torchrun(monkeypatch):
