@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import signal
@@ -143,11 +142,13 @@ def test_a_killed_rank_stops_the_job_and_resume_finishes_it(tmp_path):
 
 
 class _Wrapper(torch.nn.Module):
-    """Stands in for DDP: a module that holds the model and forwards to it."""
+    """Stands in for DDP: a module that holds the model, forwards to it, and like DDP is
+    part of a reference cycle (freed only by the garbage collector)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.module = model
+        self.cycle = [self]
 
     def forward(self, *args, **kwargs):
         return self.module(*args, **kwargs)
@@ -166,7 +167,6 @@ def test_the_ddp_wrapper_is_gone_before_the_process_group(tmp_path, monkeypatch)
         return wrapper
 
     def stop(self):
-        gc.collect()
         alive_at_stop.append(sum(ref() is not None for ref in wrappers))
 
     monkeypatch.setattr(Ranks, "wrap", wrap)
