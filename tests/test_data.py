@@ -324,8 +324,47 @@ def test_retrieval_is_deterministic_per_seed():
     assert a.train.ids != c.train.ids
 
 
+# --- channels --------------------------------------------------------------------------------
+
+
+def channels(seed: int, **options):
+    options = {"k": 3, "max_count": 3, "distractors": 4, "n_train": 600, "n_val": 50, **options}
+    return load_task("channels", seed=seed, options=options)
+
+
+def test_channels_label_is_each_channels_majority():
+    task = channels(0)
+    assert task.num_labels == 8 and task.label_names[:3] == ["---", "+--", "-+-"]
+    assert task.max_len == 2 * 3 * 3 + 8 + 1 and task.vocab_size == 4 + 2 * (3 + 4)
+    for data in (task.train, task.val):
+        x = collate(data, list(range(len(data))), pad_id=0)["input_ids"]
+        assert x.shape[1] == task.max_len and (x[:, 0] == task.tokenizer.cls_id).all()
+        tokens = x[:, 1:] - 4  # token j of the task's names has id 4 + j
+        against = torch.stack([(tokens == 2 * c).sum(1) for c in range(3)], 1)
+        for_ = torch.stack([(tokens == 2 * c + 1).sum(1) for c in range(3)], 1)
+        assert ((against >= 1) & (against <= 3) & (for_ >= 1) & (for_ <= 3)).all()
+        assert (against != for_).all()
+        assert torch.equal(data.labels, ((for_ > against).long() * torch.tensor([1, 2, 4])).sum(1))
+    assert set(task.train.labels.tolist()) == set(range(8))
+    # Where the channel tokens stand is random: not always the same positions.
+    first = collate(task.train, [0, 1], pad_id=0)["input_ids"][:, 1:] - 4
+    assert not torch.equal(first[0] < 6, first[1] < 6)
+
+
+def test_channels_is_deterministic_per_seed_and_checks_its_options():
+    a, b, c = channels(0), channels(0), channels(1)
+    assert a.train.ids == b.train.ids and torch.equal(a.train.labels, b.train.labels)
+    assert a.train.ids != c.train.ids
+    with pytest.raises(ConfigError, match="seq_len 10 cannot hold 2 \\* max_count \\* k = 18"):
+        channels(0, seq_len=10)
+    with pytest.raises(ConfigError, match="k=21 has 2\\^k classes"):
+        channels(0, k=21)
+    with pytest.raises(ConfigError, match="max_count must be"):
+        channels(0, max_count=1)
+
+
 def test_task_config_errors():
-    with pytest.raises(ConfigError, match="fasta, file, lm, retrieval, sarscov2, sst2"):
+    with pytest.raises(ConfigError, match="channels, fasta, file, lm, retrieval, sarscov2, sst2"):
         load_task("imdb")
     with pytest.raises(ConfigError, match="valid: k, label, n_train"):
         load_task("retrieval", options={"heads": 2})

@@ -1,4 +1,5 @@
-"""Named tasks: SST-2, a synthetic retrieval task, a Python-source LM corpus, user files."""
+"""Named tasks: SST-2, synthetic retrieval and channel tasks, a Python-source LM corpus,
+user files."""
 
 from __future__ import annotations
 
@@ -36,6 +37,14 @@ TASK_OPTIONS: dict[str, dict[str, Any]] = {
         "symbols": 16,
         "label": "sum_mod",
         "num_labels": None,
+        "n_train": 20_000,
+        "n_val": 2_000,
+    },
+    "channels": {
+        "k": 4,
+        "max_count": 4,
+        "distractors": 16,
+        "seq_len": None,
         "n_train": 20_000,
         "n_val": 2_000,
     },
@@ -233,6 +242,9 @@ def load_task(
     positions: their sum modulo `num_labels`; with `label="count"` how many of them
     fall in their position's own random half of the alphabet; with `label="tuple"` the
     ordered k-tuple itself, symbols^k classes, which needs every position read apart),
+    "channels" (synthetic, a known head requirement: k channels, each a vote between two
+    token kinds repeated 1 to `max_count` times at random places among distractor
+    tokens; the label is the k majorities, 2^k classes; see `_channels`),
     "lm" (Python source files: the stdlib, or `data_dir`), "file" (a user TSV/CSV
     `data_file`), "sarscov2" (spike proteins of the pangoLEARN lineage tree in `data_dir`,
     $GROWFORMER_SARSCOV2_DIR or the Debian package's directory, labelled by WHO variant or
@@ -280,6 +292,8 @@ def load_task(
         return _sst2(data_dir, opts, max_len, vocab_size)
     if name == "retrieval":
         return _retrieval(opts, seed, max_len)
+    if name == "channels":
+        return _channels(opts, seed, max_len)
     if name == "lm":
         return _lm(data_dir, opts, max_len, vocab_size)
     if name == "sarscov2":
@@ -471,6 +485,81 @@ def _retrieval(opts: dict[str, Any], seed: int, max_len: int) -> TaskData:
             "label": rule,
             **({"marks": marks.int().tolist()} if rule == "count" else {}),
         },
+    )
+
+
+def _channels(opts: dict[str, Any], seed: int, max_len: int) -> TaskData:
+    """k channels: channel c is ``m0`` tokens ``c{c}-`` and ``m1`` tokens ``c{c}+``
+    (``m0 != m1``, each uniform in 1..max_count), scattered among distractor tokens; its
+    vote is ``m1 > m0`` and the label is the k votes (bit c = channel c).
+
+    A head reads a vote by attending to its channel's two token kinds alike and giving
+    them values of opposite sign; the counts vary, so a one-dimensional head that mixes
+    two channels cannot tell their votes apart. Measured with ``head_dim`` 1 (1 layer,
+    3 seeds, ``benchmarks/known_heads.py``): k-1 heads fail and k heads solve it, so the
+    task's head requirement is k.
+    """
+    k = _int("channels", "k", opts["k"], 1)
+    if 2**k > MAX_TUPLE_LABELS:
+        raise ConfigError(f"task 'channels': k={k} has 2^k classes, more than {MAX_TUPLE_LABELS:,}")
+    most = _int("channels", "max_count", opts["max_count"], 2)
+    distractors = _int("channels", "distractors", opts["distractors"], 1)
+    room = 2 * most * k  # the most channel tokens a sequence can hold
+    seq_len = (
+        room + 8 if opts["seq_len"] is None else _int("channels", "seq_len", opts["seq_len"], 1)
+    )
+    if seq_len < room:
+        raise ConfigError(
+            f"task 'channels': seq_len {seq_len} cannot hold 2 * max_count * k = {room} "
+            "channel tokens"
+        )
+    if max_len < seq_len + 1:
+        raise ConfigError(
+            f"task 'channels': max_len {max_len} is shorter than seq_len+1 = {seq_len + 1}"
+        )
+    n_train = _int("channels", "n_train", opts["n_train"], 1)
+    n_val = _int("channels", "n_val", opts["n_val"], 1)
+    names = [
+        f"{kind}{i}{sign}"
+        for kind, n in (("c", k), ("d", distractors))
+        for i in range(n)
+        for sign in "-+"
+    ]
+    tokenizer = Tokenizer.word_level(names)
+    gen = torch.Generator().manual_seed(seed)
+
+    def make(n: int) -> ClassificationData:
+        m0 = torch.randint(1, most + 1, (n, k), generator=gen)
+        m1 = torch.randint(1, most, (n, k), generator=gen)
+        m1 += (m1 >= m0).long()  # uniform over 1..max_count except m0
+        counts = torch.stack([m0, m1], 2)  # (n, k, side)
+        # Every channel token a sequence could hold, and which of them it does hold.
+        kinds = torch.arange(2 * k).view(k, 2, 1).expand(k, 2, most).reshape(-1)
+        held = (torch.arange(most) < counts.unsqueeze(-1)).reshape(n, -1)
+        noise = 2 * k + torch.randint(2 * distractors, (n, seq_len), generator=gen)
+        pool = torch.cat([kinds.expand(n, -1), noise], 1)
+        # Held channel tokens first, then distractors to fill the sequence, then shuffled.
+        rank = torch.cat([torch.where(held, 0, 2), torch.ones_like(noise)], 1)
+        picked = pool.gather(1, rank.argsort(dim=1, stable=True)[:, :seq_len])
+        seqs = picked.gather(1, torch.rand(n, seq_len, generator=gen).argsort(1))
+        texts = [" ".join(names[i] for i in row) for row in seqs.tolist()]
+        votes = (m1 > m0).long()
+        labels = (votes * 2 ** torch.arange(k)).sum(1)
+        return ClassificationData(tokenizer.encode(texts, add_cls=True, max_len=None), labels)
+
+    train = make(n_train)
+    val = make(n_val)
+    return TaskData(
+        name="channels",
+        kind="classification",
+        train=train,
+        val=val,
+        tokenizer=tokenizer,
+        num_labels=2**k,
+        # Channel 0's vote first: "+-" is channel 0 for, channel 1 against.
+        label_names=["".join("+" if c >> i & 1 else "-" for i in range(k)) for c in range(2**k)],
+        max_len=seq_len + 1,
+        info={"k": k, "max_count": most, "distractors": distractors, "seq_len": seq_len},
     )
 
 
