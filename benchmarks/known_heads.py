@@ -30,20 +30,21 @@ from growformer.data import collate, load_task
 
 SOLVED = 0.99
 # Longer schedules for more channels: more heads must each find their own channel.
-STEPS = {1: 1500, 2: 1500, 4: 3000, 8: 5000}
+STEPS = {1: 1500, 2: 1500, 4: 6000, 8: 10000}
 
 
 def config(k: int, heads: int, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    steps = round(STEPS.get(k, 10000) * args.steps_scale)
     return {
         "task": "channels",
         "seed": seed,
         "task_options": {"k": k},
-        "steps": STEPS.get(k, 5000),
+        "steps": steps,
         "batch_size": 64,
         "lr": 3e-3,
         "warmup_steps": 150,
-        "eval_every": STEPS.get(k, 5000),
-        "checkpoint_every": STEPS.get(k, 5000),
+        "eval_every": steps,
+        "checkpoint_every": steps,
         "device": "cpu",
         "model": {
             "d_model": args.d_model,
@@ -76,6 +77,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--d-model", type=int, default=32)
     parser.add_argument("--head-dim", type=int, default=1)
+    parser.add_argument("--steps-scale", type=float, default=1.0, help="times the schedules")
     parser.add_argument("--out", default="runs/known_heads")
     parser.add_argument("--fresh", action="store_true")
     args = parser.parse_args()
@@ -95,7 +97,8 @@ def main() -> None:
 
     lines = [
         f"# channels task: static 1-layer models, head_dim {args.head_dim}, "
-        f"d_model {args.d_model}, seeds {args.seeds}",
+        f"d_model {args.d_model}, seeds {args.seeds}, steps {args.steps_scale:g} x "
+        f"{ {k: STEPS.get(k, 10000) for k in args.ks} }",
         "",
         "| k | heads | val accuracy (mean, range) | worst channel's vote (mean, range) | "
         f"solved (>= {SOLVED:.0%}) |",

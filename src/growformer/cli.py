@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="run directory")
     t.add_argument(
         "--task",
-        help="sst2, sarscov2, retrieval, lm, file or fasta (default: sst2; file with --data, "
+        help="sst2, sarscov2, retrieval, channels, lm, file or fasta (default: sst2; file "
+        "with --data, "
         "fasta with --data and --labels)",
     )
     t.add_argument(

@@ -109,7 +109,7 @@ class TrainConfig:
     """Everything a training run depends on.
 
     Args:
-        task: ``sst2``, ``retrieval``, ``lm`` or ``file``.
+        task: A task of :func:`growformer.data.load_task` (``sst2``, ``channels``, ...).
         policy: Structure policy name (``static``, ``scheduled``, ``incrt``, ``sgt``, ...;
             ``a+b`` composes policies).
         seed: Seed of model initialisation, data order and dropout.
