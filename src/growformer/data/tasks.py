@@ -7,7 +7,7 @@ import itertools
 import os
 import sysconfig
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -414,6 +414,19 @@ def _sst2_from_hub() -> tuple[tuple[list[str], list[str]], tuple[list[str], list
     return split("train"), split("validation")
 
 
+def _generated(
+    name: str,
+    make: Callable[[int], ClassificationData],
+    n_train: int,
+    n_val: int,
+    **fields: Any,
+) -> TaskData:
+    """A generated classification task; ``make(n)`` draws n examples, training split first
+    (so a seed gives the same splits)."""
+    train = make(n_train)
+    return TaskData(name=name, kind="classification", train=train, val=make(n_val), **fields)
+
+
 def _retrieval(opts: dict[str, Any], seed: int, max_len: int) -> TaskData:
     seq_len = _int("retrieval", "seq_len", opts["seq_len"], 1)
     k = _int("retrieval", "k", opts["k"], 1)
@@ -465,13 +478,11 @@ def _retrieval(opts: dict[str, Any], seed: int, max_len: int) -> TaskData:
             labels = picked.sum(dim=1) % num_labels
         return ClassificationData(tokenizer.encode(texts, add_cls=True, max_len=None), labels)
 
-    train = make(n_train)
-    val = make(n_val)
-    return TaskData(
-        name="retrieval",
-        kind="classification",
-        train=train,
-        val=val,
+    return _generated(
+        "retrieval",
+        make,
+        n_train,
+        n_val,
         tokenizer=tokenizer,
         num_labels=num_labels,
         label_names=[str(i) for i in range(num_labels)],
@@ -547,13 +558,11 @@ def _channels(opts: dict[str, Any], seed: int, max_len: int) -> TaskData:
         labels = (votes * 2 ** torch.arange(k)).sum(1)
         return ClassificationData(tokenizer.encode(texts, add_cls=True, max_len=None), labels)
 
-    train = make(n_train)
-    val = make(n_val)
-    return TaskData(
-        name="channels",
-        kind="classification",
-        train=train,
-        val=val,
+    return _generated(
+        "channels",
+        make,
+        n_train,
+        n_val,
         tokenizer=tokenizer,
         num_labels=2**k,
         # Channel 0's vote first: "+-" is channel 0 for, channel 1 against.
