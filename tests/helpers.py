@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from growformer.arch import Architecture, LayerSpec, LoopFade
+from growformer.arch import Architecture, HeadFade, LayerSpec, LoopFade
 
 VOCAB = 61
 MAX_LEN = 24
@@ -13,7 +13,8 @@ MAX_LEN = 24
 def arch(kind: str, variant: str, dropout: float = 0.0) -> Architecture:
     """A small architecture: ``uniform``, ``nonuniform`` (per-layer heads and widths),
     ``looped`` (SGT loops), ``empty_layer`` (one layer without heads), ``fading`` (a
-    block loop, and SGT loops in their soft start) or ``compressed`` (what the compression
+    block loop with a head fading out before its removal, and SGT loops in their soft
+    start) or ``compressed`` (what the compression
     passes leave: keys and values shared by groups of heads, one layer looped over heads
     that use their groups unevenly, and a factored token embedding)."""
     layers = {
@@ -22,7 +23,7 @@ def arch(kind: str, variant: str, dropout: float = 0.0) -> Architecture:
         "looped": (LayerSpec(3, 8, 48), LayerSpec(2, 8, 48, loops=2, looped_heads=(1,))),
         "empty_layer": (LayerSpec(2, 8, 48), LayerSpec(0, 8, 48)),
         "fading": (
-            LayerSpec(2, 8, 48, block_loops=1),
+            LayerSpec(2, 8, 48, block_loops=1, head_fade=HeadFade(0, 8, "linear", head=1)),
             LayerSpec(3, 8, 48, loops=2, looped_heads=(0, 2), fade=LoopFade(0, 8, "cosine")),
         ),
         "compressed": (

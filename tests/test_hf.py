@@ -411,7 +411,7 @@ def test_incrt_grows_heads_inside_transformers_trainer(sst2_checkpoint, sst2_dir
     tokenizer = AutoTokenizer.from_pretrained(sst2_checkpoint)
     before = [layer.heads for layer in model.elastic.arch.layers]
     incrt = GrowformerCallback(
-        "incrt", {"check_every": 2, "calibration_batches": 2, "min_refractory": 4}
+        "incrt", {"check_every": 2, "calibration_batches": 2, "refractory_steps": 4}
     )
     watch = _OptimizerWatch()
     rows = _sentences(sst2_dir, "train", 480)
@@ -434,7 +434,7 @@ def test_incrt_grows_heads_inside_transformers_trainer(sst2_checkpoint, sst2_dir
 def test_incrt_resumes_from_a_transformers_trainer_checkpoint(sst2_checkpoint, sst2_dir, tmp_path):
     """Resumed from a checkpoint taken mid-growth, with the callback's saved state: the
     same events and the same model as the uninterrupted run."""
-    options = {"check_every": 2, "calibration_batches": 2, "min_refractory": 4}
+    options = {"check_every": 2, "calibration_batches": 2, "refractory_steps": 4}
     tokenizer = AutoTokenizer.from_pretrained(sst2_checkpoint)
     rows = _sentences(sst2_dir, "train", 480)
     model = AutoModelForSequenceClassification.from_pretrained(sst2_checkpoint)

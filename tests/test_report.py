@@ -42,7 +42,7 @@ def config(policy: str, policy_options: dict, **changes) -> dict:
 INCRT = {
     "calibration_batches": 2,
     "heldout_batches": 2,
-    "max_refractory": 8,
+    "refractory_steps": 8,
     "max_heads": 4,
 }
 SGT = {"warmup": 6, "window": 6, "top_layers": 2, "kept_heads": 1}

@@ -110,7 +110,7 @@ def test_captured_entropy_is_the_first_attention_pass(kind, variant):
         model(b["input_ids"], mask)
     for h in hooks:
         h.remove()
-    stats = captured.results(model)
+    stats = captured.results(model, loss=lambda: 0.0)
     assert set(stats) == {ENTROPY, ENTROPY_ALL}
     for name, all_rows in ((ENTROPY, False), (ENTROPY_ALL, True)):
         for i, block in enumerate(model.transformer.layers):
@@ -657,7 +657,7 @@ def test_incrt_and_sgt_composed_in_one_run(tmp_path):
         "incrt": {
             "calibration_batches": 2,
             "heldout_batches": 1,
-            "max_refractory": 6,
+            "refractory_steps": 6,
             "max_heads": 3,
             "check_every": 2,
         },

@@ -55,6 +55,22 @@ class LoopFade:
 
 
 @dataclass(frozen=True)
+class HeadFade(LoopFade):
+    """A head fading out before its removal (INCRT's pruning): while it lasts, the head's
+    output in the layer's first attention pass is weighted by a level that falls from 1
+    to 0; at its end surgery removes the head, which then changes nothing.
+
+    Args:
+        start: Optimizer steps done when the fade began.
+        steps: Length of the fade in optimizer steps.
+        shape: ``"linear"``, ``"cosine"`` or ``"exponential"`` fall of the level.
+        head: The head fading out.
+    """
+
+    head: int = 0
+
+
+@dataclass(frozen=True)
 class LayerSpec:
     """Shape of one transformer layer.
 
@@ -67,6 +83,7 @@ class LayerSpec:
         block_loops: Extra passes of the whole layer (attention with its loops, then the
             feed-forward), the static block-looping baseline.
         fade: Soft start of the loops in progress, or None (see :class:`LoopFade`).
+        head_fade: A head fading out before its removal, or None (see :class:`HeadFade`).
         kv_heads: Number of key/value heads, shared by consecutive query heads (grouped
             keys and values): query head ``h`` uses key/value head ``h // group_size``.
             None gives every query head its own. Grouped layers keep their head count
@@ -80,6 +97,7 @@ class LayerSpec:
     looped_heads: tuple[int, ...] = field(default_factory=tuple)
     block_loops: int = 0
     fade: LoopFade | None = None
+    head_fade: HeadFade | None = None
     kv_heads: int | None = None
 
     @property
@@ -186,7 +204,7 @@ class Architecture:
             _validate_layer(i, layer)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict; ``embed_rank``, ``block_loops``, ``fade`` and ``kv_heads`` only
+        """JSON-ready dict; ``embed_rank``, ``block_loops``, fades and ``kv_heads`` only
         where set, so files of models without them read as before."""
         d = asdict(self)
         if d["embed_rank"] is None:
@@ -196,8 +214,9 @@ class Architecture:
             layer["looped_heads"] = list(layer["looped_heads"])
             if not layer["block_loops"]:
                 del layer["block_loops"]
-            if layer["fade"] is None:
-                del layer["fade"]
+            for name in ("fade", "head_fade"):
+                if layer[name] is None:
+                    del layer[name]
             if layer["kv_heads"] is None:
                 del layer["kv_heads"]
             layers.append(layer)
@@ -260,16 +279,24 @@ def layer_from_dict(i: int, layer: Any) -> LayerSpec:
     looped = layer.get("looped_heads", [])
     if not isinstance(looped, list):
         raise ArchitectureError(f"layer {i}: looped_heads must be a list of head indices")
-    fade = layer.get("fade")
-    if fade is not None:
-        if not isinstance(fade, dict):
-            raise ArchitectureError(f"layer {i}: fade must be an object or null")
-        _no_unknown_keys(f"layer {i} fade", fade, {"start", "steps", "shape"})
-        missing = sorted({"start", "steps"} - fade.keys())
-        if missing:
-            raise ArchitectureError(f"layer {i} fade is missing {', '.join(missing)}")
-        fade = LoopFade(**fade)
-    return LayerSpec(**{**layer, "looped_heads": tuple(looped), "fade": fade})
+    fades = {
+        name: _fade_from_dict(i, name, layer.get(name), kind)
+        for name, kind in (("fade", LoopFade), ("head_fade", HeadFade))
+    }
+    return LayerSpec(**{**layer, "looped_heads": tuple(looped), **fades})
+
+
+def _fade_from_dict(i: int, name: str, fade: Any, kind: type[LoopFade]) -> LoopFade | None:
+    if fade is None:
+        return None
+    if not isinstance(fade, dict):
+        raise ArchitectureError(f"layer {i}: {name} must be an object or null")
+    _no_unknown_keys(f"layer {i} {name}", fade, {f.name for f in fields(kind)})
+    required = {f.name for f in fields(kind)} - {"shape"}
+    missing = sorted(required - fade.keys())
+    if missing:
+        raise ArchitectureError(f"layer {i} {name} is missing {', '.join(missing)}")
+    return kind(**fade)
 
 
 def _positive_int(name: str, value: Any) -> None:
@@ -307,22 +334,32 @@ def _validate_layer(i: int, layer: LayerSpec) -> None:
     if layer.loops == 0 and looped:
         raise ArchitectureError(f"layer {i}: looped_heads given but loops is 0")
     _validate_kv_heads(i, layer)
-    fade = layer.fade
-    if fade is None:
-        return
-    if not isinstance(fade, LoopFade):
-        raise ArchitectureError(f"layer {i}: fade must be a LoopFade, got {fade!r}")
-    if layer.loops == 0:
-        raise ArchitectureError(f"layer {i}: a fade needs loops > 0")
-    for name, low in (("start", 0), ("steps", 1)):
-        value = getattr(fade, name)
+    if layer.fade is not None:
+        if layer.loops == 0:
+            raise ArchitectureError(f"layer {i}: a fade needs loops > 0")
+        _validate_fade(i, "fade", layer.fade, LoopFade)
+    if layer.head_fade is not None:
+        _validate_fade(i, "head_fade", layer.head_fade, HeadFade)
+        head = layer.head_fade.head
+        if isinstance(head, bool) or not isinstance(head, int) or not 0 <= head < layer.heads:
+            raise ArchitectureError(
+                f"layer {i}: head_fade head {head!r} is out of range (layer has "
+                f"{layer.heads} heads)"
+            )
+
+
+def _validate_fade(i: int, name: str, fade: Any, kind: type[LoopFade]) -> None:
+    if type(fade) is not kind:
+        raise ArchitectureError(f"layer {i}: {name} must be a {kind.__name__}, got {fade!r}")
+    for field_name, low in (("start", 0), ("steps", 1)):
+        value = getattr(fade, field_name)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ArchitectureError(
-                f"layer {i}: fade {name} must be an integer >= {low}, got {value!r}"
+                f"layer {i}: {name} {field_name} must be an integer >= {low}, got {value!r}"
             )
     if fade.shape not in FADES:
         raise ArchitectureError(
-            f"layer {i}: fade shape must be one of {', '.join(FADES)}, got {fade.shape!r}"
+            f"layer {i}: {name} shape must be one of {', '.join(FADES)}, got {fade.shape!r}"
         )
 
 

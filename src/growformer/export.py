@@ -66,7 +66,7 @@ def export_onnx(
     """Export ``model`` (in eval mode) to an ONNX file, written atomically.
 
     Args:
-        model: A classifier or causal language model with no loop fade in progress.
+        model: A classifier or causal language model with no fade in progress.
         path: The ``.onnx`` file to write (replaced if it exists).
         label_names: Class ``i`` is ``label_names[i]`` (classifiers), stored as metadata.
         opset: ONNX opset version; None: the exporter's default.
@@ -260,6 +260,13 @@ def _refuse_fading(model: ElasticModel) -> None:
             f"the model is in a loop's soft start ({where}): its function changes every "
             "step, so there is no frozen model to export; train past the fade or end it "
             "with growformer.surgery.end_fade first"
+        )
+    heads = [(i, layer.head_fade) for i, layer in enumerate(layers) if layer.head_fade]
+    if heads:
+        where = ", ".join(f"layer {i} head {f.head} until step {f.end}" for i, f in heads)
+        raise ExportError(
+            f"a head is fading out before its removal ({where}): its function changes "
+            "every step, so there is no frozen model to export; train past the fade first"
         )
 
 

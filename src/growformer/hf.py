@@ -368,8 +368,8 @@ class GrowformerCallback(TrainerCallback, ExportableState):
     ) -> None:
         for hook in self._hooks:
             hook.remove()
-        stats = {} if self._capture is None else self._capture.results(model.elastic)
         probe = functools.partial(probe_loss, model, self._batch)
+        stats = {} if self._capture is None else self._capture.results(model.elastic, probe)
         records = apply_events(
             model.elastic, optimizer, self.policy, state.global_step, stats, probe
         )

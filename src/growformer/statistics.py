@@ -5,9 +5,11 @@ the results (plain tensors detached from the model) and never see the model itse
 
 A policy names what it needs (:data:`STATISTICS`): ``"moments"`` (INCRT: per layer a
 :class:`LayerStats`), ``"entropy"`` (SGT: per layer a (heads,) tensor of normalised
-attention entropies of one query row per sequence) or ``"entropy_all"`` (the same,
-averaged over every valid query row). :func:`capture` records them during the training
-forward pass.
+attention entropies of one query row per sequence), ``"entropy_all"`` (the same,
+averaged over every valid query row) or ``"contribution"`` (INCRT's pruning: per layer a
+(heads,) tensor of the relative change of the step's loss with each head switched off).
+:func:`capture` records the first three during the training forward pass; the
+contributions take one more forward pass per head after the step.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from growformer.model import Block, ElasticModel
 MOMENTS = "moments"
 ENTROPY = "entropy"
 ENTROPY_ALL = "entropy_all"
-STATISTICS = (MOMENTS, ENTROPY, ENTROPY_ALL)
+CONTRIBUTION = "contribution"
+STATISTICS = (MOMENTS, ENTROPY, ENTROPY_ALL, CONTRIBUTION)
 
 
 @dataclass
@@ -294,6 +297,7 @@ class Capture:
             for name in (ENTROPY, ENTROPY_ALL)
             if name in needs
         }
+        self.contribution = CONTRIBUTION in needs
 
     def reduce(self, sum_: Callable[[list[Tensor]], None]) -> None:
         """Make the recorded statistics those of every process's batches together.
@@ -317,12 +321,43 @@ class Capture:
                 stack.enter_context(capture_entropy(model, attention_mask, c))
             yield
 
-    def results(self, model: ElasticModel) -> dict[str, Any]:
-        """Statistic name -> per-layer values (moments use the model's current forms)."""
+    def results(self, model: ElasticModel, loss: Callable[[], float]) -> dict[str, Any]:
+        """Statistic name -> per-layer values (moments use the model's current forms).
+
+        Args:
+            model: The model the statistics describe.
+            loss: The loss of the step's batch (without dropout), for contributions.
+        """
         out: dict[str, Any] = {name: c.entropies() for name, c in self.entropy.items()}
         if self.inputs is not None:
             out[MOMENTS] = layer_stats(model, self.inputs)
+        if self.contribution:
+            out[CONTRIBUTION] = head_contributions(model, loss)
         return out
+
+
+@torch.no_grad()
+def head_contributions(model: ElasticModel, loss: Callable[[], float]) -> list[Tensor]:
+    """Per layer, (heads,) relative change of ``loss()`` when each head's output is
+    switched off in the layer's first attention pass (positive: the loss rises).
+
+    Args:
+        model: The model (restored as it was afterwards).
+        loss: Evaluates the loss of a fixed batch, without dropout.
+    """
+    base = loss()
+    scale = abs(base) or 1.0
+    out = []
+    for block in model.transformer.layers:
+        changes = []
+        for head in range(block.attn.heads):
+            block.ablated = head
+            try:
+                changes.append((loss() - base) / scale)
+            finally:
+                block.ablated = None
+        out.append(torch.tensor(changes, dtype=torch.float64))
+    return out
 
 
 def _reduce(

@@ -5,29 +5,31 @@ surviving slice (Adam/AdamW moments and step, SGD momentum: any state tensor sha
 its parameter), gives new slices zero state, keeps the gradient if one is pending, and
 returns an :class:`Event` record. It is safe between two optimizer steps.
 
-A loop's soft start is a structure that changes with the step: :func:`advance`, called
-by the trainer after every optimizer step, sets each fading layer's level for the next
-forward pass from the schedule that the ``set_loops`` event recorded in the layer's
-:class:`~growformer.arch.LoopFade`, and asks for ``end_fade`` once it is over. The level
-is a Python float written into a device buffer (no host synchronisation), and the fade
-costs one event to start and one to end instead of one a step.
+A loop's soft start and a head's fade-out are structures that change with the step:
+:func:`advance`, called by the trainer after every optimizer step, sets each fading
+layer's level for the next forward pass from the schedule that the ``set_loops`` or
+``fade_head`` event recorded in the layer (:class:`~growformer.arch.LoopFade`,
+:class:`~growformer.arch.HeadFade`), and asks for ``end_fade`` or ``remove_head`` once it
+is over. The level is a Python float written into a device buffer (no host
+synchronisation), and a fade costs one event to start and one to end instead of one a
+step.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from growformer.arch import FADES, LoopFade
+from growformer.arch import FADES, HeadFade, LoopFade
 from growformer.errors import ArchitectureError, SurgeryError
 from growformer.model import ElasticModel, head_rows
 from growformer.model.block import Block
 
-OPS = ("add_head", "remove_head", "set_loops", "end_fade")
+OPS = ("add_head", "remove_head", "fade_head", "set_loops", "end_fade")
 INITS = ("random", "function_preserving")
 
 
@@ -36,9 +38,10 @@ class Event:
     """A structural change: emitted by a policy as a request, returned by surgery as a record.
 
     Args:
-        op: ``"add_head"``, ``"remove_head"``, ``"set_loops"`` or ``"end_fade"``.
+        op: ``"add_head"``, ``"remove_head"``, ``"fade_head"`` (fade a head out, then
+            remove it), ``"set_loops"`` or ``"end_fade"``.
         layer: Layer index.
-        head: Head removed (remove_head) or index of the head added (filled in by surgery).
+        head: Head removed or fading out, or index of the head added (filled in by surgery).
         init: Initialisation of an added head, ``"random"`` or ``"function_preserving"``.
         init_std: Standard deviation of an added head's weights (None: the INCRT reference
             scale, see :func:`add_head`).
@@ -46,7 +49,8 @@ class Event:
         looped_heads: Heads the loops re-run (set_loops; None keeps the layer's).
         fade: Soft start of set_loops: shape of the fall of the other heads' loop weight
             from 1 to 0 (see :data:`growformer.arch.FADES`); None: the looped heads alone
-            from now on (a fade already running goes on).
+            from now on (a fade already running goes on). fade_head: shape of the fall of
+            the head's output weight.
         fade_steps: Length of that fall in optimizer steps.
         step: Optimizer steps taken when the change happened (filled in by the trainer).
         reason: Why the policy asked for it.
@@ -54,6 +58,8 @@ class Event:
         params_after: Model parameter count after the change (filled in by surgery).
         loss_before: Loss on the current batch just before the change (filled in by the trainer).
         loss_after: The same loss just after the change (filled in by the trainer).
+        loss_change: fade_head: the relative change of the loss on the deciding step's
+            batch with the head switched off, as measured by the policy.
     """
 
     op: str
@@ -71,6 +77,7 @@ class Event:
     params_after: int | None = None
     loss_before: float | None = None
     loss_after: float | None = None
+    loss_change: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict without the unset fields."""
@@ -94,22 +101,28 @@ def apply(model: ElasticModel, optimizer: torch.optim.Optimizer | None, event: E
         if event.head is None:
             raise SurgeryError("remove_head needs a head index")
         record = remove_head(model, optimizer, event.layer, event.head)
+    elif event.op == "fade_head":
+        if event.head is None:
+            raise SurgeryError("fade_head needs a head index")
+        record = fade_head(model, event.layer, event.head, _fade_of(event, HeadFade, event.head))
     elif event.op == "set_loops":
         if event.loops is None:
             raise SurgeryError("set_loops needs a loop depth")
         record = set_loops(
-            model, event.layer, event.loops, event.looped_heads, fade=_fade_of(event)
+            model, event.layer, event.loops, event.looped_heads, fade=_fade_of(event, LoopFade)
         )
     elif event.op == "end_fade":
         record = end_fade(model, event.layer)
     else:
         raise SurgeryError(f"unknown structural op {event.op!r} (known: {', '.join(OPS)})")
-    record.step, record.reason = event.step, event.reason
+    record.step, record.reason, record.loss_change = event.step, event.reason, event.loss_change
     return record
 
 
-def _fade_of(event: Event) -> LoopFade | None:
+def _fade_of(event: Event, kind: type[LoopFade], head: int | None = None) -> LoopFade | None:
     if event.fade is None:
+        if kind is HeadFade:
+            raise SurgeryError("fade_head needs a fade shape")
         return None
     if event.fade not in FADES:
         raise SurgeryError(f"unknown fade {event.fade!r} (known: {', '.join(FADES)})")
@@ -117,7 +130,8 @@ def _fade_of(event: Event) -> LoopFade | None:
         raise SurgeryError("a fade starts at the event's step, but the event has none")
     if not isinstance(event.fade_steps, int) or event.fade_steps < 1:
         raise SurgeryError(f"a fade needs fade_steps >= 1, got {event.fade_steps!r}")
-    return LoopFade(start=event.step, steps=event.fade_steps, shape=event.fade)
+    fade = LoopFade(start=event.step, steps=event.fade_steps, shape=event.fade)
+    return fade if head is None else HeadFade(**vars(fade), head=head)
 
 
 def add_head(
@@ -193,7 +207,33 @@ def remove_head(
         block.set_loops(block.loops, looped, block.fade)
     else:
         block.set_loops(0, ())
+    fading = block.head_fade
+    if fading is not None:
+        # The fading head leaves with its fade; a higher one moves down with its level.
+        moved = replace(fading, head=fading.head - (fading.head > head))
+        block.set_head_fade(None if fading.head == head else moved)
     return _record(model, Event(op="remove_head", layer=layer, head=head))
+
+
+def fade_head(model: ElasticModel, layer: int, head: int, fade: HeadFade) -> Event:
+    """Start fading ``head`` of ``layer`` out: its output weight falls from 1 to 0 over
+    ``fade``, after which :func:`advance` asks for its removal. No parameter changes.
+
+    Raises:
+        SurgeryError: For a head out of range, a layer already fading a head out, or a
+            layer with grouped keys and values.
+    """
+    block = _block(model, layer)
+    _refuse_grouped(block, layer, "fade out a head of")
+    if block.head_fade is not None:
+        raise SurgeryError(f"layer {layer} is already fading out head {block.head_fade.head}")
+    try:
+        model.arch.with_layer(layer, head_fade=fade)
+    except ArchitectureError as e:
+        raise SurgeryError(str(e)) from None
+    block.set_head_fade(fade)
+    record = Event(op="fade_head", layer=layer, head=head, fade=fade.shape, fade_steps=fade.steps)
+    return _record(model, record)
 
 
 def set_loops(
@@ -254,8 +294,8 @@ def advance(model: ElasticModel, step: int) -> list[Event]:
         step: Optimizer steps done.
 
     Returns:
-        ``end_fade`` requests for the fades that are over (their level is now 0, so
-        ending them does not change the function).
+        ``end_fade`` and ``remove_head`` requests for the fades that are over (their
+        level is now 0, so ending them does not change the function).
     """
     requests = []
     for i, block in enumerate(model.transformer.layers):
@@ -263,6 +303,12 @@ def advance(model: ElasticModel, step: int) -> list[Event]:
             block.loop_fade_level.fill_(block.fade.level(step))
             if step >= block.fade.end:
                 requests.append(Event(op="end_fade", layer=i, reason="fade over"))
+        if block.head_fade is not None:
+            block.head_fade_level.fill_(block.head_fade.level(step))
+            if step >= block.head_fade.end:
+                requests.append(
+                    Event(op="remove_head", layer=i, head=block.head_fade.head, reason="faded out")
+                )
     return requests
 
 

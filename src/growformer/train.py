@@ -794,12 +794,12 @@ class Trainer:
         self.state["step"] += 1
         step = self.state["step"]
         stats: dict[str, Any] = {}
+        probe = functools.partial(probe_loss, self.model, full)
         if finite:
             self.state["loss_sum"] += loss.item()
             self.state["loss_n"] += 1
             captured.reduce(self.ranks.sum_)
-            stats = captured.results(self.model)
-        probe = functools.partial(probe_loss, self.model, full)
+            stats = captured.results(self.model, probe)
         applied = apply_events(
             self.model, self.optimizer, self.policy, step, stats, probe, self._refuse
         )

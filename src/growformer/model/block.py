@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from growformer.arch import LayerSpec, LoopFade
+from growformer.arch import HeadFade, LayerSpec, LoopFade
 from growformer.model.attention import ElasticAttention, KVCache
 
 
@@ -39,6 +39,10 @@ class Block(nn.Module):
     looped heads' projection rows (and, with grouped keys and values, those of the
     key/value heads they use), so their cost follows the looped head count.
 
+    While a head fades out before its removal (``head_fade``), its output in the first
+    attention pass is weighted by ``head_fade_level``. ``ablated`` (a head index, or None)
+    switches one head's output off there: a measurement of what the head contributes.
+
     Args:
         d_model: Width of the residual stream.
         spec: The layer's shape.
@@ -60,6 +64,9 @@ class Block(nn.Module):
         self.block_loops = spec.block_loops
         self.fade: LoopFade | None = None
         self.set_loops(spec.loops, spec.looped_heads, spec.fade)
+        self.head_fade: HeadFade | None = None
+        self.set_head_fade(spec.head_fade)
+        self.ablated: int | None = None
 
     def set_loops(
         self, loops: int, looped_heads: tuple[int, ...], fade: LoopFade | None = None
@@ -95,6 +102,35 @@ class Block(nn.Module):
                 "loop_fade_level", torch.ones((), dtype=weight.dtype, device=weight.device)
             )
 
+    def set_head_fade(self, fade: HeadFade | None) -> None:
+        """Start, keep or end a head's fade-out; called by construction and by surgery only.
+
+        As with loops, the same fade as before keeps its level (a persistent buffer), also
+        when the head's index moved (a lower head was removed).
+        """
+        old = self.head_fade
+        continuing = fade is not None and old is not None and fade.end == old.end
+        self.head_fade = fade
+        if fade is None:
+            self.register_buffer("head_fade_level", None)
+        elif not continuing:
+            weight = self.attn.q_proj.weight
+            self.register_buffer(
+                "head_fade_level", torch.ones((), dtype=weight.dtype, device=weight.device)
+            )
+
+    def _head_weights(self) -> Tensor | None:
+        """Factors on each head's output in the first attention pass (None: all 1)."""
+        if self.head_fade is None and self.ablated is None:
+            return None
+        weight = self.attn.q_proj.weight
+        weights = torch.ones(self.attn.heads, dtype=weight.dtype, device=weight.device)
+        if self.head_fade is not None:
+            weights[self.head_fade.head] = self.head_fade_level
+        if self.ablated is not None:
+            weights[self.ablated] = 0.0
+        return weights
+
     @property
     def spec(self) -> LayerSpec:
         """The layer's shape, read off its modules."""
@@ -106,6 +142,7 @@ class Block(nn.Module):
             looped_heads=self.looped_heads,
             block_loops=self.block_loops,
             fade=self.fade,
+            head_fade=self.head_fade,
             kv_heads=self.attn.kv_heads if self.attn.grouped else None,
         )
 
@@ -125,7 +162,9 @@ class Block(nn.Module):
         self, h: Tensor, attn_mask: Tensor | None, is_causal: bool, cache: KVCache | None
     ) -> Tensor:
         if self.attn.heads:
-            h = h + self.attn(self.ln_1(h), attn_mask, is_causal, cache=cache)
+            h = h + self.attn(
+                self.ln_1(h), attn_mask, is_causal, head_weights=self._head_weights(), cache=cache
+            )
             rows, kv_rows, kv_index = self.loop_rows, self.loop_kv_rows, self.loop_kv_index
             weights = None
             if self.fade is not None:

@@ -1,29 +1,45 @@
 """INCRT: heads that grow on uncaptured directional energy, prune, and stop in homeostasis.
 
-Per layer, at every check (``check_every`` steps): the directional operator
-``A = sym(S M_a)`` of the layer's input moments and its heads' antisymmetric query-key
-forms is deflated by the directions already captured (one per grown head); a head is
-added when the residual's top eigenvalue exceeds ``theta_w`` (and its bottom one is
-below ``phi_w``) once the refractory time since the last growth has passed; a head whose
-energy ``||S M_a^h||_F`` stays below ``phi_g`` for ``prune_patience`` checks is removed.
-Thresholds are fractions of ``Gamma_res``, the median ``||A_res||_F`` over the first
-``calibration_batches`` batches of the untrained model. The structure is certified
-(``converged_step``) when nothing changed for ``homeostasis_checks`` checks and every
-layer is sufficient (``lambda_max <= theta_w``) and minimal (every ``G_h >= phi_g``).
-See ``../shared/specs/incrt.md``.
+Every layer starts with ``initial_heads`` heads. At every check (``check_every`` steps)
+its gate (:mod:`growformer.policies.incrt_gates`, option ``gate``) reads the layer's
+directional operator ``A = sym(S M_a)``: a head is added when the uncaptured residual
+exceeds the growth threshold and ``refractory_steps`` steps have passed since the
+layer's last growth (the start counts as one, unless ``refractory_from_start`` is
+false). A layer whose weakest captured direction stays below the keep threshold for
+``prune_patience`` checks has a head too many: the head whose removal changes the loss
+on the step's batch least (measured, statistic ``contribution``) fades out over
+``prune_fade_steps`` steps and is then removed, provided that change is at most
+``prune_max_loss_change`` (relative); otherwise the head is kept as necessary. The
+structure is certified (``converged_step``) once nothing changed for
+``homeostasis_checks`` checks while every layer is sufficient and minimal; the checks go
+on, and a later change withdraws the certificate until the structure settles again.
 
-The ``online`` estimator's default step (``online_lr`` 0.5 on the unit-radius operator)
-departs from the reference code's ``1/(10 d)``: measured on SST-2
-(``benchmarks/incrt_overhead.py``), the reference step is still ~94% off the exact
-``lambda_max`` after 60 checks and needs ~150-270 checks on a frozen operator, while 0.5
-agrees within 0.01% from the first check at the same cost. ``online_lr: null`` restores
-the reference step; the refractory time keeps the reference ``eta`` either way.
+Thresholds (``threshold_mode``): ``relative`` (default) takes ``theta_w`` as
+``growth_ratio`` times the operator's current Frobenius norm at every check (scale
+free); ``calibrated`` fixes it from the median norm over the first
+``calibration_batches`` batches of the untrained model (the reference). ``phi_w`` is
+``minor_ratio * theta_w`` and ``phi_g`` ``prune_ratio * theta_w``.
+
+The report holds, per layer, the gate's certified interval of head counts on held-out
+data at the end (a consistency check of the final structure, not a prediction), the
+same interval at random initialisation (the null floor), a forecast taken at the first
+decision point (``forecast_heads``, before growth ends), and the paper's ``K*`` as
+information.
+
+``gate: frozen`` with ``threshold_mode: calibrated``, ``refractory_steps: null``,
+``refractory_from_start: false`` and ``model.attn_init: reference`` is the reference
+code's behaviour (see ``../shared/specs/incrt.md``). Its ``online`` estimator's default
+step (``online_lr`` 0.5 on the unit-radius operator) departs from the reference code's
+``1/(10 d)``: measured on SST-2 (``benchmarks/incrt_overhead.py``), the reference step
+is still ~94% off the exact ``lambda_max`` after 60 checks, while 0.5 agrees within
+0.01% from the first check at the same cost.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, ClassVar
 
@@ -33,7 +49,8 @@ from growformer import theory
 from growformer.arch import Architecture
 from growformer.errors import ConfigError
 from growformer.policies.base import Policy
-from growformer.statistics import LayerStats
+from growformer.policies.incrt_gates import GATES, Thresholds, interval
+from growformer.statistics import CONTRIBUTION, MOMENTS, LayerStats
 from growformer.surgery import INITS, Event
 
 
@@ -45,21 +62,41 @@ class _Gate:
     theta_w: float = 0.0
     phi_w: float = 0.0
     phi_g: float = 0.0
+    # Per head: its frozen direction (frozen gate), checks below the keep threshold, the
+    # check it was born at, and whether a measurement found it necessary.
     directions: list[list[float] | None] = field(default_factory=list)
     low_checks: list[int] = field(default_factory=list)
     born_check: list[int] = field(default_factory=list)
+    needed: list[bool] = field(default_factory=list)
     last_growth_step: int = -(10**9)
-    lambda_max: float = 0.0
-    min_energy: float = 0.0
+    sufficient: bool = False
+    minimal: bool = False
+    # A head fading out before its removal (None: none), and whether the next check
+    # should measure the heads' contributions.
+    fading: int | None = None
+    measure: bool = False
     tracker: dict[str, list[float]] | None = None
+
+    def add(self, born: int, direction: list[float] | None = None) -> None:
+        self.directions.append(direction)
+        self.low_checks.append(0)
+        self.born_check.append(born)
+        self.needed.append(False)
+
+    def drop(self, head: int) -> None:
+        for per_head in (self.directions, self.low_checks, self.born_check, self.needed):
+            del per_head[head]
+
+    def thresholds(self, epsilon: float) -> Thresholds:
+        return Thresholds(self.theta_w, self.phi_w, self.phi_g, epsilon)
 
 
 class IncrtPolicy(Policy):
     """The INCRT growth / pruning / homeostasis policy (see the module docstring)."""
 
     name = "incrt"
-    attn_init = "reference"
     defaults: ClassVar[dict[str, Any]] = {
+        "gate": "realigned",
         "initial_heads": 1,
         "max_heads": 16,
         "min_heads": 1,
@@ -69,38 +106,54 @@ class IncrtPolicy(Policy):
         "online_lr": 0.5,
         "calibration_batches": 16,
         "heldout_batches": 16,
+        "threshold_mode": "relative",
         "growth_ratio": 0.10,
         "minor_ratio": 0.5,
         "prune_ratio": 0.01,
-        "prune_patience": 100,
-        "grace_checks": 20,
+        "energy_epsilon": 0.1,
+        "refractory_steps": 100,
+        "refractory_from_start": True,
         "kappa": 2.0,
         "eps": 0.05,
         "min_refractory": 25,
         "max_refractory": None,
+        "prune_patience": 20,
+        "grace_checks": 20,
+        "prune_max_loss_change": 0.01,
+        "prune_fade_steps": 50,
         "homeostasis_checks": 20,
         "init": "function_preserving",
         "init_std": None,
-        "threshold_mode": "relative",
-        "refractory_from_start": False,
     }
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         super().__init__(options)
         o = self.options
-        if o["estimator"] not in ("exact", "online"):
-            raise ConfigError(
-                f"incrt estimator must be 'exact' or 'online', got {o['estimator']!r}"
-            )
-        if o["threshold_mode"] not in ("calibrated", "relative"):
-            raise ConfigError(
-                f"incrt threshold_mode must be calibrated or relative, got {o['threshold_mode']!r}"
-            )
-        if o["init"] not in INITS:
-            raise ConfigError(f"incrt init must be one of {', '.join(INITS)}, got {o['init']!r}")
-        for key in ("initial_heads", "max_heads", "check_every", "calibration_batches"):
+        for key, allowed in (
+            ("gate", tuple(GATES)),
+            ("estimator", ("exact", "online")),
+            ("threshold_mode", ("calibrated", "relative")),
+            ("init", INITS),
+        ):
+            if o[key] not in allowed:
+                raise ConfigError(
+                    f"incrt {key} must be one of {', '.join(allowed)}, got {o[key]!r}"
+                )
+        for key in (
+            "initial_heads",
+            "max_heads",
+            "check_every",
+            "calibration_batches",
+            "prune_fade_steps",
+        ):
             if not isinstance(o[key], int) or o[key] < 1:
                 raise ConfigError(f"incrt {key} must be a positive integer, got {o[key]!r}")
+        r = o["refractory_steps"]
+        if r is not None and (isinstance(r, bool) or not isinstance(r, int) or r < 0):
+            raise ConfigError(
+                f"incrt refractory_steps must be an integer >= 0 or null (the reference "
+                f"formula), got {r!r}"
+            )
         lr = o["online_lr"]
         if lr is not None and (
             isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr <= 0.5
@@ -111,12 +164,19 @@ class IncrtPolicy(Policy):
             )
         if o["initial_heads"] > o["max_heads"]:
             raise ConfigError("incrt initial_heads exceeds max_heads")
+        # The frozen gate assumes the reference code's scale; the others measure trained
+        # forms against small (N(0, 0.02^2)) initial ones, for the first head and every new one.
+        reference = o["gate"] == "frozen"
+        self.attn_init = "reference" if reference else "gpt2"
+        self.init_std = o["init_std"] if o["init_std"] is not None or reference else 0.02
         self.calibration_batches = o["calibration_batches"]
         self.heldout_batches = o["heldout_batches"]
         self.gates: list[_Gate] = []
         self.checks = 0
         self.last_change_check = 0
         self.converged_step: int | None = None
+        self.forecast: dict[str, Any] | None = None
+        self.null_heads: list[list[int]] = []
         self._log: list[dict[str, Any]] = []
         self._trackers: list[theory.OnlineSpectrum] = []
         self.dim = 0
@@ -126,21 +186,21 @@ class IncrtPolicy(Policy):
         return replace(arch, layers=tuple(replace(layer, heads=n) for layer in arch.layers))
 
     def calibrate(self, batches: list[list[LayerStats]]) -> None:
-        self.gates = []
+        self.gates, self.null_heads = [], []
         for layer in range(len(batches[0])):
-            norms = [
-                torch.linalg.matrix_norm(
-                    theory.directional_operator(b[layer].cov, b[layer].forms)
-                ).item()
-                for b in batches
-            ]
+            operators = [theory.directional_operator(b[layer].cov, b[layer].forms) for b in batches]
             heads = batches[0][layer].forms.shape[0]
-            gate = _Gate(directions=[None] * heads, low_checks=[0] * heads, born_check=[0] * heads)
+            gate = _Gate()
+            for _ in range(heads):
+                gate.add(0)
             if self.options["refractory_from_start"]:
                 # Count the initial heads as grown at step 0, so the first growth waits too.
                 gate.last_growth_step = 0
-            self._set_thresholds(gate, statistics.median(norms))
+            self._set_thresholds(
+                gate, statistics.median(torch.linalg.matrix_norm(a).item() for a in operators)
+            )
             self.gates.append(gate)
+            self.null_heads.append(list(self._interval(gate, operators[0])))
         self.dim = batches[0][0].cov.shape[0]
         self._init_trackers()
 
@@ -150,6 +210,15 @@ class IncrtPolicy(Policy):
         gate.theta_w = o["growth_ratio"] * gamma
         gate.phi_w = o["minor_ratio"] * gate.theta_w
         gate.phi_g = o["prune_ratio"] * gate.theta_w
+
+    def _interval(self, gate: _Gate, a: torch.Tensor) -> tuple[int, int]:
+        """The gate's certified interval for ``a``, in relative mode at ``a``'s own scale."""
+        t = gate.thresholds(self.options["energy_epsilon"])
+        if self.options["threshold_mode"] == "relative":
+            probe = _Gate()
+            self._set_thresholds(probe, torch.linalg.matrix_norm(a).item())
+            t = probe.thresholds(self.options["energy_epsilon"])
+        return interval(self.options["gate"], a, t)
 
     def new_tracker(self, dim: int, generator: torch.Generator) -> theory.OnlineSpectrum:
         """An online eigen-tracker with this policy's step size and iterations per check."""
@@ -168,26 +237,77 @@ class IncrtPolicy(Policy):
     def wants_stats(self, step: int) -> bool:
         return step % self.options["check_every"] == 0
 
-    def decide(self, step: int, stats: list[LayerStats] | None) -> list[Event]:
+    def needs(self, step: int) -> frozenset[str]:
+        if not self.wants_stats(step):
+            return frozenset()
+        measure = any(g.measure for g in self.gates)
+        return frozenset({MOMENTS, CONTRIBUTION} if measure else {MOMENTS})
+
+    def decide_from(self, step: int, stats: dict[str, Any]) -> Iterator[list[Event]]:
+        if not self.wants_stats(step) or MOMENTS not in stats:
+            yield []
+            return
+        yield self.decide(step, stats[MOMENTS], stats.get(CONTRIBUTION))
+
+    def decide(
+        self,
+        step: int,
+        stats: list[LayerStats] | None,
+        contributions: list[torch.Tensor] | None = None,
+    ) -> list[Event]:
+        """Events at ``step`` from the layers' moments and, when measured, each head's
+        relative loss change on the step's batch if it were removed (per layer, (heads,))."""
         if stats is None:
             return []
         if not self.gates:
             raise ConfigError("the incrt policy was not calibrated before training")
         self.checks += 1
+        forecasting = self.forecast is None and self._deciding(step)
         events = []
         for layer, (gate, st) in enumerate(zip(self.gates, stats, strict=True)):
-            event = self._check_layer(step, layer, gate, st)
+            measured = None if contributions is None else contributions[layer].tolist()
+            event = self._check_layer(step, layer, gate, st, measured)
             if event is not None:
                 events.append(event)
+        if forecasting:
+            self.forecast = {
+                "step": step,
+                "heads": [
+                    self._interval(g, theory.directional_operator(st.cov, st.forms))[0]
+                    for g, st in zip(self.gates, stats, strict=True)
+                ],
+            }
+            self._log.append({"step": step, "forecast_heads": self.forecast["heads"]})
         if events:
             self.last_change_check = self.checks
-        certified = all(g.lambda_max <= g.theta_w and g.min_energy >= g.phi_g for g in self.gates)
+            if self.converged_step is not None:
+                # The certificate is lost: it will name the step the structure settled again.
+                self.converged_step = None
+                self._log.append({"step": step, "certified": False})
+        certified = all(g.sufficient and g.minimal and g.fading is None for g in self.gates)
         quiet = self.checks - self.last_change_check >= self.options["homeostasis_checks"]
         if self.converged_step is None and certified and quiet:
             self.converged_step = step
+            self._log.append({"step": step, "certified": True})
         return events
 
-    def _check_layer(self, step: int, layer: int, gate: _Gate, st: LayerStats) -> Event | None:
+    def _deciding(self, step: int) -> bool:
+        """Whether growth may happen at ``step`` in some layer (the first decision point)."""
+        return any(step - g.last_growth_step >= self._refractory(math.inf) for g in self.gates)
+
+    def _refractory(self, gap: float) -> float:
+        o = self.options
+        if o["refractory_steps"] is not None:
+            return o["refractory_steps"]
+        # The reference: growth waits until the dominant uncaptured direction stands out
+        # clearly enough (the spectral gap) for a tracker to find it.
+        t_d = theory.refractory_steps(gap, self.dim, kappa=o["kappa"], eps=o["eps"])
+        t_d = max(t_d, o["min_refractory"])
+        return t_d if o["max_refractory"] is None else min(t_d, o["max_refractory"])
+
+    def _check_layer(
+        self, step: int, layer: int, gate: _Gate, st: LayerStats, measured: list[float] | None
+    ) -> Event | None:
         o = self.options
         heads = st.forms.shape[0]
         if len(gate.directions) != heads:
@@ -200,100 +320,156 @@ class IncrtPolicy(Policy):
             self._set_thresholds(gate, torch.linalg.matrix_norm(a).item())
         captured = [torch.tensor(d, dtype=torch.float64) for d in gate.directions if d is not None]
         q = torch.stack(captured, 1) if captured else None
-        a_res = theory.deflate(a, q)
-        if o["estimator"] == "exact":
-            spectrum = theory.exact_spectrum(a_res)
-        else:
-            spectrum = self._trackers[layer].update(a_res, q)
-            gate.tracker = self._trackers[layer].state_dict()
         energies = theory.head_energies(st.cov, st.forms).tolist()
+        reading = GATES[o["gate"]](
+            a,
+            energies,
+            gate.thresholds(o["energy_epsilon"]),
+            q,
+            lambda a_res, q, layer=layer: self._spectrum(layer, gate, a_res, q),
+        )
         gate.low_checks = [
-            n + 1 if e < gate.phi_g else 0 for n, e in zip(gate.low_checks, energies, strict=True)
+            n + 1 if weak and not needed else 0
+            for n, weak, needed in zip(gate.low_checks, reading.weak, gate.needed, strict=True)
         ]
-        gate.lambda_max = spectrum.lambda_max
-        # A layer without heads is vacuously minimal.
-        gate.min_energy = min(energies) if energies else gate.phi_g
+        gate.sufficient = reading.sufficient
+        # A head that measured necessary counts as minimal whatever its energy.
+        gate.minimal = all(not w or n for w, n in zip(reading.weak, gate.needed, strict=True))
+        t_d = self._refractory(reading.gap)
         self._log.append(
             {
                 "step": step,
                 "layer": layer,
                 "heads": heads,
-                "lambda_max": spectrum.lambda_max,
-                "lambda_min": spectrum.lambda_min,
+                "residual": reading.residual,
+                "grow_at": reading.grow_at,
+                "weakest": reading.weakest if math.isfinite(reading.weakest) else None,
+                "keep_at": reading.keep_at,
                 "theta_w": gate.theta_w,
-                "phi_g": gate.phi_g,
-                "a_res_norm": torch.linalg.matrix_norm(a_res).item(),
+                "phi_w": gate.phi_w,
                 "energies": energies,
+                "gap": reading.gap,
+                # JSON has no infinity: -1 marks a refractory time without end (zero gap).
+                "refractory": t_d if math.isfinite(t_d) else -1,
+                **reading.values,
             }
         )
-        # The refractory time follows the current spectral gap: growth waits until the
-        # dominant uncaptured direction stands out clearly enough for a tracker to find it.
-        t_d = theory.refractory_steps(spectrum.gap, a.shape[0], kappa=o["kappa"], eps=o["eps"])
-        t_d = max(t_d, o["min_refractory"])
-        if o["max_refractory"] is not None:
-            t_d = min(t_d, o["max_refractory"])
-        # JSON has no infinity: -1 marks a refractory time without end (zero gap).
-        self._log[-1].update(gap=spectrum.gap, refractory=t_d if math.isfinite(t_d) else -1)
+        if gate.fading is not None:
+            return None  # one change at a time: wait for the fade to end
         if (
-            spectrum.lambda_max > gate.theta_w
-            and spectrum.lambda_min < gate.phi_w
+            not reading.sufficient
+            and reading.may_grow
             and step - gate.last_growth_step >= t_d
             and heads < o["max_heads"]
         ):
-            gate.directions.append(spectrum.u_plus.tolist())
-            gate.low_checks.append(0)
-            gate.born_check.append(self.checks)
+            gate.add(self.checks, reading.direction if o["gate"] == "frozen" else None)
+            # The other heads' contributions change with a new head: measure them anew.
+            gate.needed = [False] * len(gate.needed)
             gate.last_growth_step = step
             return Event(
                 op="add_head",
                 layer=layer,
                 init=o["init"],
-                init_std=o["init_std"],
-                reason=f"lambda_max {spectrum.lambda_max:.4g} > theta_w {gate.theta_w:.4g}",
+                init_std=self.init_std,
+                reason=f"residual {reading.residual:.4g} > {reading.grow_at:.4g}",
             )
-        prunable = [
+        return self._prune(layer, gate, reading.weak, energies, measured)
+
+    def _spectrum(
+        self, layer: int, gate: _Gate, a_res: torch.Tensor, q: torch.Tensor | None
+    ) -> theory.Spectrum:
+        if self.options["estimator"] == "exact":
+            return theory.exact_spectrum(a_res)
+        spectrum = self._trackers[layer].update(a_res, q)
+        gate.tracker = self._trackers[layer].state_dict()
+        return spectrum
+
+    def _prune(
+        self,
+        layer: int,
+        gate: _Gate,
+        weak: list[bool],
+        energies: list[float],
+        measured: list[float] | None,
+    ) -> Event | None:
+        """Fade out the head whose removal costs least, once the layer had a head too many
+        for ``prune_patience`` checks and that cost is measured small enough."""
+        o = self.options
+        heads = len(weak)
+        candidates = [
             h
             for h in range(heads)
             if gate.low_checks[h] >= o["prune_patience"]
             and self.checks - gate.born_check[h] >= o["grace_checks"]
         ]
-        if prunable and heads > o["min_heads"]:
-            h = min(prunable, key=lambda i: energies[i])
-            for per_head in (gate.directions, gate.low_checks, gate.born_check):
-                del per_head[h]
-            return Event(
-                op="remove_head",
-                layer=layer,
-                head=h,
-                reason=f"energy {energies[h]:.4g} < phi_g {gate.phi_g:.4g} "
-                f"for {o['prune_patience']} checks",
+        if not candidates or heads <= o["min_heads"]:
+            gate.measure = False
+            return None
+        if measured is None:
+            gate.measure = True  # the next check measures the heads' contributions
+            return None
+        gate.measure = False
+        h = min(candidates, key=lambda i: (measured[i], energies[i]))
+        change = measured[h]
+        if change > o["prune_max_loss_change"]:
+            gate.needed[h] = True
+            gate.low_checks[h] = 0
+            gate.minimal = all(not w or n for w, n in zip(weak, gate.needed, strict=True))
+            self._log.append(
+                {"kept_head": h, "layer": layer, "loss_change": change, "energy": energies[h]}
             )
-        return None
+            return None
+        gate.fading = h
+        return Event(
+            op="fade_head",
+            layer=layer,
+            head=h,
+            fade="linear",
+            fade_steps=o["prune_fade_steps"],
+            loss_change=change,
+            reason=f"weak for {o['prune_patience']} checks; without it the loss changes by "
+            f"{change:+.3%} (<= {o['prune_max_loss_change']:.1%})",
+        )
+
+    def observe(self, records: list[Event]) -> None:
+        # Removals arrive when a fade ends (or from another policy): follow the structure.
+        for record in records:
+            if record.op == "remove_head" and self.gates:
+                gate = self.gates[record.layer]
+                gate.drop(record.head)
+                if gate.fading == record.head:
+                    gate.fading = None
+                elif gate.fading is not None and gate.fading > record.head:
+                    gate.fading -= 1
 
     def refused(self, requests: list[Event]) -> None:
         # Forget the direction a refused head was to capture; last_growth_step stays, so
         # the layer asks again only after its refractory time.
         for request in requests:
+            gate = self.gates[request.layer]
             if request.op == "add_head":
-                gate = self.gates[request.layer]
-                for per_head in (gate.directions, gate.low_checks, gate.born_check):
-                    per_head.pop()
+                gate.drop(len(gate.directions) - 1)
+            elif request.op == "fade_head":
+                gate.fading = None
 
     def drain_log(self) -> list[dict[str, Any]]:
         log, self._log = self._log, []
         return log
 
     def report(self, heldout: list[LayerStats] | None) -> dict[str, Any]:
-        predicted, kstar = [], []
+        certified, kstar = [], []
         for gate, st in zip(self.gates, heldout or [], strict=False):
             a = theory.directional_operator(st.cov, st.forms)
-            predicted.append(theory.spectral_complexity(a, gate.theta_w))
+            certified.append(list(self._interval(gate, a)))
             gamma0 = torch.linalg.matrix_norm(a).item()
             kstar.append(theory.kstar(self.options["kappa"], gamma0, gate.theta_w))
         return {
-            "predicted_heads": predicted,
-            "kstar_heads": kstar,
             "converged_step": self.converged_step,
+            "forecast_heads": None if self.forecast is None else self.forecast["heads"],
+            "forecast_step": None if self.forecast is None else self.forecast["step"],
+            "certified_interval": certified,
+            "null_interval": self.null_heads,
+            "kstar_heads": kstar,
             "thresholds": [
                 {"gamma_res": g.gamma, "theta_w": g.theta_w, "phi_w": g.phi_w, "phi_g": g.phi_g}
                 for g in self.gates
@@ -306,6 +482,8 @@ class IncrtPolicy(Policy):
             "checks": self.checks,
             "last_change_check": self.last_change_check,
             "converged_step": self.converged_step,
+            "forecast": self.forecast,
+            "null_heads": self.null_heads,
             "dim": self.dim,
         }
 
@@ -314,5 +492,7 @@ class IncrtPolicy(Policy):
         self.checks = state["checks"]
         self.last_change_check = state["last_change_check"]
         self.converged_step = state["converged_step"]
+        self.forecast = state["forecast"]
+        self.null_heads = state["null_heads"]
         self.dim = state["dim"]
         self._init_trackers()

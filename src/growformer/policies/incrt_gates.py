@@ -1,0 +1,197 @@
+"""INCRT's growth gates: how one layer's directional operator reads as "grow", "enough"
+and "a head too many".
+
+Every gate turns the layer's operator ``A = sym(S M_a)`` (see :mod:`growformer.theory`)
+into a :class:`Reading`: a *residual* compared with a growth threshold (sufficient while
+it is at most the threshold) and a *weakest* captured quantity compared with a keep
+threshold (minimal while it is at least that). The gates differ in what they call
+captured:
+
+- ``realigned`` (default): the captured directions are re-estimated at every check as
+  the top-H eigenvectors of the current operator (H heads), so the residual is
+  ``lambda_{H+1}`` and the weakest captured direction ``lambda_H``. Grow above
+  ``theta_w``; minimal while ``lambda_H >= phi_w`` (a hysteresis band between the two).
+- ``energy_fraction``: the same ordering, measured as fractions of the operator's
+  positive energy (the sum of its positive eigenvalues): grow while the uncaptured
+  fraction exceeds ``energy_epsilon``; minimal while the H-th direction holds at least
+  half of that.
+- ``frozen`` (the reference code): one direction per head, frozen at the head's birth,
+  deflates the operator; grow when the residual's ``lambda_max > theta_w`` (and its
+  ``lambda_min < phi_w``); minimal while every head's energy ``||S M_a^h||_F >= phi_g``.
+
+A gate's :func:`interval` is the range of head counts its rule accepts as certified for
+an operator: the gate's own prediction, the quantity behind the forecast and the
+held-out consistency check.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from growformer import theory
+
+
+@dataclass
+class Thresholds:
+    """One layer's thresholds.
+
+    Args:
+        theta_w: Growth threshold on an eigenvalue.
+        phi_w: Keep threshold on an eigenvalue (realigned) / minor threshold (frozen).
+        phi_g: Keep threshold on a head's energy (frozen).
+        epsilon: Growth threshold on the uncaptured energy fraction (energy_fraction).
+    """
+
+    theta_w: float
+    phi_w: float
+    phi_g: float
+    epsilon: float
+
+
+@dataclass
+class Reading:
+    """What one check of one layer measured.
+
+    Args:
+        residual: Uncaptured directional energy, in the gate's unit.
+        grow_at: Growth threshold on ``residual``.
+        weakest: The weakest captured quantity, in the gate's unit.
+        keep_at: Keep threshold on ``weakest``.
+        weak: Per head, whether it is below the keep threshold (a prune candidate).
+        may_grow: A further condition of growth (the frozen gate's ``lambda_min < phi_w``).
+        direction: The direction a new head captures (frozen gate), else None.
+        gap: ``lambda_1 - lambda_2`` of the residual (the reference refractory time).
+        values: Numbers for stats.jsonl.
+    """
+
+    residual: float
+    grow_at: float
+    weakest: float
+    keep_at: float
+    weak: list[bool]
+    may_grow: bool = True
+    direction: list[float] | None = None
+    gap: float = 0.0
+    values: dict[str, float | list[float]] = field(default_factory=dict)
+
+    @property
+    def sufficient(self) -> bool:
+        return self.residual <= self.grow_at
+
+    @property
+    def minimal(self) -> bool:
+        return self.weakest >= self.keep_at
+
+
+# The frozen gate's estimator of the residual's extreme eigenpairs (exact or online),
+# given the residual and the captured directions.
+Spectrometer = Callable[[Tensor, Tensor | None], theory.Spectrum]
+
+
+def _descending(a: Tensor) -> Tensor:
+    return torch.linalg.eigvalsh(a).flip(0)
+
+
+def realigned(
+    a: Tensor,
+    energies: list[float],
+    t: Thresholds,
+    directions: Tensor | None,
+    spectrum: Spectrometer,
+) -> Reading:
+    heads = len(energies)
+    values = _descending(a)
+    residual = values[heads].item() if heads < len(values) else -math.inf
+    weakest = values[heads - 1].item() if heads else math.inf
+    below = weakest < t.phi_w
+    return Reading(
+        residual=residual,
+        grow_at=t.theta_w,
+        weakest=weakest,
+        keep_at=t.phi_w,
+        weak=[below] * heads,
+        gap=(values[heads] - values[heads + 1]).item() if heads + 1 < len(values) else 0.0,
+        values={"top": values[: heads + 3].tolist()},
+    )
+
+
+def energy_fraction(
+    a: Tensor,
+    energies: list[float],
+    t: Thresholds,
+    directions: Tensor | None,
+    spectrum: Spectrometer,
+) -> Reading:
+    heads = len(energies)
+    values = _descending(a)
+    positive = values.clamp_min(0)
+    total = positive.sum().item() or 1.0
+    uncaptured = positive[heads:].sum().item() / total
+    weakest = positive[heads - 1].item() / total if heads else math.inf
+    below = weakest < t.epsilon / 2
+    return Reading(
+        residual=uncaptured,
+        grow_at=t.epsilon,
+        weakest=weakest,
+        keep_at=t.epsilon / 2,
+        weak=[below] * heads,
+        gap=(values[heads] - values[heads + 1]).item() if heads + 1 < len(values) else 0.0,
+        values={"top": values[: heads + 3].tolist()},
+    )
+
+
+def frozen(
+    a: Tensor,
+    energies: list[float],
+    t: Thresholds,
+    directions: Tensor | None,
+    spectrum: Spectrometer,
+) -> Reading:
+    a_res = theory.deflate(a, directions)
+    s = spectrum(a_res, directions)
+    return Reading(
+        residual=s.lambda_max,
+        grow_at=t.theta_w,
+        weakest=min(energies) if energies else math.inf,
+        keep_at=t.phi_g,
+        weak=[e < t.phi_g for e in energies],
+        may_grow=s.lambda_min < t.phi_w,
+        direction=s.u_plus.tolist(),
+        gap=s.gap,
+        values={
+            "lambda_min": s.lambda_min,
+            "a_res_norm": torch.linalg.matrix_norm(a_res).item(),
+        },
+    )
+
+
+GATES: dict[str, Callable[..., Reading]] = {
+    "realigned": realigned,
+    "energy_fraction": energy_fraction,
+    "frozen": frozen,
+}
+
+
+def interval(gate: str, a: Tensor, t: Thresholds) -> tuple[int, int]:
+    """Head counts ``[lo, hi]`` that ``gate``'s rule certifies for the operator ``a``.
+
+    ``lo`` is the fewest heads that leave the operator sufficient, ``hi`` the most that
+    keep it minimal (realigned and frozen: ``N(theta_w)`` and ``N(phi_w)``, the number of
+    eigenvalues above each threshold; energy_fraction: the same on energy fractions).
+    """
+    values = _descending(a)
+    if gate == "energy_fraction":
+        positive = values.clamp_min(0)
+        share = positive / (positive.sum().item() or 1.0)
+        tail = share.flip(0).cumsum(0).flip(0)  # tail[h]: fraction beyond the first h
+        lo = int((tail > t.epsilon).sum().item())
+        hi = int((share >= t.epsilon / 2).sum().item())
+    else:
+        lo = int((values > t.theta_w).sum().item())
+        hi = int((values >= t.phi_w).sum().item())
+    return lo, max(lo, hi)
