@@ -345,3 +345,45 @@ def test_incrt_grows_from_a_planned_architecture(tmp_path):
     adds = [sum(e["layer"] == i for e in s["events"]) for i in range(2)]
     assert all(e["op"] == "add_head" for e in s["events"]) and sum(adds) > 0
     assert [x["heads"] for x in grown] == [1 + n for n in adds]
+
+
+# Every head counts as weak (phi_w far above any eigenvalue) and any loss change is
+# accepted: heads are pruned as soon as patience and grace allow.
+PRUNING = {
+    "initial_heads": 3,
+    "refractory_steps": 1000,
+    "minor_ratio": 1e6,
+    "prune_patience": 2,
+    "grace_checks": 0,
+    "prune_fade_steps": 10,
+    "prune_max_loss_change": 1e6,
+}
+
+
+def test_pruning_in_a_run_measures_fades_then_removes(tmp_path):
+    s = _run(tmp_path, "p", policy_options=PRUNING)
+    fades = [e for e in s["events"] if e["op"] == "fade_head"]
+    removals = [e for e in s["events"] if e["op"] == "remove_head"]
+    assert fades and len(removals) in (len(fades), len(fades) - 1)
+    for fade, removal in zip(fades, removals, strict=False):
+        assert "loss_change" in fade and removal["step"] == fade["step"] + 10
+        assert (fade["layer"], fade["head"]) == (removal["layer"], removal["head"])
+        # Faded to 0 first: the removal itself leaves the loss as it was.
+        assert removal["loss_after"] == pytest.approx(removal["loss_before"], rel=1e-5)
+    heads = [layer["heads"] for layer in s["architecture"]["layers"]]
+    assert sum(heads) < 6
+
+
+def test_resume_in_the_middle_of_a_fade_is_exact(tmp_path):
+    straight = _run(tmp_path, "s", policy_options=PRUNING)
+    fade = next(e for e in straight["events"] if e["op"] == "fade_head")
+    _run(tmp_path, "h", policy_options=PRUNING, steps=fade["step"] + 5, checkpoint_every=5)
+    resumed = train(
+        TrainConfig.from_dict(run_config(policy_options=PRUNING)),
+        tmp_path / "h",
+        resume=True,
+        progress=False,
+    )
+    assert _trajectory(resumed) == _trajectory(straight)
+    ckpt = "checkpoints/step_00000060/model.safetensors"
+    assert (tmp_path / "h" / ckpt).read_bytes() == (tmp_path / "s" / ckpt).read_bytes()

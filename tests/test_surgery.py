@@ -269,3 +269,45 @@ def test_surgery_timing_is_below_one_step():
         surgery.remove_head(model, opt, 0, 0)
     cost = (time.perf_counter() - t0) / 10
     assert cost < step, (cost, step)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_faded_head_is_removed_without_changing_the_function(kind):
+    model, opt = _trained(kind, "uniform")
+    full = _outputs(model, kind)
+    record = surgery.apply(
+        model, opt, Event(op="fade_head", layer=0, head=0, fade="linear", fade_steps=4, step=3)
+    )
+    assert (record.op, record.head, record.fade_steps) == ("fade_head", 0, 4)
+    assert model.arch.layers[0].head_fade.end == 7
+    assert (_outputs(model, kind) - full).abs().max().item() <= TOL  # level 1 at the start
+    assert surgery.advance(model, 5) == []
+    assert model.transformer.layers[0].head_fade_level.item() == pytest.approx(0.5)
+    [request] = surgery.advance(model, 7)
+    assert (request.op, request.layer, request.head) == ("remove_head", 0, 0)
+    faded = _outputs(model, kind)
+    assert (faded - full).abs().max().item() > 1e-4
+    surgery.apply(model, opt, request)
+    assert model.arch.layers[0].heads == 1 and model.arch.layers[0].head_fade is None
+    assert (_outputs(model, kind) - faded).abs().max().item() <= TOL
+
+
+def test_a_fade_keeps_its_level_when_a_lower_head_goes():
+    model, opt = _trained("classifier", "uniform")
+    surgery.add_head(model, opt, 0)
+    surgery.apply(
+        model, opt, Event(op="fade_head", layer=0, head=2, fade="linear", fade_steps=4, step=0)
+    )
+    surgery.advance(model, 1)
+    attn = model.transformer.layers[0].attn
+    with torch.no_grad():
+        attn.o_proj.weight[:, : attn.head_dim] = 0  # head 0 silent: removing it changes nothing
+    before = _outputs(model, "classifier")
+    surgery.remove_head(model, opt, 0, 0)
+    fade = model.arch.layers[0].head_fade
+    assert fade.head == 1 and model.transformer.layers[0].head_fade_level.item() == 0.75
+    assert (_outputs(model, "classifier") - before).abs().max().item() <= TOL
+    with pytest.raises(SurgeryError, match="already fading out head 1"):
+        surgery.apply(
+            model, opt, Event(op="fade_head", layer=0, head=0, fade="linear", fade_steps=4, step=1)
+        )

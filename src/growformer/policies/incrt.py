@@ -178,6 +178,8 @@ class IncrtPolicy(Policy):
         self.forecast: dict[str, Any] | None = None
         self.null_heads: list[list[int]] = []
         self._log: list[dict[str, Any]] = []
+        # Layers that lost a head this step, after their statistics were taken.
+        self._removed: set[int] = set()
         self._trackers: list[theory.OnlineSpectrum] = []
         self.dim = 0
 
@@ -244,10 +246,12 @@ class IncrtPolicy(Policy):
         return frozenset({MOMENTS, CONTRIBUTION} if measure else {MOMENTS})
 
     def decide_from(self, step: int, stats: dict[str, Any]) -> Iterator[list[Event]]:
-        if not self.wants_stats(step) or MOMENTS not in stats:
+        if self.wants_stats(step) and MOMENTS in stats:
+            yield self.decide(step, stats[MOMENTS], stats.get(CONTRIBUTION))
+        else:
             yield []
-            return
-        yield self.decide(step, stats[MOMENTS], stats.get(CONTRIBUTION))
+        # Statistics of later steps are taken after this step's removals.
+        self._removed.clear()
 
     def decide(
         self,
@@ -265,6 +269,8 @@ class IncrtPolicy(Policy):
         forecasting = self.forecast is None and self._deciding(step)
         events = []
         for layer, (gate, st) in enumerate(zip(self.gates, stats, strict=True)):
+            if layer in self._removed:
+                continue  # the statistics describe the heads before this step's removal
             measured = None if contributions is None else contributions[layer].tolist()
             event = self._check_layer(step, layer, gate, st, measured)
             if event is not None:
@@ -435,6 +441,7 @@ class IncrtPolicy(Policy):
         # Removals arrive when a fade ends (or from another policy): follow the structure.
         for record in records:
             if record.op == "remove_head" and self.gates:
+                self._removed.add(record.layer)
                 gate = self.gates[record.layer]
                 gate.drop(record.head)
                 if gate.fading == record.head:
