@@ -119,12 +119,17 @@ def test_a_killed_rank_stops_the_job_and_resume_finishes_it(tmp_path):
         text=True,
         env=_env(),
     )
-    latest = out / "checkpoints" / "LATEST"
+    # Killed once the run has grown and saved, so that there is something to lose.
+    written = [out / "checkpoints" / "LATEST", out / "events.jsonl"]
     deadline = time.monotonic() + 120
-    while not latest.exists() and launcher.poll() is None and time.monotonic() < deadline:
+    while (
+        not all(p.exists() for p in written)
+        and launcher.poll() is None
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.05)
     workers = _worker_pids(launcher.pid)
-    assert latest.exists() and set(workers) == {0, 1}
+    assert all(p.exists() for p in written) and set(workers) == {0, 1}
     os.kill(workers[1], signal.SIGKILL)
     _, stderr = launcher.communicate(timeout=120)
     assert launcher.returncode != 0

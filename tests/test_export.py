@@ -79,6 +79,8 @@ def exported(request, tmp_path_factory):
     for i, layer in enumerate(model.arch.layers):
         if layer.fade is not None:
             surgery.end_fade(model, i)
+        if layer.head_fade is not None:
+            surgery.remove_head(model, None, i, layer.head_fade.head)
     labels = LABELS if kind == "classifier" else None
     path = tmp_path_factory.mktemp("onnx") / f"{kind}-{variant}.onnx"
     return model, export_onnx(model, path, label_names=labels)
@@ -131,6 +133,9 @@ def test_verification_sees_a_different_model(exported):
 def test_a_model_mid_fade_is_refused(tmp_path):
     model = build_model(arch("causal_lm", "fading"))
     with pytest.raises(ExportError, match=r"soft start \(layer 1 until step 8\)"):
+        export_onnx(model, tmp_path / "m.onnx")
+    surgery.end_fade(model, 1)
+    with pytest.raises(ExportError, match=r"fading out before its removal \(layer 0 head 1 until"):
         export_onnx(model, tmp_path / "m.onnx")
     assert not list(tmp_path.iterdir())
 

@@ -422,7 +422,7 @@ def test_incrt_grows_heads_inside_transformers_trainer(sst2_checkpoint, sst2_dir
     after = [layer.heads for layer in model.elastic.arch.layers]
     assert sum(after) == sum(before) + len(grown)
     assert watch.carried == sorted({e["step"] for e in incrt.events})
-    assert incrt.stats and {r["layer"] for r in incrt.stats} == {0, 1}
+    assert incrt.stats and {r["layer"] for r in incrt.stats if "layer" in r} == {0, 1}
     # The grown model saves and loads as such.
     model.save_pretrained(tmp_path / "grown")
     again = AutoModelForSequenceClassification.from_pretrained(tmp_path / "grown")
@@ -434,7 +434,7 @@ def test_incrt_grows_heads_inside_transformers_trainer(sst2_checkpoint, sst2_dir
 def test_incrt_resumes_from_a_transformers_trainer_checkpoint(sst2_checkpoint, sst2_dir, tmp_path):
     """Resumed from a checkpoint taken mid-growth, with the callback's saved state: the
     same events and the same model as the uninterrupted run."""
-    options = {"check_every": 2, "calibration_batches": 2, "refractory_steps": 4}
+    options = {"check_every": 2, "calibration_batches": 2, "refractory_steps": 2}
     tokenizer = AutoTokenizer.from_pretrained(sst2_checkpoint)
     rows = _sentences(sst2_dir, "train", 480)
     model = AutoModelForSequenceClassification.from_pretrained(sst2_checkpoint)

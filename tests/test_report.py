@@ -220,7 +220,7 @@ def test_tensorboard_logs_the_run(incrt_run):
     expected = {"train/loss", "train/lr", "val/loss", "val/accuracy", "structure/params"}
     expected |= {
         f"{kind}/layer_{i}"
-        for kind in ("structure/heads", "incrt/lambda_max", "incrt/theta_w")
+        for kind in ("structure/heads", "incrt/residual", "incrt/grow_at", "incrt/keep_at")
         for i in range(3)
     }
     assert expected <= scalars.keys()

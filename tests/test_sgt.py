@@ -657,7 +657,8 @@ def test_incrt_and_sgt_composed_in_one_run(tmp_path):
         "incrt": {
             "calibration_batches": 2,
             "heldout_batches": 1,
-            "refractory_steps": 6,
+            # Growth at steps 4 and 8, between SGT's decisions at 6 and 12.
+            "refractory_steps": 3,
             "max_heads": 3,
             "check_every": 2,
         },

@@ -34,6 +34,7 @@ from growformer.surgery import Event
 OP_COLORS = {
     "add_head": "#2a9d8f",
     "remove_head": "#e63946",
+    "fade_head": "#f4a261",
     "set_loops": "#7b2cbf",
     "end_fade": "#c77dff",
 }
@@ -110,7 +111,7 @@ def read_run(run_dir: str | Path) -> RunLogs:
         summary=summary,
         events=events if (path / "events.jsonl").exists() else summary.get("events", []),
         metrics=_read_jsonl(path / "metrics.jsonl"),
-        incrt=[r for r in stats if "lambda_max" in r],
+        incrt=[r for r in stats if "residual" in r],
         sgt=[r for r in stats if "scores" in r],
     )
 
@@ -238,27 +239,37 @@ def _incrt_figure(run: RunLogs, mpl: Any) -> Any:
     if not run.incrt:
         return "No INCRT statistics in this run (its policy does not grow heads)."
     fig, axes = _layer_grid(mpl, len(run.layers))
+    certified = run.summary.get("converged_step")
     for layer, ax in enumerate(axes):
         rows = [r for r in run.incrt if r["layer"] == layer]
         if not rows:
             ax.set_axis_off()
             continue
         steps = [r["step"] for r in rows]
-        ax.plot(steps, [r["lambda_max"] for r in rows], lw=1, label="λ_max (residual)")
-        ax.plot(steps, [r["theta_w"] for r in rows], color="black", ls="--", lw=1.2, label="θ_w")
+        for key, label, style in (
+            ("residual", "uncaptured (λ_{H+1})", {"lw": 1}),
+            ("grow_at", "growth threshold (θ_w)", {"color": "black", "ls": "--", "lw": 1.2}),
+            ("weakest", "weakest captured (λ_H)", {"lw": 1}),
+            ("keep_at", "keep threshold (φ_w)", {"color": "grey", "ls": ":", "lw": 1.2}),
+        ):
+            ax.plot(steps, [r[key] for r in rows], label=label, **style)
         for e in run.events:
-            if e["op"] in ("add_head", "remove_head") and e["layer"] == layer:
+            if e["op"] in ("add_head", "remove_head", "fade_head") and e["layer"] == layer:
                 ax.axvline(e["step"], color=OP_COLORS[e["op"]], lw=0.8, alpha=0.7)
+        if certified is not None:
+            ax.axvline(certified, color="#264653", lw=2, alpha=0.8, label="certified")
         ax.set_title(f"layer {layer}", loc="left", fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8, loc="best")
-    _label_grid(axes, len(run.layers), "optimizer step", "eigenvalue")
+    _label_grid(axes, len(run.layers), "optimizer step", "gate quantity")
     fig.suptitle(
-        "INCRT: top eigenvalue of the uncaptured operator vs the growth threshold "
-        "(vertical lines: heads added / removed)",
+        "INCRT certificate: sufficient while the uncaptured residual stays at or below the "
+        "growth threshold, minimal while the weakest captured direction stays at or above the "
+        "keep threshold (vertical lines: heads added / fading / removed)",
         x=0.01,
         ha="left",
         fontsize=11,
+        wrap=True,
     )
     return fig
 
@@ -474,26 +485,50 @@ def _mark_events(ax: Any, events: list[dict[str, Any]]) -> None:
 
 
 def _prediction_figure(run: RunLogs, mpl: Any) -> Any:
-    predicted = run.summary.get("predicted_heads")
-    if not predicted:
-        return "No predicted head counts (an INCRT run reports them)."
-    kstar = run.summary.get("kstar_heads") or []
+    certified = run.summary.get("certified_interval")
+    if not certified:
+        return "No head-count forecast (an INCRT run reports one)."
     observed = [layer["heads"] for layer in run.layers]
     n = len(observed)
-    fig, (ax,) = _figure(mpl, 4.5 + 1.1 * n, 3.4, right=1.9)
-    bars = [("observed (final)", observed, _HEAD), ("predicted (spectral)", predicted, _LOOPED)]
-    if kstar:
-        bars.append(("k* (theory)", kstar, _BLOCK))
-    width = 0.8 / len(bars)
-    for i, (label, values, color) in enumerate(bars):
-        xs = [x + (i - (len(bars) - 1) / 2) * width for x in range(len(values))]
+    series: list[tuple[str, list[float], list[list[int]] | None, Any]] = [
+        ("observed (final)", observed, None, _HEAD),
+        ("forecast (first decision)", run.summary.get("forecast_heads") or [], None, _LOOPED),
+        ("certified on held-out", [lo for lo, _ in certified], certified, "#2a9d8f"),
+        (
+            "null (random init)",
+            [lo for lo, _ in run.summary.get("null_interval") or []],
+            run.summary.get("null_interval"),
+            "#adb5bd",
+        ),
+        ("K* (paper, information)", run.summary.get("kstar_heads") or [], None, _BLOCK),
+    ]
+    series = [x for x in series if x[1]]
+    fig, (ax,) = _figure(mpl, 4.5 + 1.4 * n, 3.4, right=2.3)
+    width = 0.8 / len(series)
+    for i, (label, values, spans, color) in enumerate(series):
+        xs = [x + (i - (len(series) - 1) / 2) * width for x in range(len(values))]
         drawn = ax.bar(xs, values, width, label=label, color=color)
         ax.bar_label(drawn, fmt="%.3g", fontsize=7)
+        if spans:  # the interval's upper end as an error bar above the lower one
+            ax.errorbar(
+                xs,
+                values,
+                yerr=[[0] * len(spans), [hi - lo for lo, hi in spans]],
+                fmt="none",
+                ecolor="black",
+                capsize=3,
+                lw=1,
+            )
     ax.set_xticks(range(n), [f"layer {i}" for i in range(n)])
     ax.set(ylabel="heads")
     ax.margins(y=0.15)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.set_title("Heads per layer: observed vs predicted", loc="left")
+    ax.set_title(
+        "Heads per layer: observed, forecast, and the gate's certified interval "
+        "(bar: lowest count, whisker: highest)",
+        loc="left",
+        fontsize=10,
+    )
     return fig
 
 
@@ -557,8 +592,8 @@ FIGURES: list[tuple[str, str, Callable[[RunLogs, Any], Any]]] = [
     ("curves", "Learning curves", _curves_figure),
     ("heads", "Heads per layer", _heads_figure),
     ("architecture", "Final architecture", _architecture_figure),
-    ("prediction", "Predicted vs observed heads", _prediction_figure),
-    ("incrt_threshold", "INCRT growth criterion", _incrt_figure),
+    ("prediction", "Forecast, certified and observed heads", _prediction_figure),
+    ("incrt_threshold", "INCRT certificate", _incrt_figure),
     ("incrt_energies", "INCRT head energies", _energies_figure),
     ("loops", "Loop schedule", _loops_figure),
     ("sgt_scores", "SGT decisions", _sgt_figure),
@@ -688,6 +723,7 @@ def _summary_table(run: RunLogs) -> str:
         ("device", s.get("device")),
         ("events", ", ".join(f"{n} {op}" for op, n in ops.items()) or "none"),
         ("converged_step", s.get("converged_step")),
+        ("forecast_heads", s.get("forecast_heads")),
         ("data", s.get("data")),
     ]
     cells = "\n".join(
@@ -761,7 +797,7 @@ class TensorBoardLog:
 
     Tags: ``train/loss``, ``train/lr``; ``val/<metric>``; ``structure/heads/layer_<i>``,
     ``structure/heads_total``, ``structure/loops/layer_<i>``, ``structure/params``;
-    ``incrt/lambda_max/layer_<i>``, ``incrt/theta_w/layer_<i>``,
+    ``incrt/{residual,grow_at,weakest,keep_at}/layer_<i>`` (the certificate's quantities),
     ``incrt/min_energy/layer_<i>``; ``sgt/score/layer_<i>``,
     ``sgt/entropy/layer_<i>/head_<h>``; the structural events of each step as the text
     ``events``.
@@ -811,10 +847,11 @@ class TensorBoardLog:
     def stats(self, record: dict[str, Any]) -> None:
         """One record of the policy's statistics log (``stats.jsonl``)."""
         step = record["step"]
-        if "lambda_max" in record:
+        if "residual" in record:
             layer = record["layer"]
-            self.writer.add_scalar(f"incrt/lambda_max/layer_{layer}", record["lambda_max"], step)
-            self.writer.add_scalar(f"incrt/theta_w/layer_{layer}", record["theta_w"], step)
+            for key in ("residual", "grow_at", "weakest", "keep_at"):
+                if record[key] is not None:
+                    self.writer.add_scalar(f"incrt/{key}/layer_{layer}", record[key], step)
             if record["energies"]:
                 energy = min(record["energies"])
                 self.writer.add_scalar(f"incrt/min_energy/layer_{layer}", energy, step)

@@ -347,12 +347,14 @@ class IncrtPolicy(Policy):
                 "step": step,
                 "layer": layer,
                 "heads": heads,
-                "residual": reading.residual,
+                # JSON has no infinity: None where nothing is left or nothing captured.
+                "residual": reading.residual if math.isfinite(reading.residual) else None,
                 "grow_at": reading.grow_at,
                 "weakest": reading.weakest if math.isfinite(reading.weakest) else None,
                 "keep_at": reading.keep_at,
                 "theta_w": gate.theta_w,
                 "phi_w": gate.phi_w,
+                "phi_g": gate.phi_g,
                 "energies": energies,
                 "gap": reading.gap,
                 # JSON has no infinity: -1 marks a refractory time without end (zero gap).
