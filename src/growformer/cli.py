@@ -231,8 +231,39 @@ def _train(args: argparse.Namespace) -> int:
     cfg = TrainConfig.from_dict({**base, **flags})
     summary = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
     if Ranks.from_env().main:
+        print(_outcome(summary, Path(args.out)), file=sys.stderr)
         print(json.dumps({k: summary[k] for k in ("task", "policy", "steps", "params", "metrics")}))
     return 0
+
+
+def _outcome(summary: dict[str, Any], out: Path) -> str:
+    """What a run became, for people: its structure, INCRT's certificate and forecast, its
+    metrics and where its report is."""
+    heads = "/".join(str(layer["heads"]) for layer in summary["architecture"]["layers"])
+    lines = [f"heads per layer  {heads}"]
+    if "converged_step" in summary:
+        step = summary["converged_step"]
+        lines.append(
+            f"certified        at step {step} of {summary['steps']} (no change since)"
+            if step is not None
+            else f"certified        no: the structure still changed within the last checks "
+            f"of {summary['steps']} steps"
+        )
+        if summary.get("forecast_heads") is not None:
+            lines.append(
+                f"forecast         {'/'.join(map(str, summary['forecast_heads']))} "
+                f"(at step {summary['forecast_step']})"
+            )
+    metrics = summary.get("metrics") or {}
+    if metrics:
+        lines.append(
+            "metrics          "
+            + "  ".join(f"{k.removeprefix('val_')} {v:.4g}" for k, v in metrics.items())
+        )
+    report = out / "report" / "index.html"
+    if report.exists():
+        lines.append(f"report           {report}")
+    return "\n".join(lines)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
