@@ -263,13 +263,11 @@ def _incrt_figure(run: RunLogs, mpl: Any) -> Any:
     axes[0].legend(fontsize=8, loc="best")
     _label_grid(axes, len(run.layers), "optimizer step", "gate quantity")
     fig.suptitle(
-        "INCRT certificate: sufficient while the uncaptured residual stays at or below the "
-        "growth threshold, minimal while the weakest captured direction stays at or above the "
-        "keep threshold (vertical lines: heads added / fading / removed)",
+        "INCRT certificate: sufficient while uncaptured ≤ growth threshold, minimal while "
+        "weakest captured ≥ keep threshold\n(vertical lines: heads added / fading / removed)",
         x=0.01,
         ha="left",
         fontsize=11,
-        wrap=True,
     )
     return fig
 
@@ -523,12 +521,7 @@ def _prediction_figure(run: RunLogs, mpl: Any) -> Any:
     ax.set(ylabel="heads")
     ax.margins(y=0.15)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.set_title(
-        "Heads per layer: observed, forecast, and the gate's certified interval "
-        "(bar: lowest count, whisker: highest)",
-        loc="left",
-        fontsize=10,
-    )
+    ax.set_title("Heads per layer (interval: bar to whisker)", loc="left", fontsize=10)
     return fig
 
 
