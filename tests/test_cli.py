@@ -76,6 +76,26 @@ def test_train_writes_summary_and_checkpoints(run):
     ]
 
 
+def test_train_says_what_the_run_became(files, tmp_path, capsys):
+    config = tmp_path / "incrt.json"
+    options = {"calibration_batches": 2, "heldout_batches": 2, "refractory_steps": 5}
+    config.write_text(json.dumps({**TINY, "policy": "incrt", "policy_options": options}))
+    out = tmp_path / "run"
+    args = ["train", "--data", str(files["train"]), "--config", str(config), "--out", str(out)]
+    assert main([*args, "--steps", "20", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads((out / "summary.json").read_text())
+    assert json.loads(captured.out)["metrics"] == summary["metrics"]
+    lines = dict(line.split(None, 1) for line in captured.err.replace("per layer", "").splitlines())
+    heads = "/".join(str(layer["heads"]) for layer in summary["architecture"]["layers"])
+    assert lines["heads"] == heads
+    step = summary["converged_step"]
+    assert lines["certified"].startswith(f"at step {step} of 20" if step else "no:")
+    assert lines["forecast"] == f"{summary['forecast_heads'][0]} (at step 5)"
+    assert f"accuracy {summary['metrics']['val_accuracy']:.4g}" in lines["metrics"]
+    assert lines["report"] == str(out / "report" / "index.html")
+
+
 def test_evaluate_prints_json(run, files, capsys):
     for target in (run, run / "checkpoints" / "step_00000005"):
         assert main(["evaluate", "--checkpoint", str(target), "--data", str(files["dev"])]) == 0
