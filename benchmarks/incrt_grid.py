@@ -99,6 +99,10 @@ def main() -> None:
                 "heads": [[x["heads"] for x in s["architecture"]["layers"]] for s in summaries],
                 "converged_step": [s.get("converged_step") for s in summaries],
                 "forecast_heads": [s.get("forecast_heads") for s in summaries],
+                "prunes": [
+                    [e["loss_change"] for e in s["events"] if e["op"] == "fade_head"]
+                    for s in summaries
+                ],
             }
         )
     by = {r["run"]: r for r in rows}
@@ -161,6 +165,13 @@ def main() -> None:
         f"info: the grid ({len(rows) - 1} static models, one seed each) costs "
         f"{grid_flops / flops:.1f}x the FLOPs and {grid_wall / inc_wall:.1f}x the wall time of "
         "one INCRT run"
+    )
+    changes = [c for run_changes in inc["prunes"] for c in run_changes]
+    checks.append(
+        f"{'PASS' if all(c <= 0.01 for c in changes) else 'FAIL'}: {len(changes)} prunes in "
+        f"the INCRT runs, loss change on their batch "
+        + (f"at most {max(changes):+.2%}" if changes else "-")
+        + " (target <= 1%)"
     )
     lines += ["", *checks]
 
