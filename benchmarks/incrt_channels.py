@@ -25,6 +25,7 @@ import matplotlib
 import torch
 
 matplotlib.use("Agg")
+import known_heads
 import matplotlib.pyplot as plt
 from common import run, save_report
 from known_heads import STEPS
@@ -35,28 +36,12 @@ WITHIN = 0.12
 
 
 def config(k: int, gate: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    steps = round(STEPS.get(k, 10000) * args.steps_scale)
+    """The static model of known_heads.py with one head, growing under INCRT."""
+    cfg = known_heads.config(k, 1, seed, args)
     return {
-        "task": "channels",
-        "seed": seed,
-        "task_options": {"k": k},
-        "steps": steps,
-        "batch_size": 64,
-        "lr": 3e-3,
-        "warmup_steps": 150,
-        "eval_every": steps,
-        "checkpoint_every": steps,
-        "device": "cpu",
+        **cfg,
         "policy": "incrt",
         "policy_options": {"gate": gate, "max_heads": 2 * max(args.ks)},
-        "model": {
-            "d_model": args.d_model,
-            "n_layers": 1,
-            "heads": 1,
-            "head_dim": args.head_dim,
-            "ffn_dim": 4 * args.d_model,
-            "dropout": 0.0,
-        },
     }
 
 

@@ -104,20 +104,10 @@ def realigned(
     directions: Tensor | None,
     spectrum: Spectrometer,
 ) -> Reading:
-    heads = len(energies)
-    values = _descending(a)
+    heads, values = len(energies), _descending(a)
     residual = values[heads].item() if heads < len(values) else -math.inf
     weakest = values[heads - 1].item() if heads else math.inf
-    below = weakest < t.phi_w
-    return Reading(
-        residual=residual,
-        grow_at=t.theta_w,
-        weakest=weakest,
-        keep_at=t.phi_w,
-        weak=[below] * heads,
-        gap=(values[heads] - values[heads + 1]).item() if heads + 1 < len(values) else 0.0,
-        values={"top": values[: heads + 3].tolist()},
-    )
+    return _ranked(values, heads, residual, t.theta_w, weakest, t.phi_w)
 
 
 def energy_fraction(
@@ -127,19 +117,25 @@ def energy_fraction(
     directions: Tensor | None,
     spectrum: Spectrometer,
 ) -> Reading:
-    heads = len(energies)
-    values = _descending(a)
+    heads, values = len(energies), _descending(a)
     positive = values.clamp_min(0)
     total = positive.sum().item() or 1.0
     uncaptured = positive[heads:].sum().item() / total
     weakest = positive[heads - 1].item() / total if heads else math.inf
-    below = weakest < t.epsilon / 2
+    return _ranked(values, heads, uncaptured, t.epsilon, weakest, t.epsilon / 2)
+
+
+def _ranked(
+    values: Tensor, heads: int, residual: float, grow_at: float, weakest: float, keep_at: float
+) -> Reading:
+    """The reading of a gate that ranks the operator's eigenvalues ``values`` (descending):
+    every head is weak together, when the H-th direction is."""
     return Reading(
-        residual=uncaptured,
-        grow_at=t.epsilon,
+        residual=residual,
+        grow_at=grow_at,
         weakest=weakest,
-        keep_at=t.epsilon / 2,
-        weak=[below] * heads,
+        keep_at=keep_at,
+        weak=[weakest < keep_at] * heads,
         gap=(values[heads] - values[heads + 1]).item() if heads + 1 < len(values) else 0.0,
         values={"top": values[: heads + 3].tolist()},
     )
