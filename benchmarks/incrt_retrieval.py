@@ -103,7 +103,7 @@ def rel(a: float, b: float) -> float:
 
 def row(k: int, seed: int, incrt: dict, static: dict, random: dict | None) -> dict[str, Any]:
     observed = incrt["architecture"]["layers"][0]["heads"]
-    predicted = (incrt.get("predicted_heads") or [None])[0]
+    predicted = (incrt.get("forecast_heads") or [None])[0]
     kstar = (incrt.get("kstar_heads") or [None])[0]
     static_acc = static["metrics"]["val_accuracy"]
     acc = incrt["metrics"]["val_accuracy"]
@@ -202,7 +202,7 @@ def agreement_line(rows: list[dict[str, Any]], key: str, what: str) -> tuple[boo
 def claims(rows: list[dict[str, Any]], determinism: dict[str, Any], compare: bool) -> list[str]:
     verdict = {True: "PASS", False: "FAIL"}
     lines = []
-    ok, text = agreement_line(rows, "agree_predicted", "predicted (spectral complexity)")
+    ok, text = agreement_line(rows, "agree_predicted", "forecast (first decision point)")
     lines.append(f"{verdict[ok]}: {text}")
     for key, what in (("agree_kstar", "K* (paper formula)"), ("agree_k", "k (task's true need)")):
         ok, text = agreement_line(rows, key, what)

@@ -1,7 +1,7 @@
 """INCRT on GLUE SST-2 against static models with 12 heads per layer.
 
 Same depth, width, head size, data order and number of steps for every run; INCRT starts
-from one head per layer. Prints dev accuracy, parameters, final and predicted heads per
+from one head per layer. Prints dev accuracy, parameters, final and forecast heads per
 layer and the homeostasis step, and writes a plot of the head counts over training.
 
     python benchmarks/incrt_sst2.py --data-dir ../shared/data/sst2 [--steps 2000]
@@ -63,7 +63,7 @@ def main() -> None:
     results = {name: run(cfg, out / name) for name, cfg in runs.items()}
 
     print(
-        "\n| run | dev acc | params | heads per layer | predicted | K* | converged_step | wall s |"
+        "\n| run | dev acc | params | heads per layer | forecast | K* | converged_step | wall s |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for name, s in results.items():
@@ -71,7 +71,7 @@ def main() -> None:
         kstar = [round(x, 1) for x in s.get("kstar_heads", [])] or "-"
         print(
             f"| {name} | {100 * s['metrics']['val_accuracy']:.1f} | {s['params']:,} | {heads} | "
-            f"{s.get('predicted_heads', '-')} | {kstar} | {s.get('converged_step', '-')} | "
+            f"{s.get('forecast_heads', '-')} | {kstar} | {s.get('converged_step', '-')} | "
             f"{s['wall_s']:.0f} |"
         )
     inc, ref = results["incrt"], results["static12"]
@@ -103,7 +103,8 @@ def main() -> None:
                         "metrics",
                         "params",
                         "architecture",
-                        "predicted_heads",
+                        "forecast_heads",
+                        "certified_interval",
                         "kstar_heads",
                         "converged_step",
                         "wall_s",

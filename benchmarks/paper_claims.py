@@ -16,7 +16,7 @@ distinct (spike, label); the model reads the spike residues at the sites where a
 ``--min-site-count`` training spikes differ from the reference.
 
 Prints and writes (to --out) a Markdown table, ``results.json`` and ``paper_claims.png``:
-accuracy, macro-F1, parameters (total and attention), heads per layer, predicted heads,
+accuracy, macro-F1, parameters (total and attention), heads per layer, forecast heads,
 training wall time and training FLOPs; then the paper's claims, each PASS / FAIL.
 Finished runs are reused when their configuration is unchanged (--fresh reruns them).
 
@@ -128,7 +128,7 @@ def growformer_row(name: str, s: dict[str, Any]) -> dict[str, Any]:
         "params": s["params"],
         "attention_params": attention_params(arch),
         "heads": [layer["heads"] for layer in arch["layers"]],
-        "predicted": s.get("predicted_heads"),
+        "predicted": s.get("forecast_heads"),
         "kstar": s.get("kstar_heads"),
         "converged_step": s.get("converged_step"),
         "train_s": s["wall_s"],
@@ -273,7 +273,7 @@ COLUMNS = [
     ("params", "params", "int"),
     ("attention params", "attention_params", "int"),
     ("heads per layer", "heads", "str"),
-    ("predicted heads", "predicted", "str"),
+    ("forecast heads", "predicted", "str"),
     ("converged_step", "converged_step", "str"),
     ("train s", "train_s", "s"),
     ("train FLOPs", "train_flops", "flops"),
@@ -329,7 +329,7 @@ def claims(task: str, rows: dict[str, dict[str, Any]]) -> list[str]:
     ]
     within = all(e <= AGREEMENT for e in errors)
     out.append(
-        f"{'PASS' if within else 'FAIL'}: observed heads {observed} vs predicted {predicted} "
+        f"{'PASS' if within else 'FAIL'}: observed heads {observed} vs forecast {predicted} "
         f"(errors {', '.join(f'{100 * e:.0f}%' for e in errors)}; paper: within 12%); "
         f"K* {[round(k, 1) for k in inc['kstar'] or []]}"
     )
