@@ -87,6 +87,10 @@ class _Gate:
         for per_head in (self.directions, self.low_checks, self.born_check, self.needed):
             del per_head[head]
 
+    def judge_minimal(self, weak: list[bool]) -> None:
+        """Minimal: every head is above the keep threshold or was measured necessary."""
+        self.minimal = all(not w or n for w, n in zip(weak, self.needed, strict=True))
+
     def thresholds(self, epsilon: float) -> Thresholds:
         return Thresholds(self.theta_w, self.phi_w, self.phi_g, epsilon)
 
@@ -339,8 +343,7 @@ class IncrtPolicy(Policy):
             for n, weak, needed in zip(gate.low_checks, reading.weak, gate.needed, strict=True)
         ]
         gate.sufficient = reading.sufficient
-        # A head that measured necessary counts as minimal whatever its energy.
-        gate.minimal = all(not w or n for w, n in zip(reading.weak, gate.needed, strict=True))
+        gate.judge_minimal(reading.weak)
         t_d = self._refractory(reading.gap)
         self._log.append(
             {
@@ -422,7 +425,7 @@ class IncrtPolicy(Policy):
         if change > o["prune_max_loss_change"]:
             gate.needed[h] = True
             gate.low_checks[h] = 0
-            gate.minimal = all(not w or n for w, n in zip(weak, gate.needed, strict=True))
+            gate.judge_minimal(weak)
             self._log.append(
                 {"kept_head": h, "layer": layer, "loss_change": change, "energy": energies[h]}
             )
