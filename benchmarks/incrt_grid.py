@@ -1,6 +1,7 @@
 """The user's question: which head count should I train? A grid of static models (heads per
 layer in --heads, same depth, width, data and schedule) against INCRT runs that choose by
-themselves, on SST-2 or SARS-CoV-2 (the settings of ``paper_claims.py``).
+themselves (one row per INCRT gate in --gates), on SST-2 or SARS-CoV-2 (the settings of
+``paper_claims.py``).
 
 Per configuration over the seeds: accuracy (mean and range), attention parameters, train
 FLOPs, wall time and, for INCRT, the final heads and the certificate's step. Then the
@@ -48,8 +49,19 @@ def configs(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
             {**base, "seed": s, "model": {**base["model"], "heads": heads}}
             for s in args.static_seeds or args.seeds
         ]
-    out["incrt"] = [{**base, "seed": s, "policy": "incrt"} for s in args.seeds]
+    for gate in args.gates:
+        # The default gate's runs keep their plain name.
+        name = "incrt" if gate == "realigned" else f"incrt-{gate}"
+        out[name] = [
+            {**base, "seed": s, "policy": "incrt"}
+            | ({} if gate == "realigned" else {"policy_options": {"gate": gate}})
+            for s in args.seeds
+        ]
     return out
+
+
+def is_incrt(row: dict[str, Any]) -> bool:
+    return row["run"].startswith("incrt")
 
 
 def mean_range(values: list[float], fmt: str) -> str:
@@ -57,6 +69,57 @@ def mean_range(values: list[float], fmt: str) -> str:
     if len(values) == 1:
         return body
     return f"{body} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+
+
+def checks(inc: dict[str, Any], static: list[dict[str, Any]]) -> list[str]:
+    """The acceptance checks of one INCRT row against the static grid."""
+    out = []
+    acc = statistics.mean(inc["accuracy"])
+    attn = statistics.mean(inc["attention_params"])
+    flops = statistics.mean(inc["train_flops"])
+    certified = sum(x is not None for x in inc["converged_step"])
+    out.append(
+        f"{'PASS' if certified == len(inc['seeds']) else 'FAIL'}: certificate reached in "
+        f"{certified}/{len(inc['seeds'])} runs"
+    )
+    ref = next((r for r in static if r["run"] == "static-12"), None)
+    if ref is not None:
+        ref_acc = statistics.mean(ref["accuracy"])
+        ref_attn = statistics.mean(ref["attention_params"])
+        ref_flops = statistics.mean(ref["train_flops"])
+        out += [
+            f"{'PASS' if acc >= ref_acc - MARGIN else 'FAIL'}: accuracy {acc:.1%} vs "
+            f"static-12 {ref_acc:.1%} ({100 * (acc - ref_acc):+.1f} points; target >= "
+            f"{-100 * MARGIN:.1f})",
+            f"{'PASS' if ref_attn / attn >= FEWER else 'FAIL'}: attention parameters "
+            f"{ref_attn / attn:.1f}x fewer than static-12 (target >= {FEWER:g}x)",
+            f"{'PASS' if flops <= FLOPS * ref_flops else 'FAIL'}: training FLOPs "
+            f"{flops / ref_flops:.2f}x static-12's (target <= {FLOPS:g}x)",
+        ]
+    dominating = [
+        r["run"]
+        for r in static
+        if statistics.mean(r["attention_params"]) <= attn and statistics.mean(r["accuracy"]) > acc
+    ]
+    out.append(
+        f"{'PASS' if not dominating else 'FAIL'}: on or above the static Pareto front"
+        + (f" (dominated by {', '.join(dominating)})" if dominating else "")
+    )
+    grid_flops = sum(statistics.mean(r["train_flops"]) for r in static)
+    grid_wall = sum(statistics.mean(r["wall_s"]) for r in static)
+    out.append(
+        f"info: the grid ({len(static)} static models, mean over their seeds) costs "
+        f"{grid_flops / flops:.1f}x the FLOPs and "
+        f"{grid_wall / statistics.mean(inc['wall_s']):.1f}x the wall time of one run"
+    )
+    changes = [c for run_changes in inc["prunes"] for c in run_changes]
+    out.append(
+        f"{'PASS' if all(c <= 0.01 for c in changes) else 'FAIL'}: {len(changes)} prunes, "
+        "loss change on their batch "
+        + (f"at most {max(changes):+.2%}" if changes else "-")
+        + " (target <= 1%)"
+    )
+    return out
 
 
 def main() -> None:
@@ -71,6 +134,7 @@ def main() -> None:
     p.add_argument(
         "--static-seeds", type=int, nargs="+", default=None, help="seeds of the grid (--seeds)"
     )
+    p.add_argument("--gates", nargs="+", default=["realigned", "demand"], help="INCRT gates")
     p.add_argument("--out", default="runs/incrt_grid")
     p.add_argument("--fresh", action="store_true")
     args = p.parse_args()
@@ -105,7 +169,6 @@ def main() -> None:
                 ],
             }
         )
-    by = {r["run"]: r for r in rows}
     lines = [
         f"# {args.task}: static grid vs INCRT, {depth} layer(s); grid seeds "
         f"{args.static_seeds or args.seeds}, INCRT seeds {args.seeds}",
@@ -115,7 +178,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        incrt = r["run"] == "incrt"
+        incrt = is_incrt(r)
         lines.append(
             f"| {r['run']} | {mean_range(r['accuracy'], '{:.1%}')}"
             f" | {mean_range(r['attention_params'], '{:,.0f}')}"
@@ -124,59 +187,11 @@ def main() -> None:
             f" | {', '.join(str(x) for x in r['converged_step']) if incrt else '-'}"
             f" | {', '.join(str(x) for x in r['forecast_heads']) if incrt else '-'} |"
         )
-    inc, ref = by["incrt"], by.get("static-12")
-    checks = []
-    acc = statistics.mean(inc["accuracy"])
-    attn = statistics.mean(inc["attention_params"])
-    flops = statistics.mean(inc["train_flops"])
-    certified = sum(x is not None for x in inc["converged_step"])
-    checks.append(
-        f"{'PASS' if certified == len(inc['seeds']) else 'FAIL'}: certificate reached in "
-        f"{certified}/{len(inc['seeds'])} INCRT runs"
-    )
-    if ref is not None:
-        ref_acc = statistics.mean(ref["accuracy"])
-        ref_attn = statistics.mean(ref["attention_params"])
-        ref_flops = statistics.mean(ref["train_flops"])
-        checks += [
-            f"{'PASS' if acc >= ref_acc - MARGIN else 'FAIL'}: INCRT accuracy {acc:.1%} vs "
-            f"static-12 {ref_acc:.1%} ({100 * (acc - ref_acc):+.1f} points; target >= "
-            f"{-100 * MARGIN:.1f})",
-            f"{'PASS' if ref_attn / attn >= FEWER else 'FAIL'}: attention parameters "
-            f"{ref_attn / attn:.1f}x fewer than static-12 (target >= {FEWER:g}x)",
-            f"{'PASS' if flops <= FLOPS * ref_flops else 'FAIL'}: INCRT training FLOPs "
-            f"{flops / ref_flops:.2f}x static-12's (target <= {FLOPS:g}x)",
-        ]
-    dominating = [
-        r["run"]
-        for r in rows
-        if r["run"] != "incrt"
-        and statistics.mean(r["attention_params"]) <= attn
-        and statistics.mean(r["accuracy"]) > acc
-    ]
-    checks.append(
-        f"{'PASS' if not dominating else 'FAIL'}: INCRT on or above the static Pareto front"
-        + (f" (dominated by {', '.join(dominating)})" if dominating else "")
-    )
-    grid_flops = sum(sum(r["train_flops"]) / len(r["train_flops"]) for r in rows if r is not inc)
-    grid_wall = sum(statistics.mean(r["wall_s"]) for r in rows if r is not inc)
-    inc_wall = statistics.mean(inc["wall_s"])
-    checks.append(
-        f"info: the grid ({len(rows) - 1} static models, one seed each) costs "
-        f"{grid_flops / flops:.1f}x the FLOPs and {grid_wall / inc_wall:.1f}x the wall time of "
-        "one INCRT run"
-    )
-    changes = [c for run_changes in inc["prunes"] for c in run_changes]
-    checks.append(
-        f"{'PASS' if all(c <= 0.01 for c in changes) else 'FAIL'}: {len(changes)} prunes in "
-        f"the INCRT runs, loss change on their batch "
-        + (f"at most {max(changes):+.2%}" if changes else "-")
-        + " (target <= 1%)"
-    )
-    lines += ["", *checks]
+    static = [r for r in rows if not is_incrt(r)]
+    for inc in (r for r in rows if is_incrt(r)):
+        lines += ["", f"{inc['run']}:", *checks(inc, static)]
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    static = [r for r in rows if r is not inc]
     ax.plot(
         [statistics.mean(r["attention_params"]) for r in static],
         [statistics.mean(r["accuracy"]) for r in static],
@@ -193,8 +208,17 @@ def main() -> None:
             fontsize=8,
         )
         ax.scatter(r["attention_params"], r["accuracy"], s=8, color="tab:grey", alpha=0.5)
-    ax.scatter(inc["attention_params"], inc["accuracy"], s=30, color="tab:red", label="INCRT runs")
-    ax.scatter([attn], [acc], s=90, marker="*", color="tab:red", label="INCRT mean")
+    colors = iter(("tab:red", "tab:blue", "tab:green", "tab:purple"))
+    for inc, color in zip((r for r in rows if is_incrt(r)), colors, strict=False):
+        ax.scatter(inc["attention_params"], inc["accuracy"], s=30, color=color, label=inc["run"])
+        ax.scatter(
+            [statistics.mean(inc["attention_params"])],
+            [statistics.mean(inc["accuracy"])],
+            s=90,
+            marker="*",
+            color=color,
+            label=f"{inc['run']} mean",
+        )
     ax.set_xscale("log")
     ax.set_xlabel("attention parameters")
     ax.set_ylabel("validation accuracy")

@@ -282,11 +282,16 @@ def test_two_seeded_runs_have_the_same_trajectory(tmp_path):
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"estimator": "online", "threshold_mode": "relative"}],
-    ids=["exact-calibrated", "online-relative"],
+    [
+        {},
+        {"estimator": "online", "threshold_mode": "relative"},
+        {"gate": "demand", "demand_window": 3, "demand_z": 1.0, "grace_checks": 2},
+    ],
+    ids=["exact-calibrated", "online-relative", "demand"],
 )
 def test_resume_in_the_middle_of_growth_is_exact(tmp_path, options):
     straight = _run(tmp_path, "s", policy_options=options)
+    assert [e for e in straight["events"] if e["step"] < 30]  # growth before the break
     _run(tmp_path, "h", policy_options=options, steps=30)
     resumed = train(
         TrainConfig.from_dict(run_config(policy_options=options)),

@@ -7,8 +7,10 @@ A policy names what it needs (:data:`STATISTICS`): ``"moments"`` (INCRT: per lay
 :class:`LayerStats`), ``"entropy"`` (SGT: per layer a (heads,) tensor of normalised
 attention entropies of one query row per sequence), ``"entropy_all"`` (the same,
 averaged over every valid query row) or ``"contribution"`` (INCRT's pruning: per layer a
-(heads,) tensor of the relative change of the step's loss with each head switched off).
-:func:`capture` records the first three during the training forward pass; the
+(heads,) tensor of the relative change of the step's loss with each head switched off)
+or ``"demand"`` (INCRT's demand gate: per layer a :class:`Demand`, what the step's loss
+asks of the heads' query-key forms). :func:`capture` records the first three during the
+training forward pass, the demand during its forward and backward passes; the
 contributions take one more forward pass per head after the step.
 """
 
@@ -29,7 +31,8 @@ MOMENTS = "moments"
 ENTROPY = "entropy"
 ENTROPY_ALL = "entropy_all"
 CONTRIBUTION = "contribution"
-STATISTICS = (MOMENTS, ENTROPY, ENTROPY_ALL, CONTRIBUTION)
+DEMAND = "demand"
+STATISTICS = (MOMENTS, ENTROPY, ENTROPY_ALL, CONTRIBUTION, DEMAND)
 
 
 @dataclass
@@ -103,6 +106,111 @@ def capture_inputs(
     finally:
         for h in handles:
             h.remove()
+
+
+@dataclass
+class Demand:
+    """What the loss asks of one layer's query-key forms.
+
+    The loss's gradient on head h's form (logits ``X M^h X^T / sqrt(head_dim)``) is
+    ``G_h = X^T (dL/dlogits_h) X / sqrt(head_dim)``. Its *normal* part
+    ``(I - P_q) G_h (I - P_k)``, with ``P_q``, ``P_k`` the projections on the spans of the
+    head's query and key maps, is the part no change of those maps can follow: demand
+    that needs a new head. Energies are taken between the gradients of the two halves of
+    the batch (even and odd sequences), ``<G_a, G_b>_F``, an estimate of ``||E G||_F^2``
+    free of the batch noise (it can be negative when there is no signal).
+
+    Args:
+        normal: (heads,) signal energy of each head's normal part.
+        query: (d,) query direction of the strongest normal demand (the top singular
+            pair of the mean normal part, summed over heads).
+        key: (d,) its key direction.
+    """
+
+    normal: Tensor
+    query: Tensor
+    key: Tensor
+
+
+class DemandCapture:
+    """Puts a zero bias on each layer's first-pass attention logits during the forward
+    passes; after their backward, the bias's gradient gives :class:`Demand`."""
+
+    def __init__(self, n_layers: int) -> None:
+        self.pending: list[list[tuple[Tensor, Tensor]]] = [[] for _ in range(n_layers)]
+        self.sums: list[Tensor | None] = [None] * n_layers  # (2, heads, d, d) per layer
+        self.processes = [0] * n_layers
+
+    def probe(self, layer: int, block: Block) -> Callable[[Tensor], Tensor]:
+        """The block's ``logit_probe`` for ``layer``."""
+
+        def bias(x: Tensor) -> Tensor:
+            b, t, _ = x.shape
+            shape = (b, block.attn.heads, t, t)
+            zero = torch.zeros(shape, dtype=x.dtype, device=x.device, requires_grad=True)
+            self.pending[layer].append((x.detach(), zero))
+            return zero
+
+        return bias
+
+    def _collect(self) -> None:
+        """Turn the recorded passes whose backward has run into gradient sums."""
+        for layer, passes in enumerate(self.pending):
+            for x, bias in passes:
+                if bias.grad is None:
+                    continue  # no backward through this pass (e.g. a probe under no_grad)
+                x, g = x.to(torch.float64), bias.grad.to(torch.float64)
+                halves = torch.stack(
+                    [
+                        torch.einsum("bti,bhts,bsj->hij", x[half::2], g[half::2], x[half::2])
+                        for half in (0, 1)
+                    ]
+                )
+                # Each half of the batch estimates the whole batch's (mean) gradient.
+                s = halves * 2
+                self.sums[layer] = s if self.sums[layer] is None else self.sums[layer] + s
+                self.processes[layer] = 1
+            passes.clear()
+
+    def reduce(self, sum_: Callable[[list[Tensor]], None]) -> None:
+        """Add the other processes' sums (see :meth:`Capture.reduce`)."""
+        self._collect()
+        self.processes = _reduce(self.sums, self.processes, sum_)
+
+    def demands(self, model: ElasticModel) -> list[Demand | None]:
+        """Per layer, the demand on the model's current forms (None: no backward ran)."""
+        self._collect()
+        out: list[Demand | None] = []
+        for layer, (s, n) in enumerate(zip(self.sums, self.processes, strict=True)):
+            if s is None or s.shape[1] != model.transformer.layers[layer].attn.heads:
+                out.append(None)
+                continue
+            out.append(_demand(model, layer, s / max(n, 1)))
+        return out
+
+
+def _complement(w: Tensor) -> Tensor:
+    """(heads, d, d) projections on the complement of each (head_dim, d) row span."""
+    basis = torch.linalg.qr(w.transpose(1, 2)).Q  # (heads, d, head_dim)
+    eye = torch.eye(w.shape[-1], dtype=w.dtype, device=w.device)
+    return eye - basis @ basis.transpose(1, 2)
+
+
+@torch.no_grad()
+def _demand(model: ElasticModel, layer: int, halves: Tensor) -> Demand:
+    attn = model.transformer.layers[layer].attn
+    h, hd = attn.heads, attn.head_dim
+    halves = halves.to(attn.q_proj.weight.device) / math.sqrt(hd)
+    wq = attn.q_proj.weight.detach().to(torch.float64).view(h, hd, -1)
+    wk = keys_per_head(attn.k_proj.weight.detach().to(torch.float64), h, hd)
+    normal = _complement(wq) @ halves @ _complement(wk)
+    mean = normal.mean(0).sum(0)
+    u, _, vh = torch.linalg.svd(mean)
+    return Demand(
+        normal=(normal[0] * normal[1]).sum((-1, -2)).cpu(),
+        query=u[:, 0].cpu(),
+        key=vh[0].cpu(),
+    )
 
 
 @torch.no_grad()
@@ -298,6 +406,7 @@ class Capture:
             if name in needs
         }
         self.contribution = CONTRIBUTION in needs
+        self.demand = DemandCapture(n_layers) if DEMAND in needs else None
 
     def reduce(self, sum_: Callable[[list[Tensor]], None]) -> None:
         """Make the recorded statistics those of every process's batches together.
@@ -306,7 +415,7 @@ class Capture:
             sum_: Sums a list of tensors in place over the processes (data-parallel ranks,
                 see :meth:`growformer.distributed.Ranks.sum_`).
         """
-        for c in (self.inputs, *self.entropy.values()):
+        for c in (self.inputs, *self.entropy.values(), self.demand):
             if c is not None:
                 c.reduce(sum_)
 
@@ -319,6 +428,8 @@ class Capture:
                 stack.enter_context(capture_inputs(model, attention_mask, self.inputs))
             for c in self.entropy.values():
                 stack.enter_context(capture_entropy(model, attention_mask, c))
+            if self.demand is not None:
+                stack.enter_context(capture_demand(model, self.demand))
             yield
 
     def results(self, model: ElasticModel, loss: Callable[[], float]) -> dict[str, Any]:
@@ -331,9 +442,25 @@ class Capture:
         out: dict[str, Any] = {name: c.entropies() for name, c in self.entropy.items()}
         if self.inputs is not None:
             out[MOMENTS] = layer_stats(model, self.inputs)
+        if self.demand is not None:
+            out[DEMAND] = self.demand.demands(model)
         if self.contribution:
             out[CONTRIBUTION] = head_contributions(model, loss)
         return out
+
+
+@contextlib.contextmanager
+def capture_demand(model: ElasticModel, capture: DemandCapture) -> Iterator[DemandCapture]:
+    """Put :class:`DemandCapture`'s zero logit bias on every layer's first attention
+    pass during the forward passes inside (their backward may run later)."""
+    layers = model.transformer.layers
+    for i, block in enumerate(layers):
+        block.logit_probe = capture.probe(i, block)
+    try:
+        yield capture
+    finally:
+        for block in layers:
+            block.logit_probe = None
 
 
 @torch.no_grad()

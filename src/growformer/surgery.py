@@ -45,6 +45,8 @@ class Event:
         init: Initialisation of an added head, ``"random"`` or ``"function_preserving"``.
         init_std: Standard deviation of an added head's weights (None: the INCRT reference
             scale, see :func:`add_head`).
+        query: add_head: the direction of the new head's first query row (None: random).
+        key: add_head: the direction of its first key row (with ``query``).
         loops: New loop depth (set_loops).
         looped_heads: Heads the loops re-run (set_loops; None keeps the layer's).
         fade: Soft start of set_loops: shape of the fall of the other heads' loop weight
@@ -67,6 +69,8 @@ class Event:
     head: int | None = None
     init: str | None = None
     init_std: float | None = None
+    query: list[float] | None = None
+    key: list[float] | None = None
     loops: int | None = None
     looped_heads: tuple[int, ...] | None = None
     fade: str | None = None
@@ -96,6 +100,7 @@ def apply(model: ElasticModel, optimizer: torch.optim.Optimizer | None, event: E
             event.layer,
             init=event.init or "function_preserving",
             init_std=event.init_std,
+            form=None if event.query is None or event.key is None else (event.query, event.key),
         )
     elif event.op == "remove_head":
         if event.head is None:
@@ -140,6 +145,7 @@ def add_head(
     layer: int,
     init: str = "function_preserving",
     init_std: float | None = None,
+    form: tuple[list[float], list[float]] | None = None,
 ) -> Event:
     """Append one head to ``layer``.
 
@@ -152,9 +158,13 @@ def add_head(
         init_std: W_Q, W_K, W_V ~ N(0, init_std^2) and W_O ~ N(0, init_std^2 / (2 n_layers)),
             as the model initialises its own heads; None: the INCRT reference scale,
             W_Q, W_K, W_V ~ N(0, 1/d_model) and W_O ~ N(0, 1/head_dim).
+        form: (query, key) directions (d_model each): the new head's first query and key
+            rows start along them, at the mean row norm of the layer's other heads, so it
+            attends along that query-key form from its first step (the rest as ``init``).
 
     Raises:
-        SurgeryError: For a layer with grouped keys and values (``kv_heads`` set).
+        SurgeryError: For a layer with grouped keys and values (``kv_heads`` set), or a
+            form of the wrong width.
     """
     if init not in INITS:
         raise SurgeryError(f"unknown head init {init!r} (known: {', '.join(INITS)})")
@@ -167,9 +177,16 @@ def add_head(
     else:
         in_std, out_std = init_std, init_std / math.sqrt(2 * len(model.transformer.layers))
     keep = torch.arange(attn.heads * hd, device=attn.q_proj.weight.device)
-    for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
+    rows = (None, None, None) if form is None else (*form, None)
+    if form is not None and any(len(r) != d_model for r in form):
+        raise SurgeryError(f"a head's form needs directions of width {d_model}")
+    for proj, row in zip((attn.q_proj, attn.k_proj, attn.v_proj), rows, strict=True):
         w = proj.weight
         extra = torch.randn(hd, d_model, dtype=w.dtype, device=w.device) * in_std
+        if row is not None:
+            direction = torch.tensor(row, dtype=w.dtype, device=w.device)
+            norm = w.norm(dim=1).mean() if w.shape[0] else in_std * math.sqrt(d_model)
+            extra[0] = direction / direction.norm().clamp_min(1e-12) * norm
         _rebuild(proj, optimizer, dim=0, keep=keep, extra=extra)
     w = attn.o_proj.weight
     extra = torch.randn(d_model, hd, dtype=w.dtype, device=w.device) * out_std

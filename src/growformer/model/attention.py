@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 
@@ -92,6 +93,7 @@ class ElasticAttention(nn.Module):
         cache: KVCache | None = None,
         kv_rows: Tensor | None = None,
         kv_index: Tensor | None = None,
+        logit_bias: Tensor | None = None,
     ) -> Tensor:
         """Attend and project back to the residual width.
 
@@ -111,6 +113,9 @@ class ElasticAttention(nn.Module):
                 takes ``rows`` (only right without grouping).
             kv_index: With ``rows``, each computed query head's key/value head among
                 ``kv_rows``' heads; None: the head at its own position.
+            logit_bias: (batch, heads, seq, seq) added to the attention logits (a
+                measurement: a zero bias whose gradient is the loss's gradient on the
+                logits); not with a cache.
         """
         wq, wk, wv, wo = (p.weight for p in (self.q_proj, self.k_proj, self.v_proj, self.o_proj))
         if rows is not None:
@@ -134,6 +139,15 @@ class ElasticAttention(nn.Module):
                     causal = causal.tril(past)
                     attn_mask = causal if attn_mask is None else attn_mask & causal
                 is_causal = False
+        if logit_bias is not None:
+            if cache is not None:
+                raise ValueError("a logit bias cannot be combined with a key/value cache")
+            if is_causal:
+                causal = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
+                attn_mask = causal if attn_mask is None else attn_mask & causal
+                is_causal = False
+            bias = logit_bias.to(q.dtype)
+            attn_mask = bias if attn_mask is None else bias.masked_fill(~attn_mask, -math.inf)
         if kv_index is not None:
             # A loop's heads can use their groups unevenly, which the kernel's grouping
             # (equal consecutive groups) cannot express: expand here, after the cache.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -42,6 +44,9 @@ class Block(nn.Module):
     While a head fades out before its removal (``head_fade``), its output in the first
     attention pass is weighted by ``head_fade_level``. ``ablated`` (a head index, or None)
     switches one head's output off there: a measurement of what the head contributes.
+    ``logit_probe`` (None, or set by :mod:`growformer.statistics` for a measurement) is
+    given the first attention pass's normalised input and returns a bias added to its
+    logits.
 
     Args:
         d_model: Width of the residual stream.
@@ -67,6 +72,7 @@ class Block(nn.Module):
         self.head_fade: HeadFade | None = None
         self.set_head_fade(spec.head_fade)
         self.ablated: int | None = None
+        self.logit_probe: Callable[[Tensor], Tensor] | None = None
 
     def set_loops(
         self, loops: int, looped_heads: tuple[int, ...], fade: LoopFade | None = None
@@ -154,16 +160,28 @@ class Block(nn.Module):
         cache: KVCache | None = None,
     ) -> Tensor:
         h = hidden_states
-        for _ in range(1 + self.block_loops):
-            h = self._pass(h, attn_mask, is_causal, cache)
+        for i in range(1 + self.block_loops):
+            h = self._pass(h, attn_mask, is_causal, cache, first=i == 0)
         return h
 
     def _pass(
-        self, h: Tensor, attn_mask: Tensor | None, is_causal: bool, cache: KVCache | None
+        self,
+        h: Tensor,
+        attn_mask: Tensor | None,
+        is_causal: bool,
+        cache: KVCache | None,
+        first: bool,
     ) -> Tensor:
         if self.attn.heads:
+            x = self.ln_1(h)
+            probe = self.logit_probe if first else None
             h = h + self.attn(
-                self.ln_1(h), attn_mask, is_causal, head_weights=self._head_weights(), cache=cache
+                x,
+                attn_mask,
+                is_causal,
+                head_weights=self._head_weights(),
+                cache=cache,
+                logit_bias=None if probe is None else probe(x),
             )
             rows, kv_rows, kv_index = self.loop_rows, self.loop_kv_rows, self.loop_kv_index
             weights = None

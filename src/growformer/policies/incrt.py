@@ -1,16 +1,25 @@
 """INCRT: heads that grow on uncaptured directional energy, prune, and stop in homeostasis.
 
 Every layer starts with ``initial_heads`` heads. At every check (``check_every`` steps)
-its gate (:mod:`growformer.policies.incrt_gates`, option ``gate``) reads the layer's
-directional operator ``A = sym(S M_a)``: a head is added when the uncaptured residual
-exceeds the growth threshold and ``refractory_steps`` steps have passed since the
-layer's last growth (the start counts as one, unless ``refractory_from_start`` is
-false). A layer whose weakest captured direction stays below the keep threshold for
-``prune_patience`` checks has a head too many: the head whose removal changes the loss
-on the step's batch least (measured, statistic ``contribution``) fades out over
-``prune_fade_steps`` steps and is then removed, provided that change is at most
-``prune_max_loss_change`` (relative); otherwise the head is kept as necessary. The
-structure is certified (``converged_step``) once nothing changed for
+its gate (:mod:`growformer.policies.incrt_gates`, option ``gate``) reads the layer: the
+operator gates its directional operator ``A = sym(S M_a)``, the ``demand`` gate the loss's
+gradient on the heads' query-key forms (statistic ``demand``), of which it keeps the
+last ``demand_window`` checks since the layer's last change. A head is added when the
+uncaptured residual exceeds the growth threshold and ``refractory_steps`` steps have
+passed since the layer's last growth (the start counts as one, unless
+``refractory_from_start`` is false); with the demand gate, also only once the newest
+grown head was measured necessary or has had ``grace_checks`` checks to become so (its
+probation), and it starts along the demanded query-key form. Every layer's heads are
+judged redundant only after ``grace_checks`` checks of age (default 20; 200 with the
+demand gate, whose heads are grown to learn something new).
+
+A layer whose weakest captured direction stays below the keep threshold for
+``prune_patience`` checks (with the demand gate: every layer, every ``prune_patience``
+checks until each head is measured necessary) has a head too many: the head whose
+removal changes the loss on the step's batch least (measured, statistic
+``contribution``) fades out over ``prune_fade_steps`` steps and is then removed, provided
+that change is at most ``prune_max_loss_change`` (relative); heads above it are marked
+necessary. The structure is certified (``converged_step``) once nothing changed for
 ``homeostasis_checks`` checks while every layer is sufficient and minimal; the checks go
 on, and a later change withdraws the certificate until the structure settles again.
 
@@ -24,7 +33,8 @@ The report holds, per layer, the gate's certified interval of head counts on hel
 data at the end (a consistency check of the final structure, not a prediction), the
 same interval at random initialisation (the null floor), a forecast taken at the first
 decision point (``forecast_heads``, before growth ends), and the paper's ``K*`` as
-information.
+information. The demand gate counts no heads itself: it reports the ``realigned``
+operator's intervals and forecast.
 
 ``gate: frozen`` with ``threshold_mode: calibrated``, ``refractory_steps: null``,
 ``refractory_from_start: false`` and ``model.attn_init: reference`` is the reference
@@ -49,8 +59,8 @@ from growformer import theory
 from growformer.arch import Architecture
 from growformer.errors import ConfigError
 from growformer.policies.base import Policy
-from growformer.policies.incrt_gates import GATES, Thresholds, interval
-from growformer.statistics import CONTRIBUTION, MOMENTS, LayerStats
+from growformer.policies.incrt_gates import GATES, DemandWindow, Thresholds, interval
+from growformer.statistics import CONTRIBUTION, DEMAND, MOMENTS, Demand, LayerStats
 from growformer.surgery import INITS, Event
 
 
@@ -76,23 +86,44 @@ class _Gate:
     fading: int | None = None
     measure: bool = False
     tracker: dict[str, list[float]] | None = None
+    # Demand gate: the layer's unmet demand per check since its last change.
+    unmet: list[float] = field(default_factory=list)
 
     def add(self, born: int, direction: list[float] | None = None) -> None:
         self.directions.append(direction)
         self.low_checks.append(0)
         self.born_check.append(born)
         self.needed.append(False)
+        self.unmet = []  # evidence about the old heads only
 
     def drop(self, head: int) -> None:
         for per_head in (self.directions, self.low_checks, self.born_check, self.needed):
             del per_head[head]
+        self.unmet = []
 
-    def judge_minimal(self, weak: list[bool]) -> None:
-        """Minimal: every head is above the keep threshold or was measured necessary."""
-        self.minimal = all(not w or n for w, n in zip(weak, self.needed, strict=True))
+    def judge_minimal(self, weak: list[bool], min_heads: int) -> None:
+        """Minimal: no head can go (``min_heads`` left), or every head is above the keep
+        threshold or was measured necessary."""
+        self.minimal = len(weak) <= min_heads or all(
+            not w or n for w, n in zip(weak, self.needed, strict=True)
+        )
 
-    def thresholds(self, epsilon: float) -> Thresholds:
-        return Thresholds(self.theta_w, self.phi_w, self.phi_g, epsilon)
+    def on_probation(self, checks: int, grace: int) -> bool:
+        """Whether the newest grown head is still young and not yet measured necessary."""
+        if not self.born_check:
+            return False
+        newest = max(range(len(self.born_check)), key=self.born_check.__getitem__)
+        born = self.born_check[newest]
+        return born > 0 and not self.needed[newest] and checks - born < grace
+
+    def thresholds(self, o: dict[str, Any]) -> Thresholds:
+        return Thresholds(
+            self.theta_w,
+            self.phi_w,
+            self.phi_g,
+            o["energy_epsilon"],
+            o["demand_z"],
+        )
 
 
 class IncrtPolicy(Policy):
@@ -115,6 +146,8 @@ class IncrtPolicy(Policy):
         "minor_ratio": 0.5,
         "prune_ratio": 0.01,
         "energy_epsilon": 0.1,
+        "demand_z": 3.0,
+        "demand_window": 20,
         "refractory_steps": 100,
         "refractory_from_start": True,
         "kappa": 2.0,
@@ -122,7 +155,7 @@ class IncrtPolicy(Policy):
         "min_refractory": 25,
         "max_refractory": None,
         "prune_patience": 20,
-        "grace_checks": 20,
+        "grace_checks": None,
         "prune_max_loss_change": 0.01,
         "prune_fade_steps": 50,
         "homeostasis_checks": 20,
@@ -158,6 +191,21 @@ class IncrtPolicy(Policy):
                 f"incrt refractory_steps must be an integer >= 0 or null (the reference "
                 f"formula), got {r!r}"
             )
+        grace = o["grace_checks"]
+        if grace is not None and (
+            isinstance(grace, bool) or not isinstance(grace, int) or grace < 0
+        ):
+            raise ConfigError(
+                f"incrt grace_checks must be an integer >= 0 or null (20 checks; 200 with "
+                f"the demand gate), got {grace!r}"
+            )
+        if not isinstance(o["demand_window"], int) or o["demand_window"] < 2:
+            raise ConfigError(
+                f"incrt demand_window must be an integer >= 2, got {o['demand_window']!r}"
+            )
+        z = o["demand_z"]
+        if isinstance(z, bool) or not isinstance(z, int | float) or z < 0:
+            raise ConfigError(f"incrt demand_z must be a number >= 0, got {z!r}")
         lr = o["online_lr"]
         if lr is not None and (
             isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr <= 0.5
@@ -173,6 +221,10 @@ class IncrtPolicy(Policy):
         reference = o["gate"] == "frozen"
         self.attn_init = "reference" if reference else "gpt2"
         self.init_std = o["init_std"] if o["init_std"] is not None or reference else 0.02
+        # A head grown on demand needs time to learn its relation before it is judged
+        # (measured on the channels task: ~1000 steps).
+        grace = o["grace_checks"]
+        self.grace = grace if grace is not None else (200 if o["gate"] == "demand" else 20)
         self.calibration_batches = o["calibration_batches"]
         self.heldout_batches = o["heldout_batches"]
         self.gates: list[_Gate] = []
@@ -219,11 +271,11 @@ class IncrtPolicy(Policy):
 
     def _interval(self, gate: _Gate, a: torch.Tensor) -> tuple[int, int]:
         """The gate's certified interval for ``a``, in relative mode at ``a``'s own scale."""
-        t = gate.thresholds(self.options["energy_epsilon"])
+        t = gate.thresholds(self.options)
         if self.options["threshold_mode"] == "relative":
             probe = _Gate()
             self._set_thresholds(probe, torch.linalg.matrix_norm(a).item())
-            t = probe.thresholds(self.options["energy_epsilon"])
+            t = probe.thresholds(self.options)
         return interval(self.options["gate"], a, t)
 
     def new_tracker(self, dim: int, generator: torch.Generator) -> theory.OnlineSpectrum:
@@ -246,12 +298,16 @@ class IncrtPolicy(Policy):
     def needs(self, step: int) -> frozenset[str]:
         if not self.wants_stats(step):
             return frozenset()
-        measure = any(g.measure for g in self.gates)
-        return frozenset({MOMENTS, CONTRIBUTION} if measure else {MOMENTS})
+        needs = {MOMENTS}
+        if any(g.measure for g in self.gates):
+            needs.add(CONTRIBUTION)
+        if self.options["gate"] == "demand":
+            needs.add(DEMAND)
+        return frozenset(needs)
 
     def decide_from(self, step: int, stats: dict[str, Any]) -> Iterator[list[Event]]:
         if self.wants_stats(step) and MOMENTS in stats:
-            yield self.decide(step, stats[MOMENTS], stats.get(CONTRIBUTION))
+            yield self.decide(step, stats[MOMENTS], stats.get(CONTRIBUTION), stats.get(DEMAND))
         else:
             yield []
         # Statistics of later steps are taken after this step's removals.
@@ -262,9 +318,11 @@ class IncrtPolicy(Policy):
         step: int,
         stats: list[LayerStats] | None,
         contributions: list[torch.Tensor] | None = None,
+        demands: list[Demand | None] | None = None,
     ) -> list[Event]:
         """Events at ``step`` from the layers' moments and, when measured, each head's
-        relative loss change on the step's batch if it were removed (per layer, (heads,))."""
+        relative loss change on the step's batch if it were removed (per layer, (heads,))
+        and the layers' demands (demand gate)."""
         if stats is None:
             return []
         if not self.gates:
@@ -276,7 +334,8 @@ class IncrtPolicy(Policy):
             if layer in self._removed:
                 continue  # the statistics describe the heads before this step's removal
             measured = None if contributions is None else contributions[layer].tolist()
-            event = self._check_layer(step, layer, gate, st, measured)
+            need = None if demands is None else demands[layer]
+            event = self._check_layer(step, layer, gate, st, measured, need)
             if event is not None:
                 events.append(event)
         if forecasting:
@@ -316,7 +375,13 @@ class IncrtPolicy(Policy):
         return t_d if o["max_refractory"] is None else min(t_d, o["max_refractory"])
 
     def _check_layer(
-        self, step: int, layer: int, gate: _Gate, st: LayerStats, measured: list[float] | None
+        self,
+        step: int,
+        layer: int,
+        gate: _Gate,
+        st: LayerStats,
+        measured: list[float] | None,
+        need: Demand | None,
     ) -> Event | None:
         o = self.options
         heads = st.forms.shape[0]
@@ -334,16 +399,17 @@ class IncrtPolicy(Policy):
         reading = GATES[o["gate"]](
             a,
             energies,
-            gate.thresholds(o["energy_epsilon"]),
+            gate.thresholds(o),
             q,
             lambda a_res, q, layer=layer: self._spectrum(layer, gate, a_res, q),
+            self._window(gate, need),
         )
         gate.low_checks = [
             n + 1 if weak and not needed else 0
             for n, weak, needed in zip(gate.low_checks, reading.weak, gate.needed, strict=True)
         ]
         gate.sufficient = reading.sufficient
-        gate.judge_minimal(reading.weak)
+        gate.judge_minimal(reading.weak, o["min_heads"])
         t_d = self._refractory(reading.gap)
         self._log.append(
             {
@@ -372,6 +438,7 @@ class IncrtPolicy(Policy):
             and reading.may_grow
             and step - gate.last_growth_step >= t_d
             and heads < o["max_heads"]
+            and not (o["gate"] == "demand" and gate.on_probation(self.checks, self.grace))
         ):
             gate.add(self.checks, reading.direction if o["gate"] == "frozen" else None)
             # The other heads' contributions change with a new head: measure them anew.
@@ -382,9 +449,21 @@ class IncrtPolicy(Policy):
                 layer=layer,
                 init=o["init"],
                 init_std=self.init_std,
+                query=reading.form[0] if reading.form else None,
+                key=reading.form[1] if reading.form else None,
                 reason=f"residual {reading.residual:.4g} > {reading.grow_at:.4g}",
             )
         return self._prune(layer, gate, reading.weak, energies, measured)
+
+    def _window(self, gate: _Gate, need: Demand | None) -> DemandWindow | None:
+        """Add this check's unmet demand to the layer's evidence; the evidence of the last
+        ``demand_window`` checks since the layer's last change."""
+        if need is None:
+            return None
+        size = self.options["demand_window"]
+        gate.unmet = [*gate.unmet, need.normal.sum().item()][-size:]
+        form = (need.query.tolist(), (-need.key).tolist())  # the loss falls along -G
+        return DemandWindow(gate.unmet, form, size)
 
     def _spectrum(
         self, layer: int, gate: _Gate, a_res: torch.Tensor, q: torch.Tensor | None
@@ -407,29 +486,34 @@ class IncrtPolicy(Policy):
         for ``prune_patience`` checks and that cost is measured small enough."""
         o = self.options
         heads = len(weak)
-        candidates = [
-            h
-            for h in range(heads)
-            if gate.low_checks[h] >= o["prune_patience"]
-            and self.checks - gate.born_check[h] >= o["grace_checks"]
-        ]
-        if not candidates or heads <= o["min_heads"]:
+        due = [h for h in range(heads) if gate.low_checks[h] >= o["prune_patience"]]
+        if not due or heads <= o["min_heads"]:
             gate.measure = False
             return None
         if measured is None:
             gate.measure = True  # the next check measures the heads' contributions
             return None
         gate.measure = False
-        h = min(candidates, key=lambda i: (measured[i], energies[i]))
-        change = measured[h]
-        if change > o["prune_max_loss_change"]:
-            gate.needed[h] = True
-            gate.low_checks[h] = 0
-            gate.judge_minimal(weak)
-            self._log.append(
-                {"kept_head": h, "layer": layer, "loss_change": change, "energy": energies[h]}
-            )
+        for h in due:
+            if measured[h] > o["prune_max_loss_change"]:
+                gate.needed[h] = True
+                self._log.append(
+                    {
+                        "kept_head": h,
+                        "layer": layer,
+                        "loss_change": measured[h],
+                        "energy": energies[h],
+                    }
+                )
+        young = [h for h in due if self.checks - gate.born_check[h] < self.grace]
+        for h in young:
+            gate.low_checks[h] = 0  # measured again after another patience
+        gate.judge_minimal(weak, o["min_heads"])
+        prunable = [h for h in due if not gate.needed[h] and h not in young]
+        if not prunable:
             return None
+        h = min(prunable, key=lambda i: (measured[i], energies[i]))
+        change = measured[h]
         gate.fading = h
         return Event(
             op="fade_head",

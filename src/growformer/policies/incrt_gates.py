@@ -27,8 +27,9 @@ held-out consistency check.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -51,6 +52,7 @@ class Thresholds:
     phi_w: float
     phi_g: float
     epsilon: float
+    demand_z: float = 3.0
 
 
 @dataclass
@@ -65,6 +67,7 @@ class Reading:
         weak: Per head, whether it is below the keep threshold (a prune candidate).
         may_grow: A further condition of growth (the frozen gate's ``lambda_min < phi_w``).
         direction: The direction a new head captures (frozen gate), else None.
+        form: The (query, key) directions a new head starts along (demand gate), else None.
         gap: ``lambda_1 - lambda_2`` of the residual (the reference refractory time).
         values: Numbers for stats.jsonl.
     """
@@ -76,6 +79,7 @@ class Reading:
     weak: list[bool]
     may_grow: bool = True
     direction: list[float] | None = None
+    form: tuple[list[float], list[float]] | None = None
     gap: float = 0.0
     values: dict[str, float | list[float]] = field(default_factory=dict)
 
@@ -103,6 +107,7 @@ def realigned(
     t: Thresholds,
     directions: Tensor | None,
     spectrum: Spectrometer,
+    need: DemandWindow | None = None,
 ) -> Reading:
     heads, values = len(energies), _descending(a)
     residual = values[heads].item() if heads < len(values) else -math.inf
@@ -116,6 +121,7 @@ def energy_fraction(
     t: Thresholds,
     directions: Tensor | None,
     spectrum: Spectrometer,
+    need: DemandWindow | None = None,
 ) -> Reading:
     heads, values = len(energies), _descending(a)
     positive = values.clamp_min(0)
@@ -147,6 +153,7 @@ def frozen(
     t: Thresholds,
     directions: Tensor | None,
     spectrum: Spectrometer,
+    need: DemandWindow | None = None,
 ) -> Reading:
     a_res = theory.deflate(a, directions)
     s = spectrum(a_res, directions)
@@ -166,10 +173,54 @@ def frozen(
     )
 
 
+@dataclass
+class DemandWindow:
+    """The demand gate's evidence: one layer's unmet demand over its recent checks.
+
+    Args:
+        unmet: Per check, the signal energy of the heads' normal parts (demand no change
+            of the heads' own query and key maps can follow), summed over heads.
+        form: The current check's strongest unmet (query, key) form.
+        size: Checks the evidence needs; with fewer, nothing is decided.
+    """
+
+    unmet: list[float]
+    form: tuple[list[float], list[float]]
+    size: int
+
+
+def demand(
+    a: Tensor,
+    energies: list[float],
+    t: Thresholds,
+    directions: Tensor | None,
+    spectrum: Spectrometer,
+    need: DemandWindow | None = None,
+) -> Reading:
+    ranked = realigned(a, energies, t, directions, spectrum)
+    # Which heads are redundant is measured (their contributions), not read here.
+    weak = [True] * len(energies)
+    if need is None or len(need.unmet) < need.size:
+        # Too little evidence since the last change: neither growth nor a certificate.
+        return replace(ranked, residual=math.inf, grow_at=0.0, weak=weak, may_grow=False)
+    unmet = statistics.fmean(need.unmet)
+    spread = statistics.stdev(need.unmet) / math.sqrt(len(need.unmet))
+    return replace(
+        ranked,
+        # Grow while the unmet demand is there beyond the noise (a lower confidence bound).
+        residual=unmet - t.demand_z * spread,
+        grow_at=0.0,
+        weak=weak,
+        form=need.form,
+        values={**ranked.values, "unmet": unmet, "unmet_se": spread},
+    )
+
+
 GATES: dict[str, Callable[..., Reading]] = {
     "realigned": realigned,
     "energy_fraction": energy_fraction,
     "frozen": frozen,
+    "demand": demand,
 }
 
 
