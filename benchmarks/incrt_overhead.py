@@ -5,8 +5,10 @@ tokens with padding. Rounds alternate their order (noise hits every measurement 
 and the results are medians. Per check the gate costs the capture hooks on a training
 step (a step inside ``capture_inputs`` minus a plain step), ``layer_stats``, the
 policy's ``decide`` (each gate; the frozen one with either estimator) and the stats.jsonl
-records the trainer writes; spread over ``check_every`` steps, that is compared with the
-plain step (target: <= 3%). Thresholds are set so high that ``decide`` never changes the structure.
+records the trainer writes; the demand gate's statistics instead cost a step under its
+capture (the logit bias) minus a plain step, and the moments and demands of that step.
+Spread over ``check_every`` steps, that is compared with the plain step (target: <= 3%).
+Thresholds are set so high that ``decide`` never changes the structure.
 
 Part 2 (agreement): the same structure trains on a slice of SST-2 (random tokens if the
 data is absent); at every check the residual operator ``A_res`` of each layer goes to
@@ -31,12 +33,20 @@ from typing import Any
 
 import torch
 
+from growformer import statistics as statistics_
 from growformer import theory
 from growformer.arch import Architecture, LayerSpec
 from growformer.data import BatchStream, load_task
 from growformer.model import ElasticModel, build_model
 from growformer.policies import IncrtPolicy
-from growformer.statistics import InputCapture, LayerStats, capture_inputs, layer_stats
+from growformer.statistics import (
+    DEMAND,
+    MOMENTS,
+    InputCapture,
+    LayerStats,
+    capture_inputs,
+    layer_stats,
+)
 from growformer.train import TrainConfig, keep_freed_memory, make_optimizer
 
 TARGET = 0.03
@@ -48,8 +58,11 @@ GATES: dict[str, dict[str, Any]] = {
     "energy_fraction": {"gate": "energy_fraction", "energy_epsilon": 1.0},
     "frozen, exact": {"gate": "frozen", "estimator": "exact"},
     "frozen, online": {"gate": "frozen", "estimator": "online"},
+    # Its own statistic (the logit gradient) costs a step of its own: see measure_cost.
+    "demand": {"gate": "demand", "demand_z": 1e12},
 }
 ESTIMATORS = tuple(GATES)
+OPERATOR_GATES = tuple(g for g in GATES if g != "demand")
 
 
 def make_model(args: argparse.Namespace, vocab_size: int) -> ElasticModel:
@@ -92,6 +105,17 @@ class Stepper:
                 loss = self.model(**batch).loss
         else:
             loss = self.model(**batch).loss
+        return self._finish(loss)
+
+    def demand_step(self, batch: dict[str, torch.Tensor]) -> statistics_.Capture:
+        """A step under the demand gate's capture (moments and the logit gradient)."""
+        mask, needs = batch["attention_mask"], {MOMENTS, DEMAND}
+        with statistics_.capture(self.model, mask, needs) as captured:
+            loss = self.model(**batch).loss
+        self._finish(loss)
+        return captured
+
+    def _finish(self, loss: torch.Tensor) -> float:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
@@ -158,9 +182,8 @@ def measure_cost(args: argparse.Namespace) -> dict[str, Any]:
     for policy in policies.values():
         policy.calibrate(calibration)
     n_layers = len(model.transformer.layers)
-    times: dict[str, list[float]] = {
-        k: [] for k in ("plain", "captured", "hooks", "layer_stats", "log", *ESTIMATORS)
-    }
+    names = ("plain", "captured", "demand_step", "hooks", "layer_stats", "demand_results", "log")
+    times: dict[str, list[float]] = {k: [] for k in (*names, *ESTIMATORS)}
     with tempfile.TemporaryDirectory() as tmp:
         log_path = Path(tmp) / "stats.jsonl"
         for i in range(args.warmup + args.rounds):
@@ -169,23 +192,33 @@ def measure_cost(args: argparse.Namespace) -> dict[str, Any]:
             runs = [
                 ("plain", lambda b=batch: stepper.step(b)),
                 ("captured", lambda b=batch, c=capture: stepper.step(b, c)),
+                ("demand_step", lambda b=batch: stepper.demand_step(b)),
             ]
             results = {}
             for name, fn in runs if i % 2 == 0 else runs[::-1]:
                 results[name] = timed(fn)
             t_stats, stats = timed(lambda c=capture: layer_stats(model, c))
+            demand_capture = results["demand_step"][1]
+            t_demand, demanded = timed(lambda c=demand_capture: c.results(model, lambda: 0.0))
+            inputs = {
+                e: (stats,) if e in OPERATOR_GATES else (demanded[MOMENTS], None, demanded[DEMAND])
+                for e in ESTIMATORS
+            }
             decided = {}
             for e in ESTIMATORS if i % 2 == 0 else ESTIMATORS[::-1]:
-                decided[e] = timed(lambda e=e, s=stats, step=i + 1: policies[e].decide(step, s))
+                decided[e] = timed(
+                    lambda e=e, step=i + 1, x=inputs[e]: policies[e].decide(step, *x)
+                )
                 if decided[e][1]:
                     raise RuntimeError(f"the {e} gate changed the structure during timing")
             t_log, _ = timed(lambda: [write_log(p, log_path) for p in policies.values()])
             if i < args.warmup:
                 continue
-            for name in ("plain", "captured"):
+            for name in ("plain", "captured", "demand_step"):
                 times[name].append(results[name][0])
             times["hooks"].append(capture.elapsed)
             times["layer_stats"].append(t_stats)
+            times["demand_results"].append(t_demand)
             for e in ESTIMATORS:
                 times[e].append(decided[e][0])
             # Both policies' records were written; one trainer writes one policy's.
@@ -204,8 +237,12 @@ def measure_cost(args: argparse.Namespace) -> dict[str, Any]:
         "rounds": args.rounds,
         "per_step": {},
     }
+    # The demand gate's statistics: its step (the logit bias forces the explicit attention
+    # kernel) minus a plain one, then the moments and the demands from the gradients.
+    demand_cost = max(med["demand_step"] - med["plain"], 0.0) + med["demand_results"]
     for e in ESTIMATORS:
-        per_check = capture_cost + med["layer_stats"] + med[e] + med["log"]
+        statistics_cost = capture_cost + med["layer_stats"] if e in OPERATOR_GATES else demand_cost
+        per_check = statistics_cost + med[e] + med["log"]
         per_step = per_check / args.check_every
         result["per_step"][e] = {
             "per_check_ms": 1e3 * per_check,
@@ -346,6 +383,8 @@ def report(cost: dict[str, Any], agree: dict[str, Any], args: argparse.Namespace
         ("capture: hook work timed directly", m["hooks"], k),
         ("capture (used: max of the two)", cost["capture_cost_ms"], k),
         ("layer_stats", m["layer_stats"], k),
+        ("demand: demand step - plain step", m["demand_step"] - plain, k),
+        ("demand: moments and demands", m["demand_results"], k),
         *((f"decide, {gate} gate", m[gate], k) for gate in GATES),
         ("stats.jsonl records", m["log"], k),
     ]

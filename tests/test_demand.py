@@ -86,8 +86,8 @@ def test_no_backward_no_demand():
     assert captured.results(model, lambda: 0.0)[DEMAND] == [None, None]
 
 
-def _window(unmet, size=4):
-    return DemandWindow(unmet, ([1.0, 0.0], [0.0, 1.0]), size)
+def _window(unmet, size=4, peak=0.0):
+    return DemandWindow(unmet, ([1.0, 0.0], [0.0, 1.0]), size, peak)
 
 
 def _read(window, heads=2, z=3.0):
@@ -105,6 +105,9 @@ def test_demand_gate_grows_only_on_unmet_demand_beyond_the_noise():
     assert r.may_grow and not r.sufficient and r.form == ([1.0, 0.0], [0.0, 1.0])
     # Demand that is noise around zero: sufficient.
     assert _read(_window([1.0, -1.2, 0.9, -0.8])).sufficient
+    # Steady but immaterial: below growth_ratio (0.1) of the layer's peak in norm.
+    assert _read(_window([5.0, 5.2, 4.8, 5.1], peak=600.0)).sufficient
+    assert not _read(_window([5.0, 5.2, 4.8, 5.1], peak=400.0)).sufficient
     # Redundancy is measured, not read: every head is a candidate.
     assert r.weak == [True, True]
 

@@ -86,8 +86,10 @@ class _Gate:
     fading: int | None = None
     measure: bool = False
     tracker: dict[str, list[float]] | None = None
-    # Demand gate: the layer's unmet demand per check since its last change.
+    # Demand gate: the layer's unmet demand per check since its last change, and the
+    # largest mean of it over a full window so far.
     unmet: list[float] = field(default_factory=list)
+    peak_unmet: float = 0.0
 
     def add(self, born: int, direction: list[float] | None = None) -> None:
         self.directions.append(direction)
@@ -123,6 +125,7 @@ class _Gate:
             self.phi_g,
             o["energy_epsilon"],
             o["demand_z"],
+            o["growth_ratio"],
         )
 
 
@@ -462,8 +465,10 @@ class IncrtPolicy(Policy):
             return None
         size = self.options["demand_window"]
         gate.unmet = [*gate.unmet, need.normal.sum().item()][-size:]
+        if len(gate.unmet) == size:
+            gate.peak_unmet = max(gate.peak_unmet, statistics.fmean(gate.unmet))
         form = (need.query.tolist(), (-need.key).tolist())  # the loss falls along -G
-        return DemandWindow(gate.unmet, form, size)
+        return DemandWindow(gate.unmet, form, size, gate.peak_unmet)
 
     def _spectrum(
         self, layer: int, gate: _Gate, a_res: torch.Tensor, q: torch.Tensor | None

@@ -53,6 +53,7 @@ class Thresholds:
     phi_g: float
     epsilon: float
     demand_z: float = 3.0
+    growth_ratio: float = 0.1
 
 
 @dataclass
@@ -182,11 +183,13 @@ class DemandWindow:
             of the heads' own query and key maps can follow), summed over heads.
         form: The current check's strongest unmet (query, key) form.
         size: Checks the evidence needs; with fewer, nothing is decided.
+        peak: The largest mean unmet demand of the layer so far (the scale of "material").
     """
 
     unmet: list[float]
     form: tuple[list[float], list[float]]
     size: int
+    peak: float
 
 
 def demand(
@@ -207,9 +210,10 @@ def demand(
     spread = statistics.stdev(need.unmet) / math.sqrt(len(need.unmet))
     return replace(
         ranked,
-        # Grow while the unmet demand is there beyond the noise (a lower confidence bound).
+        # Grow while the unmet demand is there beyond the noise (a lower confidence bound)
+        # and material: its norm above growth_ratio times the layer's peak.
         residual=unmet - t.demand_z * spread,
-        grow_at=0.0,
+        grow_at=t.growth_ratio**2 * need.peak,
         weak=weak,
         form=need.form,
         values={**ranked.values, "unmet": unmet, "unmet_se": spread},
