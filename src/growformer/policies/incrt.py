@@ -50,7 +50,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from typing import Any, ClassVar
 
 import torch
@@ -59,74 +59,9 @@ from growformer import theory
 from growformer.arch import Architecture
 from growformer.errors import ConfigError
 from growformer.policies.base import Policy
-from growformer.policies.incrt_gates import GATES, DemandWindow, Thresholds, interval
+from growformer.policies.incrt_gates import GATES, DemandWindow, LayerGate, interval
 from growformer.statistics import CONTRIBUTION, DEMAND, MOMENTS, Demand, LayerStats
 from growformer.surgery import INITS, Event
-
-
-@dataclass
-class _Gate:
-    """One layer's thresholds and bookkeeping (JSON-serialisable)."""
-
-    gamma: float = 0.0
-    theta_w: float = 0.0
-    phi_w: float = 0.0
-    phi_g: float = 0.0
-    # Per head: its frozen direction (frozen gate), checks below the keep threshold, the
-    # check it was born at, and whether a measurement found it necessary.
-    directions: list[list[float] | None] = field(default_factory=list)
-    low_checks: list[int] = field(default_factory=list)
-    born_check: list[int] = field(default_factory=list)
-    needed: list[bool] = field(default_factory=list)
-    last_growth_step: int = -(10**9)
-    sufficient: bool = False
-    minimal: bool = False
-    # A head fading out before its removal (None: none), and whether the next check
-    # should measure the heads' contributions.
-    fading: int | None = None
-    measure: bool = False
-    tracker: dict[str, list[float]] | None = None
-    # Demand gate: the layer's unmet demand per check since its last change, and the
-    # largest mean of it over a full window so far.
-    unmet: list[float] = field(default_factory=list)
-    peak_unmet: float = 0.0
-
-    def add(self, born: int, direction: list[float] | None = None) -> None:
-        self.directions.append(direction)
-        self.low_checks.append(0)
-        self.born_check.append(born)
-        self.needed.append(False)
-        self.unmet = []  # evidence about the old heads only
-
-    def drop(self, head: int) -> None:
-        for per_head in (self.directions, self.low_checks, self.born_check, self.needed):
-            del per_head[head]
-        self.unmet = []
-
-    def judge_minimal(self, weak: list[bool], min_heads: int) -> None:
-        """Minimal: no head can go (``min_heads`` left), or every head is above the keep
-        threshold or was measured necessary."""
-        self.minimal = len(weak) <= min_heads or all(
-            not w or n for w, n in zip(weak, self.needed, strict=True)
-        )
-
-    def on_probation(self, checks: int, grace: int) -> bool:
-        """Whether the newest grown head is still young and not yet measured necessary."""
-        if not self.born_check:
-            return False
-        newest = max(range(len(self.born_check)), key=self.born_check.__getitem__)
-        born = self.born_check[newest]
-        return born > 0 and not self.needed[newest] and checks - born < grace
-
-    def thresholds(self, o: dict[str, Any]) -> Thresholds:
-        return Thresholds(
-            self.theta_w,
-            self.phi_w,
-            self.phi_g,
-            o["energy_epsilon"],
-            o["demand_z"],
-            o["growth_ratio"],
-        )
 
 
 class IncrtPolicy(Policy):
@@ -230,7 +165,7 @@ class IncrtPolicy(Policy):
         self.grace = grace if grace is not None else (200 if o["gate"] == "demand" else 20)
         self.calibration_batches = o["calibration_batches"]
         self.heldout_batches = o["heldout_batches"]
-        self.gates: list[_Gate] = []
+        self.gates: list[LayerGate] = []
         self.checks = 0
         self.last_change_check = 0
         self.converged_step: int | None = None
@@ -251,7 +186,7 @@ class IncrtPolicy(Policy):
         for layer in range(len(batches[0])):
             operators = [theory.directional_operator(b[layer].cov, b[layer].forms) for b in batches]
             heads = batches[0][layer].forms.shape[0]
-            gate = _Gate()
+            gate = LayerGate()
             for _ in range(heads):
                 gate.add(0)
             if self.options["refractory_from_start"]:
@@ -265,18 +200,18 @@ class IncrtPolicy(Policy):
         self.dim = batches[0][0].cov.shape[0]
         self._init_trackers()
 
-    def _set_thresholds(self, gate: _Gate, gamma: float) -> None:
+    def _set_thresholds(self, gate: LayerGate, gamma: float) -> None:
         o = self.options
         gate.gamma = gamma
         gate.theta_w = o["growth_ratio"] * gamma
         gate.phi_w = o["minor_ratio"] * gate.theta_w
         gate.phi_g = o["prune_ratio"] * gate.theta_w
 
-    def _interval(self, gate: _Gate, a: torch.Tensor) -> tuple[int, int]:
+    def _interval(self, gate: LayerGate, a: torch.Tensor) -> tuple[int, int]:
         """The gate's certified interval for ``a``, in relative mode at ``a``'s own scale."""
         t = gate.thresholds(self.options)
         if self.options["threshold_mode"] == "relative":
-            probe = _Gate()
+            probe = LayerGate()
             self._set_thresholds(probe, torch.linalg.matrix_norm(a).item())
             t = probe.thresholds(self.options)
         return interval(self.options["gate"], a, t)
@@ -381,7 +316,7 @@ class IncrtPolicy(Policy):
         self,
         step: int,
         layer: int,
-        gate: _Gate,
+        gate: LayerGate,
         st: LayerStats,
         measured: list[float] | None,
         need: Demand | None,
@@ -458,7 +393,7 @@ class IncrtPolicy(Policy):
             )
         return self._prune(layer, gate, reading.weak, energies, measured)
 
-    def _window(self, gate: _Gate, need: Demand | None) -> DemandWindow | None:
+    def _window(self, gate: LayerGate, need: Demand | None) -> DemandWindow | None:
         """Add this check's unmet demand to the layer's evidence; the evidence of the last
         ``demand_window`` checks since the layer's last change."""
         if need is None:
@@ -471,7 +406,7 @@ class IncrtPolicy(Policy):
         return DemandWindow(gate.unmet, form, size, gate.peak_unmet)
 
     def _spectrum(
-        self, layer: int, gate: _Gate, a_res: torch.Tensor, q: torch.Tensor | None
+        self, layer: int, gate: LayerGate, a_res: torch.Tensor, q: torch.Tensor | None
     ) -> theory.Spectrum:
         if self.options["estimator"] == "exact":
             return theory.exact_spectrum(a_res)
@@ -482,7 +417,7 @@ class IncrtPolicy(Policy):
     def _prune(
         self,
         layer: int,
-        gate: _Gate,
+        gate: LayerGate,
         weak: list[bool],
         energies: list[float],
         measured: list[float] | None,
@@ -589,7 +524,7 @@ class IncrtPolicy(Policy):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.gates = [_Gate(**g) for g in state["gates"]]
+        self.gates = [LayerGate(**g) for g in state["gates"]]
         self.checks = state["checks"]
         self.last_change_check = state["last_change_check"]
         self.converged_step = state["converged_step"]

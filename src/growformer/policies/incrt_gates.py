@@ -1,5 +1,5 @@
-"""INCRT's growth gates: how one layer's directional operator reads as "grow", "enough"
-and "a head too many".
+"""INCRT's growth gates: how one layer reads as "grow", "enough" and "a head too many",
+and the policy's bookkeeping per layer (:class:`LayerGate`).
 
 Every gate turns the layer's operator ``A = sym(S M_a)`` (see :mod:`growformer.theory`)
 into a :class:`Reading`: a *residual* compared with a growth threshold (sufficient while
@@ -18,6 +18,10 @@ captured:
 - ``frozen`` (the reference code): one direction per head, frozen at the head's birth,
   deflates the operator; grow when the residual's ``lambda_max > theta_w`` (and its
   ``lambda_min < phi_w``); minimal while every head's energy ``||S M_a^h||_F >= phi_g``.
+- ``demand``: reads the loss instead of the forms (a :class:`DemandWindow` of the
+  layer's recent checks, see :class:`growformer.statistics.Demand`): grow while the
+  demand no head's own query and key maps can follow is above zero beyond the noise and
+  material against the layer's peak; which heads are redundant is measured, not read.
 
 A gate's :func:`interval` is the range of head counts its rule accepts as certified for
 an operator: the gate's own prediction, the quantity behind the forecast and the
@@ -30,6 +34,7 @@ import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -91,6 +96,72 @@ class Reading:
     @property
     def minimal(self) -> bool:
         return self.weakest >= self.keep_at
+
+
+@dataclass
+class LayerGate:
+    """One layer's thresholds and the policy's bookkeeping about it (JSON-serialisable)."""
+
+    gamma: float = 0.0
+    theta_w: float = 0.0
+    phi_w: float = 0.0
+    phi_g: float = 0.0
+    # Per head: its frozen direction (frozen gate), checks below the keep threshold, the
+    # check it was born at, and whether a measurement found it necessary.
+    directions: list[list[float] | None] = field(default_factory=list)
+    low_checks: list[int] = field(default_factory=list)
+    born_check: list[int] = field(default_factory=list)
+    needed: list[bool] = field(default_factory=list)
+    last_growth_step: int = -(10**9)
+    sufficient: bool = False
+    minimal: bool = False
+    # A head fading out before its removal (None: none), and whether the next check
+    # should measure the heads' contributions.
+    fading: int | None = None
+    measure: bool = False
+    tracker: dict[str, list[float]] | None = None
+    # Demand gate: the layer's unmet demand per check since its last change, and the
+    # largest mean of it over a full window so far.
+    unmet: list[float] = field(default_factory=list)
+    peak_unmet: float = 0.0
+
+    def add(self, born: int, direction: list[float] | None = None) -> None:
+        self.directions.append(direction)
+        self.low_checks.append(0)
+        self.born_check.append(born)
+        self.needed.append(False)
+        self.unmet = []  # evidence about the old heads only
+
+    def drop(self, head: int) -> None:
+        for per_head in (self.directions, self.low_checks, self.born_check, self.needed):
+            del per_head[head]
+        self.unmet = []
+
+    def judge_minimal(self, weak: list[bool], min_heads: int) -> None:
+        """Minimal: no head can go (``min_heads`` left), or every head is above the keep
+        threshold or was measured necessary."""
+        self.minimal = len(weak) <= min_heads or all(
+            not w or n for w, n in zip(weak, self.needed, strict=True)
+        )
+
+    def on_probation(self, checks: int, grace: int) -> bool:
+        """Whether the newest grown head is still young and not yet measured necessary."""
+        if not self.born_check:
+            return False
+        newest = max(range(len(self.born_check)), key=self.born_check.__getitem__)
+        born = self.born_check[newest]
+        return born > 0 and not self.needed[newest] and checks - born < grace
+
+    def thresholds(self, o: dict[str, Any]) -> Thresholds:
+        """The layer's thresholds with the gate options of the policy's options ``o``."""
+        return Thresholds(
+            self.theta_w,
+            self.phi_w,
+            self.phi_g,
+            o["energy_epsilon"],
+            o["demand_z"],
+            o["growth_ratio"],
+        )
 
 
 # The frozen gate's estimator of the residual's extreme eigenpairs (exact or online),
