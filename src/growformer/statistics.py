@@ -159,7 +159,10 @@ class DemandCapture:
             for x, bias in passes:
                 if bias.grad is None:
                     continue  # no backward through this pass (e.g. a probe under no_grad)
-                x, g = x.to(torch.float64), bias.grad.to(torch.float64)
+                # In the activations' precision (at least float32): this product is the
+                # statistic's main cost.
+                dtype = torch.promote_types(x.dtype, torch.float32)
+                x, g = x.to(dtype), bias.grad.to(dtype)
                 halves = torch.stack(
                     [
                         torch.einsum("bti,bhts,bsj->hij", x[half::2], g[half::2], x[half::2])
@@ -189,28 +192,38 @@ class DemandCapture:
         return out
 
 
-def _complement(w: Tensor) -> Tensor:
-    """(heads, d, d) projections on the complement of each (head_dim, d) row span."""
-    basis = torch.linalg.qr(w.transpose(1, 2)).Q  # (heads, d, head_dim)
-    eye = torch.eye(w.shape[-1], dtype=w.dtype, device=w.device)
-    return eye - basis @ basis.transpose(1, 2)
+def _span(w: Tensor) -> Tensor:
+    """(heads, d, head_dim) orthonormal bases of each (head_dim, d) row span."""
+    return torch.linalg.qr(w.transpose(1, 2)).Q
 
 
 @torch.no_grad()
 def _demand(model: ElasticModel, layer: int, halves: Tensor) -> Demand:
     attn = model.transformer.layers[layer].attn
     h, hd = attn.heads, attn.head_dim
-    halves = halves.to(attn.q_proj.weight.device) / math.sqrt(hd)
-    wq = attn.q_proj.weight.detach().to(torch.float64).view(h, hd, -1)
-    wk = keys_per_head(attn.k_proj.weight.detach().to(torch.float64), h, hd)
-    normal = _complement(wq) @ halves @ _complement(wk)
-    mean = normal.mean(0).sum(0)
-    u, _, vh = torch.linalg.svd(mean)
+    g = halves.to(attn.q_proj.weight.device, torch.float64) / math.sqrt(hd)
+    u = _span(attn.q_proj.weight.detach().to(torch.float64).view(h, hd, -1))
+    v = _span(keys_per_head(attn.k_proj.weight.detach().to(torch.float64), h, hd))
+    # (I - U U^T) G (I - V V^T), without forming the d x d projections.
+    g = g - u @ (u.transpose(1, 2) @ g)
+    normal = g - (g @ v) @ v.transpose(1, 2)
+    query, key = _top_pair(normal.mean(0).sum(0))
     return Demand(
         normal=(normal[0] * normal[1]).sum((-1, -2)).cpu(),
-        query=u[:, 0].cpu(),
-        key=vh[0].cpu(),
+        query=query.cpu(),
+        key=key.cpu(),
     )
+
+
+def _top_pair(m: Tensor, iterations: int = 30) -> tuple[Tensor, Tensor]:
+    """The top singular pair (left, right) of ``m``, by power iteration from its largest
+    row (deterministic; a full SVD costs more than the rest of the statistic)."""
+    right = m[m.norm(dim=1).argmax()]
+    for _ in range(iterations):
+        right = m.T @ (m @ right)
+        right = right / right.norm().clamp_min(1e-300)
+    left = m @ right
+    return left / left.norm().clamp_min(1e-300), right
 
 
 @torch.no_grad()
