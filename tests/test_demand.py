@@ -13,7 +13,7 @@ from growformer import surgery
 from growformer.errors import ConfigError
 from growformer.model import build_model
 from growformer.policies import IncrtPolicy
-from growformer.policies.incrt_gates import GATES, DemandWindow, Thresholds
+from growformer.policies.incrt_gates import GATES, DemandWindow, LayerView, Thresholds
 from growformer.statistics import CONTRIBUTION, DEMAND, MOMENTS, Demand, LayerStats, capture
 from growformer.surgery import Event, SurgeryError
 
@@ -93,7 +93,7 @@ def _window(unmet, size=4, peak=0.0):
 def _read(window, heads=2, z=3.0):
     a = torch.diag(torch.tensor([3.0, 2.0, -2.0, -3.0], dtype=torch.float64))
     t = Thresholds(theta_w=1.0, phi_w=0.5, phi_g=0.01, epsilon=0.1, demand_z=z)
-    return GATES["demand"](a, [1.0] * heads, t, None, None, window)
+    return GATES["demand"](LayerView(a, [1.0] * heads, t, need=window))
 
 
 def test_demand_gate_grows_only_on_unmet_demand_beyond_the_noise():

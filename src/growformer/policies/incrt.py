@@ -59,7 +59,13 @@ from growformer import theory
 from growformer.arch import Architecture
 from growformer.errors import ConfigError
 from growformer.policies.base import Policy
-from growformer.policies.incrt_gates import GATES, DemandWindow, LayerGate, interval
+from growformer.policies.incrt_gates import (
+    GATES,
+    DemandWindow,
+    LayerGate,
+    LayerView,
+    interval,
+)
 from growformer.statistics import CONTRIBUTION, DEMAND, MOMENTS, Demand, LayerStats
 from growformer.surgery import INITS, Event
 
@@ -335,12 +341,14 @@ class IncrtPolicy(Policy):
         q = torch.stack(captured, 1) if captured else None
         energies = theory.head_energies(st.cov, st.forms).tolist()
         reading = GATES[o["gate"]](
-            a,
-            energies,
-            gate.thresholds(o),
-            q,
-            lambda a_res, q, layer=layer: self._spectrum(layer, gate, a_res, q),
-            self._window(gate, need),
+            LayerView(
+                a,
+                energies,
+                gate.thresholds(o),
+                q,
+                lambda a_res, q, layer=layer: self._spectrum(layer, gate, a_res, q),
+                self._window(gate, need),
+            )
         )
         gate.low_checks = [
             n + 1 if weak and not needed else 0

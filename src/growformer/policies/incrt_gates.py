@@ -169,82 +169,6 @@ class LayerGate:
 Spectrometer = Callable[[Tensor, Tensor | None], theory.Spectrum]
 
 
-def _descending(a: Tensor) -> Tensor:
-    return torch.linalg.eigvalsh(a).flip(0)
-
-
-def realigned(
-    a: Tensor,
-    energies: list[float],
-    t: Thresholds,
-    directions: Tensor | None,
-    spectrum: Spectrometer,
-    need: DemandWindow | None = None,
-) -> Reading:
-    heads, values = len(energies), _descending(a)
-    residual = values[heads].item() if heads < len(values) else -math.inf
-    weakest = values[heads - 1].item() if heads else math.inf
-    return _ranked(values, heads, residual, t.theta_w, weakest, t.phi_w)
-
-
-def energy_fraction(
-    a: Tensor,
-    energies: list[float],
-    t: Thresholds,
-    directions: Tensor | None,
-    spectrum: Spectrometer,
-    need: DemandWindow | None = None,
-) -> Reading:
-    heads, values = len(energies), _descending(a)
-    positive = values.clamp_min(0)
-    total = positive.sum().item() or 1.0
-    uncaptured = positive[heads:].sum().item() / total
-    weakest = positive[heads - 1].item() / total if heads else math.inf
-    return _ranked(values, heads, uncaptured, t.epsilon, weakest, t.epsilon / 2)
-
-
-def _ranked(
-    values: Tensor, heads: int, residual: float, grow_at: float, weakest: float, keep_at: float
-) -> Reading:
-    """The reading of a gate that ranks the operator's eigenvalues ``values`` (descending):
-    every head is weak together, when the H-th direction is."""
-    return Reading(
-        residual=residual,
-        grow_at=grow_at,
-        weakest=weakest,
-        keep_at=keep_at,
-        weak=[weakest < keep_at] * heads,
-        gap=(values[heads] - values[heads + 1]).item() if heads + 1 < len(values) else 0.0,
-        values={"top": values[: heads + 3].tolist()},
-    )
-
-
-def frozen(
-    a: Tensor,
-    energies: list[float],
-    t: Thresholds,
-    directions: Tensor | None,
-    spectrum: Spectrometer,
-    need: DemandWindow | None = None,
-) -> Reading:
-    a_res = theory.deflate(a, directions)
-    s = spectrum(a_res, directions)
-    return Reading(
-        residual=s.lambda_max,
-        grow_at=t.theta_w,
-        weakest=min(energies) if energies else math.inf,
-        keep_at=t.phi_g,
-        weak=[e < t.phi_g for e in energies],
-        may_grow=s.lambda_min < t.phi_w,
-        direction=s.u_plus.tolist(),
-        gap=s.gap,
-        values={
-            "lambda_min": s.lambda_min,
-            "a_res_norm": torch.linalg.matrix_norm(a_res).item(),
-        },
-    )
-
-
 @dataclass
 class DemandWindow:
     """The demand gate's evidence: one layer's unmet demand over its recent checks.
@@ -263,17 +187,89 @@ class DemandWindow:
     peak: float
 
 
-def demand(
-    a: Tensor,
-    energies: list[float],
-    t: Thresholds,
-    directions: Tensor | None,
-    spectrum: Spectrometer,
-    need: DemandWindow | None = None,
+@dataclass
+class LayerView:
+    """What a gate reads of one layer at a check.
+
+    Args:
+        a: The layer's directional operator ``A``.
+        energies: Per head, its directional energy ``||S M_a^h||_F``.
+        t: The layer's thresholds.
+        directions: (d, k) the frozen gate's captured directions, or None.
+        spectrum: The frozen gate's estimator of the residual's extreme eigenpairs.
+        need: The demand gate's evidence, or None.
+    """
+
+    a: Tensor
+    energies: list[float]
+    t: Thresholds
+    directions: Tensor | None = None
+    spectrum: Spectrometer | None = None
+    need: DemandWindow | None = None
+
+
+def _descending(a: Tensor) -> Tensor:
+    return torch.linalg.eigvalsh(a).flip(0)
+
+
+def realigned(v: LayerView) -> Reading:
+    heads, values = len(v.energies), _descending(v.a)
+    residual = values[heads].item() if heads < len(values) else -math.inf
+    weakest = values[heads - 1].item() if heads else math.inf
+    return _ranked(values, heads, residual, v.t.theta_w, weakest, v.t.phi_w)
+
+
+def energy_fraction(v: LayerView) -> Reading:
+    heads, values = len(v.energies), _descending(v.a)
+    positive = values.clamp_min(0)
+    total = positive.sum().item() or 1.0
+    uncaptured = positive[heads:].sum().item() / total
+    weakest = positive[heads - 1].item() / total if heads else math.inf
+    return _ranked(values, heads, uncaptured, v.t.epsilon, weakest, v.t.epsilon / 2)
+
+
+def _ranked(
+    values: Tensor, heads: int, residual: float, grow_at: float, weakest: float, keep_at: float
 ) -> Reading:
-    ranked = realigned(a, energies, t, directions, spectrum)
+    """The reading of a gate that ranks the operator's eigenvalues ``values`` (descending):
+    every head is weak together, when the H-th direction is."""
+    return Reading(
+        residual=residual,
+        grow_at=grow_at,
+        weakest=weakest,
+        keep_at=keep_at,
+        weak=[weakest < keep_at] * heads,
+        gap=(values[heads] - values[heads + 1]).item() if heads + 1 < len(values) else 0.0,
+        values={"top": values[: heads + 3].tolist()},
+    )
+
+
+def frozen(v: LayerView) -> Reading:
+    if v.spectrum is None:
+        raise ValueError("the frozen gate needs a spectrum estimator")
+    a_res = theory.deflate(v.a, v.directions)
+    s = v.spectrum(a_res, v.directions)
+    t = v.t
+    return Reading(
+        residual=s.lambda_max,
+        grow_at=t.theta_w,
+        weakest=min(v.energies) if v.energies else math.inf,
+        keep_at=t.phi_g,
+        weak=[e < t.phi_g for e in v.energies],
+        may_grow=s.lambda_min < t.phi_w,
+        direction=s.u_plus.tolist(),
+        gap=s.gap,
+        values={
+            "lambda_min": s.lambda_min,
+            "a_res_norm": torch.linalg.matrix_norm(a_res).item(),
+        },
+    )
+
+
+def demand(v: LayerView) -> Reading:
+    ranked, need = realigned(v), v.need
     # Which heads are redundant is measured (their contributions), not read here.
-    weak = [True] * len(energies)
+    weak = [True] * len(v.energies)
     if need is None or len(need.unmet) < need.size:
         # Too little evidence since the last change: neither growth nor a certificate.
         return replace(ranked, residual=math.inf, grow_at=0.0, weak=weak, may_grow=False)
@@ -283,15 +279,15 @@ def demand(
         ranked,
         # Grow while the unmet demand is there beyond the noise (a lower confidence bound)
         # and material: its norm above growth_ratio times the layer's peak.
-        residual=unmet - t.demand_z * spread,
-        grow_at=t.growth_ratio**2 * need.peak,
+        residual=unmet - v.t.demand_z * spread,
+        grow_at=v.t.growth_ratio**2 * need.peak,
         weak=weak,
         form=need.form,
         values={**ranked.values, "unmet": unmet, "unmet_se": spread},
     )
 
 
-GATES: dict[str, Callable[..., Reading]] = {
+GATES: dict[str, Callable[[LayerView], Reading]] = {
     "realigned": realigned,
     "energy_fraction": energy_fraction,
     "frozen": frozen,
