@@ -135,15 +135,14 @@ class ElasticAttention(nn.Module):
                 # The new queries sit at positions past..past+t-1; the kernel's own causal
                 # mask would align them with the first keys instead.
                 if t > 1:
-                    causal = torch.ones(t, past + t, dtype=torch.bool, device=k.device)
-                    causal = causal.tril(past)
+                    causal = _causal(t, past + t, k.device)
                     attn_mask = causal if attn_mask is None else attn_mask & causal
                 is_causal = False
         if logit_bias is not None:
             if cache is not None:
                 raise ValueError("a logit bias cannot be combined with a key/value cache")
-            if is_causal:
-                causal = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
+            if is_causal:  # the kernel takes a causal flag or a float mask, not both
+                causal = _causal(t, t, q.device)
                 attn_mask = causal if attn_mask is None else attn_mask & causal
                 is_causal = False
             bias = logit_bias.to(q.dtype)
@@ -165,6 +164,11 @@ class ElasticAttention(nn.Module):
             y = y * head_weights.view(1, -1, 1, 1)
         y = y.transpose(1, 2).reshape(b, t, -1)
         return self.resid_drop(F.linear(y, wo))
+
+
+def _causal(queries: int, keys: int, device: torch.device) -> Tensor:
+    """(queries, keys) True where a query may attend: the queries are the last positions."""
+    return torch.ones(queries, keys, dtype=torch.bool, device=device).tril(keys - queries)
 
 
 class KVCache:

@@ -130,15 +130,13 @@ class IncrtPolicy(Policy):
             if not isinstance(o[key], int) or o[key] < 1:
                 raise ConfigError(f"incrt {key} must be a positive integer, got {o[key]!r}")
         r = o["refractory_steps"]
-        if r is not None and (isinstance(r, bool) or not isinstance(r, int) or r < 0):
+        if r is not None and not _is_count(r):
             raise ConfigError(
                 f"incrt refractory_steps must be an integer >= 0 or null (the reference "
                 f"formula), got {r!r}"
             )
         grace = o["grace_checks"]
-        if grace is not None and (
-            isinstance(grace, bool) or not isinstance(grace, int) or grace < 0
-        ):
+        if grace is not None and not _is_count(grace):
             raise ConfigError(
                 f"incrt grace_checks must be an integer >= 0 or null (20 checks; 200 with "
                 f"the demand gate), got {grace!r}"
@@ -540,3 +538,8 @@ class IncrtPolicy(Policy):
         self.null_heads = state["null_heads"]
         self.dim = state["dim"]
         self._init_trackers()
+
+
+def _is_count(value: Any) -> bool:
+    """Whether ``value`` is an integer >= 0 (a bool is not)."""
+    return not isinstance(value, bool) and isinstance(value, int) and value >= 0
