@@ -93,7 +93,7 @@ def _window(unmet, size=4, peak=0.0):
 def _read(window, heads=2, z=3.0):
     a = torch.diag(torch.tensor([3.0, 2.0, -2.0, -3.0], dtype=torch.float64))
     t = Thresholds(theta_w=1.0, phi_w=0.5, phi_g=0.01, epsilon=0.1, demand_z=z)
-    return GATES["demand"](LayerView(a, [1.0] * heads, t, need=window))
+    return GATES["demand"].read(LayerView(a, [1.0] * heads, t, need=window))
 
 
 def test_demand_gate_grows_only_on_unmet_demand_beyond_the_noise():

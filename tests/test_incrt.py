@@ -102,7 +102,7 @@ def _diagonal(*values):
 def test_realigned_gate_compares_lambda_h_plus_1_and_lambda_h(heads, grows, minimal):
     # Eigenvalues 5, 3, 0.2: two directions above theta_w = 1, the third below phi_w = 0.5.
     t = Thresholds(theta_w=1.0, phi_w=0.5, phi_g=0.01, epsilon=0.1)
-    r = GATES["realigned"](LayerView(_diagonal(5.0, 3.0, 0.2), [1.0] * heads, t))
+    r = GATES["realigned"].read(LayerView(_diagonal(5.0, 3.0, 0.2), [1.0] * heads, t))
     assert r.residual == pytest.approx([5.0, 3.0, 0.2, -8.2 / 5][heads])
     assert (not r.sufficient, r.minimal) == (grows, minimal)
     assert interval("realigned", _diagonal(5.0, 3.0, 0.2), t) == (2, 2)
@@ -112,11 +112,11 @@ def test_realigned_gate_compares_lambda_h_plus_1_and_lambda_h(heads, grows, mini
 def test_energy_fraction_gate_counts_shares_of_positive_energy():
     t = Thresholds(theta_w=1.0, phi_w=0.5, phi_g=0.01, epsilon=0.1)
     a = _diagonal(6.0, 3.0, 0.9, 0.1)  # shares 0.6, 0.3, 0.09, 0.01
-    r = GATES["energy_fraction"](LayerView(a, [1.0], t))
+    r = GATES["energy_fraction"].read(LayerView(a, [1.0], t))
     assert r.residual == pytest.approx(0.4) and not r.sufficient
-    r = GATES["energy_fraction"](LayerView(a, [1.0, 1.0], t))
+    r = GATES["energy_fraction"].read(LayerView(a, [1.0, 1.0], t))
     assert r.residual == pytest.approx(0.1) and r.sufficient and r.minimal
-    assert not GATES["energy_fraction"](LayerView(a, [1.0] * 4, t)).minimal
+    assert not GATES["energy_fraction"].read(LayerView(a, [1.0] * 4, t)).minimal
     assert interval("energy_fraction", a, t) == (2, 3)
 
 

@@ -163,10 +163,9 @@ class IncrtPolicy(Policy):
         reference = o["gate"] == "frozen"
         self.attn_init = "reference" if reference else "gpt2"
         self.init_std = o["init_std"] if o["init_std"] is not None or reference else 0.02
-        # A head grown on demand needs time to learn its relation before it is judged
-        # (measured on the channels task: ~1000 steps).
+        self.gate_kind = GATES[o["gate"]]
         grace = o["grace_checks"]
-        self.grace = grace if grace is not None else (200 if o["gate"] == "demand" else 20)
+        self.grace = grace if grace is not None else self.gate_kind.grace_checks
         self.calibration_batches = o["calibration_batches"]
         self.heldout_batches = o["heldout_batches"]
         self.gates: list[LayerGate] = []
@@ -243,7 +242,7 @@ class IncrtPolicy(Policy):
         needs = {MOMENTS}
         if any(g.measure for g in self.gates):
             needs.add(CONTRIBUTION)
-        if self.options["gate"] == "demand":
+        if self.gate_kind.reads_demand:
             needs.add(DEMAND)
         return frozenset(needs)
 
@@ -338,7 +337,7 @@ class IncrtPolicy(Policy):
         captured = [torch.tensor(d, dtype=torch.float64) for d in gate.directions if d is not None]
         q = torch.stack(captured, 1) if captured else None
         energies = theory.head_energies(st.cov, st.forms).tolist()
-        reading = GATES[o["gate"]](
+        reading = self.gate_kind.read(
             LayerView(
                 a,
                 energies,
@@ -382,9 +381,9 @@ class IncrtPolicy(Policy):
             and reading.may_grow
             and step - gate.last_growth_step >= t_d
             and heads < o["max_heads"]
-            and not (o["gate"] == "demand" and gate.on_probation(self.checks, self.grace))
+            and not (self.gate_kind.reads_demand and gate.on_probation(self.checks, self.grace))
         ):
-            gate.add(self.checks, reading.direction if o["gate"] == "frozen" else None)
+            gate.add(self.checks, reading.direction)  # only the frozen gate gives one
             # The other heads' contributions change with a new head: measure them anew.
             gate.needed = [False] * len(gate.needed)
             gate.last_growth_step = step

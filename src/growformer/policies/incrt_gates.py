@@ -287,11 +287,29 @@ def demand(v: LayerView) -> Reading:
     )
 
 
-GATES: dict[str, Callable[[LayerView], Reading]] = {
-    "realigned": realigned,
-    "energy_fraction": energy_fraction,
-    "frozen": frozen,
-    "demand": demand,
+@dataclass(frozen=True)
+class Gate:
+    """A registered gate: its reading, and what it asks of the policy around it.
+
+    Args:
+        read: The reading of one layer at a check.
+        reads_demand: It reads the statistic ``demand``; its grown heads are there to learn
+            something new, so the newest is on probation until it is measured necessary.
+        grace_checks: Default age, in checks, before a head may be judged redundant.
+    """
+
+    read: Callable[[LayerView], Reading]
+    reads_demand: bool = False
+    grace_checks: int = 20
+
+
+GATES: dict[str, Gate] = {
+    "realigned": Gate(realigned),
+    "energy_fraction": Gate(energy_fraction),
+    "frozen": Gate(frozen),
+    # A head grown on demand needs time to learn its relation before it is judged
+    # (measured on the channels task: ~1000 steps).
+    "demand": Gate(demand, reads_demand=True, grace_checks=200),
 }
 
 
