@@ -43,6 +43,7 @@ from common import run, save_report, time_steps
 from growformer import surgery
 from growformer.arch import Architecture
 from growformer.data import collate, load_task
+from growformer.events import Event
 from growformer.flops import train_step_flops, without_loops
 from growformer.model import ElasticModel, build_model
 from growformer.policies import make_policy
@@ -106,8 +107,8 @@ def phases(summary: dict[str, Any], initial: Architecture) -> list[tuple[int, in
     for i, start in enumerate(boundaries):
         for e in events:
             if e["step"] == start:
-                fields = {k: e[k] for k in surgery.Event.__dataclass_fields__ if k in e}
-                surgery.apply(model, None, surgery.Event(**fields))
+                fields = {k: e[k] for k in Event.__dataclass_fields__ if k in e}
+                surgery.apply(model, None, Event(**fields))
         surgery.advance(model, start)
         end = boundaries[i + 1] if i + 1 < len(boundaries) else summary["steps"]
         if end > start:

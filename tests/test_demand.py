@@ -10,12 +10,12 @@ import torch
 from helpers import KINDS, VARIANTS, arch, batch
 
 from growformer import surgery
-from growformer.errors import ConfigError
+from growformer.errors import ConfigError, SurgeryError
+from growformer.events import Event
 from growformer.model import build_model
 from growformer.policies import IncrtPolicy
 from growformer.policies.incrt_gates import GATES, DemandWindow, LayerView, Thresholds
 from growformer.statistics import CONTRIBUTION, DEMAND, MOMENTS, Demand, LayerStats, capture
-from growformer.surgery import Event, SurgeryError
 
 
 def _demand_step(model, b):

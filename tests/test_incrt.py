@@ -11,11 +11,11 @@ from helpers import arch, batch
 from growformer.allocation import plan
 from growformer.arch import Architecture
 from growformer.errors import ConfigError
+from growformer.events import Event
 from growformer.model import build_model
 from growformer.policies import IncrtPolicy, make_policy
 from growformer.policies.incrt_gates import GATES, LayerView, Thresholds, interval
 from growformer.statistics import CONTRIBUTION, MOMENTS, LayerStats, capture_inputs
-from growformer.surgery import Event
 from growformer.train import TrainConfig, train
 
 D = 8

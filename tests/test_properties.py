@@ -41,8 +41,8 @@ from growformer import checkpoint, surgery
 from growformer.arch import FADES, KINDS, Architecture, LayerSpec, LoopFade
 from growformer.data.tokenizer import SPECIAL_TOKENS, Tokenizer
 from growformer.errors import SurgeryError
+from growformer.events import INITS, OPS, Event
 from growformer.model import ElasticModel, KVCache, build_model, head_rows
-from growformer.surgery import INITS, OPS, Event
 from growformer.train import TrainConfig, make_optimizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -14,11 +14,11 @@ from helpers import arch, batch
 from growformer import surgery
 from growformer.arch import Architecture, LayerSpec, LoopFade
 from growformer.errors import ConfigError, SurgeryError
+from growformer.events import Event
 from growformer.flops import layer_components, train_step_flops, without_loops
 from growformer.model import build_model, head_rows
 from growformer.policies import SgtPolicy, make_policy
 from growformer.statistics import ENTROPY, ENTROPY_ALL, attention_entropy, capture
-from growformer.surgery import Event
 from growformer.train import TrainConfig, Trainer, make_optimizer, train
 
 # --- attention entropy -------------------------------------------------------------------

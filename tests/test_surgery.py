@@ -8,8 +8,8 @@ from helpers import GROWABLE, KINDS, arch, batch
 
 from growformer import surgery
 from growformer.errors import SurgeryError
+from growformer.events import Event
 from growformer.model import build_model
-from growformer.surgery import Event
 from growformer.train import TrainConfig, make_optimizer
 
 TOL = 1e-6

@@ -1,9 +1,9 @@
 """growformer: transformers that determine their own architecture while they train."""
 
 from growformer.arch import Architecture, LayerSpec
+from growformer.events import Event
 from growformer.hf_files import register_on_import
 from growformer.model import ElasticForCausalLM, ElasticForSequenceClassification, build_model
-from growformer.surgery import Event
 from growformer.train import ModelConfig, TrainConfig, evaluate, train
 
 __version__ = "0.1.0"

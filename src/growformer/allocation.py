@@ -49,6 +49,7 @@ from growformer.checkpoint import Checkpoint
 from growformer.data import Tokenizer, eval_batches
 from growformer.errors import ConfigError
 from growformer.flops import forward_flops
+from growformer.fsutil import atomic_write_text
 from growformer.model import ElasticModel, build_model
 from growformer.train import evaluate, keep_freed_memory
 
@@ -689,5 +690,5 @@ def compress(
         trainer_state={**ckpt.trainer_state, "compressed_from": str(ckpt.path)},
     )
     report["checkpoint"] = str(path)
-    checkpoint.atomic_write_text(Path(out) / "compression.json", json.dumps(report, indent=2))
+    atomic_write_text(Path(out) / "compression.json", json.dumps(report, indent=2))
     return report

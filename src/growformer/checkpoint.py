@@ -39,6 +39,7 @@ from torch import Tensor
 
 from growformer.arch import Architecture
 from growformer.errors import ArchitectureError, CheckpointError, DataError, read_json
+from growformer.fsutil import atomic_write_text
 from growformer.hf_files import (
     growformer_tokenizer,
     model_config,
@@ -293,22 +294,6 @@ def _check_weights(
     extra = sorted(tensors.keys() - expected.keys())
     if extra:
         raise CheckpointError(f"{path}: tensor {extra[0]} is not part of the architecture")
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so that readers see the old or the new file, never a mix."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old or the new file, never a mix."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _train_config_name(manifest: dict[str, Any]) -> str:

@@ -32,6 +32,7 @@ from growformer.data import (
 from growformer.distributed import Ranks
 from growformer.errors import ConfigError, ExportError, GrowformerError, read_json
 from growformer.flops import layer_components
+from growformer.fsutil import atomic_write_text
 from growformer.report import write_report
 from growformer.train import (
     PRECISIONS,
@@ -376,7 +377,7 @@ def _plan(args: argparse.Namespace) -> int:
     if args.out:
         layers = planned.to_dict()["layers"]
         config = {"max_len": args.seq, "model": {"d_model": args.d_model, "layers": layers}}
-        checkpoint.atomic_write_text(args.out, json.dumps(config, indent=2) + "\n")
+        atomic_write_text(args.out, json.dumps(config, indent=2) + "\n")
         print(f"wrote {args.out} (use: growformer train --config {args.out} ...)")
     return 0
 
@@ -396,7 +397,7 @@ def _analyze(args: argparse.Namespace) -> int:
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    checkpoint.atomic_write_text(out / "saturation.json", json.dumps(curves, indent=2))
+    atomic_write_text(out / "saturation.json", json.dumps(curves, indent=2))
     allocation.plot_curves(curves, out / "saturation.png")
     print(f"wrote {out / 'saturation.json'} and {out / 'saturation.png'}")
     return 0

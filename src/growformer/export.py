@@ -23,7 +23,6 @@ import contextlib
 import importlib
 import json
 import logging
-import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -36,6 +35,7 @@ import growformer
 from growformer.checkpoint import Checkpoint
 from growformer.data import ClassificationData, LMData, Tokenizer, collate
 from growformer.errors import ExportError, GrowformerError
+from growformer.fsutil import atomic_write_bytes
 from growformer.model import ElasticModel
 from growformer.train import TrainConfig, eval_mode, task_data
 
@@ -120,7 +120,10 @@ def export_onnx(
     if label_names is not None:
         meta[META_LABEL_NAMES] = json.dumps(list(label_names))
     program.model.metadata_props.update(meta)
-    _write_atomic(path, program.model_proto.SerializeToString())
+    try:
+        atomic_write_bytes(path, program.model_proto.SerializeToString())
+    except OSError as e:
+        raise ExportError(f"cannot write {path}: {e.strerror or e}") from None
     return path
 
 
@@ -292,17 +295,3 @@ def _quiet_exporter() -> Iterator[None]:
             yield
     finally:
         registry.setLevel(level)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, flush it, rename it into place."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise ExportError(f"cannot write {path}: {e.strerror or e}") from None

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from growformer.arch import Architecture
-from growformer.checkpoint import atomic_write_bytes, atomic_write_text
 from growformer.errors import ConfigError, read_json
-from growformer.surgery import Event
+from growformer.events import Event
+from growformer.fsutil import atomic_write_bytes, atomic_write_text
 
 # Colour of each structural operation, in the figures that mark events.
 OP_COLORS = {

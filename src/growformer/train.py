@@ -45,7 +45,9 @@ from growformer.errors import (
     DivergenceError,
     read_json,
 )
+from growformer.events import Event
 from growformer.flops import train_step_flops, without_loops
+from growformer.fsutil import atomic_write_text
 from growformer.model import ATTN_INITS, ElasticModel, build_model
 from growformer.policies import Policy, make_policy
 from growformer.report import TensorBoardLog, write_report
@@ -394,8 +396,8 @@ def apply_events(
     step: int,
     stats: dict[str, Any],
     probe: Callable[[], float],
-    refuse: Callable[[surgery.Event], str | None] | None = None,
-) -> list[surgery.Event]:
+    refuse: Callable[[Event], str | None] | None = None,
+) -> list[Event]:
     """Apply the structural changes due once ``step`` optimizer steps are done.
 
     First the fades that are over (:func:`surgery.advance`), then the policy's turns
@@ -417,7 +419,7 @@ def apply_events(
     Returns:
         The records of the changes, in the order applied (``step`` filled in).
     """
-    applied: list[surgery.Event] = []
+    applied: list[Event] = []
     turns = itertools.chain([surgery.advance(model, step)], policy.decide_from(step, stats))
     for requests in turns:
         records, refused = [], []
@@ -692,7 +694,7 @@ class Trainer:
             )
             summary.update(self.policy.report(heldout))
         if self.ranks.main:
-            checkpoint.atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2))
+            atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2))
             self._write_report()
         return summary
 
@@ -843,7 +845,7 @@ class Trainer:
             f"{self.out} is intact (lower lr, or set on_nonfinite to skip, and --resume)"
         )
 
-    def _refuse(self, request: surgery.Event) -> str | None:
+    def _refuse(self, request: Event) -> str | None:
         """Why ``request`` must not be applied (it would exceed ``cfg.max_params`` or
         ``cfg.max_heads_per_layer``), logged in stats.jsonl; None to apply it."""
         arch, cfg = self.model.arch, self.cfg
@@ -992,7 +994,7 @@ class _Log:
         self.writer = writer
         lines = path.read_text().splitlines(keepends=True) if path.exists() else []
         if writer and len(lines) != keep:
-            checkpoint.atomic_write_text(path, "".join(lines[:keep]))
+            atomic_write_text(path, "".join(lines[:keep]))
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.writer:

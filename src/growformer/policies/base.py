@@ -10,8 +10,8 @@ from torch import Tensor
 
 from growformer.arch import Architecture
 from growformer.errors import CheckpointError, ConfigError
+from growformer.events import Event
 from growformer.statistics import MOMENTS, LayerStats
-from growformer.surgery import Event
 
 
 class Policy:

@@ -16,9 +16,9 @@ from typing import Any
 
 from growformer.arch import Architecture
 from growformer.errors import CheckpointError, ConfigError
+from growformer.events import Event
 from growformer.policies.base import Policy
 from growformer.statistics import LayerStats
-from growformer.surgery import Event
 
 
 class ComposedPolicy(Policy):

@@ -58,6 +58,7 @@ import torch
 from growformer import theory
 from growformer.arch import Architecture
 from growformer.errors import ConfigError
+from growformer.events import INITS, Event
 from growformer.policies.base import Policy
 from growformer.policies.incrt_gates import (
     GATES,
@@ -67,7 +68,6 @@ from growformer.policies.incrt_gates import (
     interval,
 )
 from growformer.statistics import CONTRIBUTION, DEMAND, MOMENTS, Demand, LayerStats
-from growformer.surgery import INITS, Event
 
 
 class IncrtPolicy(Policy):

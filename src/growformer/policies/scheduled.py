@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from growformer.errors import ConfigError
+from growformer.events import OPS, Event
 from growformer.policies.base import Policy
 from growformer.statistics import LayerStats
-from growformer.surgery import OPS, Event
 
 
 class ScheduledPolicy(Policy):

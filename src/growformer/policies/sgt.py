@@ -34,9 +34,9 @@ from torch import Tensor
 
 from growformer.arch import FADES, Architecture
 from growformer.errors import ConfigError
+from growformer.events import Event
 from growformer.policies.base import Policy
 from growformer.statistics import ENTROPY, ENTROPY_ALL
-from growformer.surgery import Event
 
 HEAD_CHOICES = ("high_entropy", "low_entropy", "all")
 ORDERS = ("deep_to_shallow", "shallow_to_deep")

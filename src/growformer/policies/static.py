@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from growformer.events import Event
 from growformer.policies.base import Policy
 from growformer.statistics import LayerStats
-from growformer.surgery import Event
 
 
 class StaticPolicy(Policy):
