@@ -36,7 +36,8 @@ from growformer.arch import Architecture
 from growformer.data import collate, eval_batches
 from growformer.flops import train_step_flops
 from growformer.model import build_model
-from growformer.train import TrainConfig, task_data
+from growformer.training.config import TrainConfig
+from growformer.training.setup import task_data
 
 HEADS, HEAD_DIM, LAYERS = 8, 16, 6
 

@@ -14,7 +14,9 @@ import torch
 
 from growformer import statistics as stats_capture
 from growformer.model import ElasticModel
-from growformer.train import TrainConfig, Trainer, keep_freed_memory
+from growformer.training.config import TrainConfig
+from growformer.training.loop import Trainer
+from growformer.training.runtime import keep_freed_memory
 
 RUN_CONFIG = "benchmark_config.json"
 
@@ -79,7 +81,7 @@ def time_steps(
     that no model always follows the same one (whose memory traffic it would inherit).
     With ``steps=1`` every round pairs one step of each model. A model marked True also
     records the attention entropies, as SGT does until its structure freezes. glibc is
-    first told to keep freed memory (:func:`~growformer.train.keep_freed_memory`, as
+    first told to keep freed memory (:func:`~growformer.training.runtime.keep_freed_memory`, as
     training does): otherwise which model pays for fresh pages depends on allocation
     order, a bias of several percent between identical models.
 

@@ -40,9 +40,11 @@ from growformer.allocation import (
     saturation_curves,
 )
 from growformer.data import eval_batches
+from growformer.evaluation import evaluate
 from growformer.flops import forward_flops
 from growformer.model import ElasticModel
-from growformer.train import TrainConfig, evaluate, task_data
+from growformer.training.config import TrainConfig
+from growformer.training.setup import task_data
 
 TOLERANCES = (0.002, 0.005, 0.01, 0.02)
 

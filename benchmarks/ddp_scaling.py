@@ -26,7 +26,8 @@ from typing import Any
 
 from common import save_report
 
-from growformer.train import TrainConfig, Trainer
+from growformer.training.config import TrainConfig
+from growformer.training.loop import Trainer
 
 EVENT_STEPS = (40, 70, 100)
 LAUNCHES = {

@@ -30,7 +30,7 @@ import matplotlib.pyplot as plt
 from common import run, save_report
 from known_heads import STEPS
 
-from growformer.train import TrainConfig
+from growformer.training.config import TrainConfig
 
 WITHIN = 0.12
 

@@ -47,7 +47,9 @@ from growformer.statistics import (
     capture_inputs,
     layer_stats,
 )
-from growformer.train import TrainConfig, keep_freed_memory, make_optimizer
+from growformer.training.config import TrainConfig
+from growformer.training.runtime import keep_freed_memory
+from growformer.training.setup import make_optimizer
 
 TARGET = 0.03
 CURVE = (1, 5, 10, 20, 50, 100, 200)

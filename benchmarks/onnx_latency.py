@@ -25,7 +25,9 @@ from common import save_report
 from growformer import checkpoint
 from growformer.data import Tokenizer, eval_batches
 from growformer.export import checkpoint_inputs, export_onnx, verify_onnx
-from growformer.train import TrainConfig, keep_freed_memory, task_data
+from growformer.training.config import TrainConfig
+from growformer.training.runtime import keep_freed_memory
+from growformer.training.setup import task_data
 
 
 def alternate(runs: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:

@@ -43,12 +43,7 @@ from common import run
 
 from growformer import checkpoint
 from growformer.data import TaskData, eval_batches, load_task, read_labeled
-from growformer.train import (
-    class_f1,
-    confusion_matrix,
-    eval_mode,
-    macro_f1,
-)
+from growformer.evaluation import class_f1, confusion_matrix, eval_mode, macro_f1
 
 STATIC_HEADS = 12
 AGREEMENT = 0.12

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer
 from torch import Tensor, nn
 
-from growformer.train import confusion_matrix, macro_f1
+from growformer.evaluation import confusion_matrix, macro_f1
 
 
 def model_dir() -> Path:

@@ -19,7 +19,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from growformer.train import TrainConfig, train
+from growformer.training.config import TrainConfig
+from growformer.training.loop import train
 
 TARGET_ACCURACY = 0.80
 BUDGET_S = 15 * 60

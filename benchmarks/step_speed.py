@@ -23,7 +23,7 @@ from torch import nn
 from growformer import surgery
 from growformer.arch import Architecture, LayerSpec
 from growformer.model import build_model
-from growformer.train import keep_freed_memory
+from growformer.training.runtime import keep_freed_memory
 
 
 class RefAttention(nn.Module):

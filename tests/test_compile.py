@@ -13,7 +13,8 @@ from test_train import EVENTS, config
 from growformer import checkpoint
 from growformer.errors import ConfigError
 from growformer.model import build_model
-from growformer.train import TrainConfig, train
+from growformer.training.config import TrainConfig
+from growformer.training.loop import train
 
 needs_compiler = pytest.mark.skipif(
     shutil.which("g++") is None and shutil.which("c++") is None,

@@ -22,8 +22,11 @@ from growformer import checkpoint
 from growformer.data import load_task
 from growformer.distributed import Ranks, fingerprint
 from growformer.errors import ConfigError
+from growformer.evaluation import evaluate
 from growformer.model import build_model
-from growformer.train import ModelConfig, TrainConfig, build_arch, evaluate, train
+from growformer.training.config import ModelConfig, TrainConfig
+from growformer.training.loop import train
+from growformer.training.setup import build_arch
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 

@@ -25,7 +25,8 @@ from growformer.export import (
     verify_onnx,
 )
 from growformer.model import build_model
-from growformer.train import TrainConfig, task_data
+from growformer.training.config import TrainConfig
+from growformer.training.setup import task_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

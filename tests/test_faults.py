@@ -20,7 +20,9 @@ from growformer import checkpoint, cli
 from growformer.arch import Architecture
 from growformer.errors import ConfigError, DivergenceError
 from growformer.model import build_model
-from growformer.train import TrainConfig, Trainer, param_count, train
+from growformer.structure import param_count
+from growformer.training.config import TrainConfig
+from growformer.training.loop import Trainer, train
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
@@ -72,7 +74,8 @@ DRIVER = r"""
 import json, os, shutil, signal, sys
 import torch, torch._dynamo, torch.optim.adamw
 from growformer import checkpoint, report
-from growformer.train import TrainConfig, Trainer
+from growformer.training.config import TrainConfig
+from growformer.training.loop import Trainer
 
 args = json.loads(sys.argv[1])
 cfg = TrainConfig.from_dict(args["config"])

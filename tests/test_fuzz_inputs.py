@@ -33,7 +33,9 @@ from growformer.data import load_task, read_fasta_labels, read_labeled
 from growformer.errors import GrowformerError
 from growformer.policies import POLICIES, make_policy
 from growformer.report import write_report
-from growformer.train import TrainConfig, Trainer, make_optimizer, read_config, train
+from growformer.training.config import TrainConfig, read_config
+from growformer.training.loop import Trainer, train
+from growformer.training.setup import make_optimizer
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "growformer"
 GUARD_S = 10  # per case: far above the milliseconds a case takes, far below a hang

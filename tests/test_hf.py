@@ -3,6 +3,7 @@ in ``Trainer`` and ``pipeline``, and structure policies inside ``transformers.Tr
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -40,8 +41,10 @@ from growformer.hf import (
     GrowformerForSequenceClassification,
 )
 from growformer.model import build_model
-from growformer.train import TrainConfig
-from growformer.train import Trainer as GrowformerTrainer
+from growformer.structure import param_count
+from growformer.training.config import TrainConfig
+from growformer.training.loop import Trainer as GrowformerTrainer
+from growformer.training.loop import train
 
 AUTO = {"classifier": AutoModelForSequenceClassification, "causal_lm": AutoModelForCausalLM}
 CLASSES = {"classifier": GrowformerForSequenceClassification, "causal_lm": GrowformerForCausalLM}
@@ -495,3 +498,43 @@ print(type(model).__name__)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["GrowformerForSequenceClassification"]
+
+
+@pytest.mark.parametrize(
+    "budget",
+    [{"max_heads_per_layer": 2}, {"max_params": 1}],
+    ids=["max_heads_per_layer", "max_params"],
+)
+def test_budgets_refuse_growth_inside_transformers_trainer_as_in_growformer_train(
+    sst2_checkpoint, sst2_dir, tmp_path, budget
+):
+    """The callback and the native trainer run one structural step: the same schedule
+    under the same budget is refused at the same steps, with the same records."""
+    events = [{"step": s, "op": "add_head", "layer": 0} for s in (2, 4)]
+    policy = {"events": events}
+    ckpt = checkpoint.load(sst2_checkpoint)
+    heads = ckpt.model.arch.layers[0].heads
+    if "max_params" in budget:  # room for exactly one more head
+        one_more = ckpt.model.arch.with_layer(0, heads=heads + 1)
+        budget = {"max_params": param_count(one_more)}
+    native = TrainConfig.from_dict(
+        {**ckpt.config, "policy": "scheduled", "policy_options": policy, "steps": 6, **budget}
+    )
+    train(native, tmp_path / "native", progress=False)
+    stats = [json.loads(line) for line in (tmp_path / "native" / "stats.jsonl").open()]
+    grown = [json.loads(line) for line in (tmp_path / "native" / "events.jsonl").open()]
+
+    model = AutoModelForSequenceClassification.from_pretrained(sst2_checkpoint)
+    tokenizer = AutoTokenizer.from_pretrained(sst2_checkpoint)
+    callback = GrowformerCallback("scheduled", policy, **budget)
+    rows = _sentences(sst2_dir, "train", 96)
+    _train(model, tokenizer, rows, [callback], tmp_path / "hf", steps=6)
+
+    refused = [r for r in stats if "refused" in r]
+    assert len(refused) == 1 and refused[0]["step"] == 4
+    assert callback.stats == refused
+    key = ("op", "layer", "head", "step", "heads_after", "params_after")
+    assert [{k: e[k] for k in key} for e in callback.events] == [
+        {k: e[k] for k in key} for e in grown
+    ]
+    assert model.elastic.arch.layers[0].heads == heads + 1

@@ -16,7 +16,8 @@ from growformer.model import build_model
 from growformer.policies import IncrtPolicy, make_policy
 from growformer.policies.incrt_gates import GATES, LayerView, Thresholds, interval
 from growformer.statistics import CONTRIBUTION, MOMENTS, LayerStats, capture_inputs
-from growformer.train import TrainConfig, train
+from growformer.training.config import TrainConfig
+from growformer.training.loop import train
 
 D = 8
 

@@ -14,7 +14,8 @@ from growformer.arch import Architecture, LayerSpec, LoopFade
 from growformer.data import Tokenizer
 from growformer.errors import CheckpointError
 from growformer.model import ElasticAttention, KVCache, build_model, head_rows
-from growformer.train import TrainConfig, make_optimizer
+from growformer.training.config import TrainConfig
+from growformer.training.setup import make_optimizer
 
 
 @pytest.fixture(params=[(k, v) for k in KINDS for v in VARIANTS], ids=lambda p: "-".join(p))

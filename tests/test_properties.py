@@ -43,7 +43,8 @@ from growformer.data.tokenizer import SPECIAL_TOKENS, Tokenizer
 from growformer.errors import SurgeryError
 from growformer.events import INITS, OPS, Event
 from growformer.model import ElasticModel, KVCache, build_model, head_rows
-from growformer.train import TrainConfig, make_optimizer
+from growformer.training.config import TrainConfig
+from growformer.training.setup import make_optimizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -15,7 +15,8 @@ import pytest
 from growformer.cli import main
 from growformer.errors import ConfigError
 from growformer.report import TensorBoardLog
-from growformer.train import TrainConfig, train
+from growformer.training.config import TrainConfig
+from growformer.training.loop import train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

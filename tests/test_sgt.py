@@ -19,7 +19,9 @@ from growformer.flops import layer_components, train_step_flops, without_loops
 from growformer.model import build_model, head_rows
 from growformer.policies import SgtPolicy, make_policy
 from growformer.statistics import ENTROPY, ENTROPY_ALL, attention_entropy, capture
-from growformer.train import TrainConfig, Trainer, make_optimizer, train
+from growformer.training.config import TrainConfig
+from growformer.training.loop import Trainer, train
+from growformer.training.setup import make_optimizer
 
 # --- attention entropy -------------------------------------------------------------------
 

@@ -10,7 +10,8 @@ from growformer import surgery
 from growformer.errors import SurgeryError
 from growformer.events import Event
 from growformer.model import build_model
-from growformer.train import TrainConfig, make_optimizer
+from growformer.training.config import TrainConfig
+from growformer.training.setup import make_optimizer
 
 TOL = 1e-6
 

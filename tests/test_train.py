@@ -15,8 +15,11 @@ import torch
 
 from growformer import checkpoint
 from growformer.errors import ConfigError, DataError
-from growformer.hf_files import growformer_tokenizer
-from growformer.train import TrainConfig, lr_at, macro_f1, train
+from growformer.evaluation import macro_f1
+from growformer.hf.files import growformer_tokenizer
+from growformer.training.config import TrainConfig
+from growformer.training.loop import train
+from growformer.training.setup import lr_at
 
 EVENTS = [
     {"step": 5, "op": "add_head", "layer": 0, "init": "random"},
@@ -307,7 +310,7 @@ FAULTS_PER_STEP = """
 import resource, sys, torch
 from growformer.arch import Architecture
 from growformer.model import build_model
-from growformer.train import keep_freed_memory
+from growformer.training.runtime import keep_freed_memory
 if sys.argv[1] == "keep" and not keep_freed_memory():
     print("unsupported")
     sys.exit()

@@ -1,12 +1,15 @@
 """growformer: transformers that determine their own architecture while they train."""
 
 from growformer.arch import Architecture, LayerSpec
+from growformer.checkpoint import load
+from growformer.evaluation import evaluate
 from growformer.events import Event
-from growformer.hf_files import register_on_import
+from growformer.hf.files import register_on_import
 from growformer.model import ElasticForCausalLM, ElasticForSequenceClassification, build_model
-from growformer.train import ModelConfig, TrainConfig, evaluate, train
-
-__version__ = "0.1.0"
+from growformer.policies import Policy, register_policy
+from growformer.training.config import ModelConfig, TrainConfig
+from growformer.training.loop import train
+from growformer.version import __version__
 
 # transformers' Auto classes learn of growformer when transformers is imported (if ever).
 register_on_import()
@@ -18,8 +21,12 @@ __all__ = [
     "Event",
     "LayerSpec",
     "ModelConfig",
+    "Policy",
     "TrainConfig",
+    "__version__",
     "build_model",
     "evaluate",
+    "load",
+    "register_policy",
     "train",
 ]

@@ -48,10 +48,11 @@ from growformer.arch import Architecture
 from growformer.checkpoint import Checkpoint
 from growformer.data import Tokenizer, eval_batches
 from growformer.errors import ConfigError
+from growformer.evaluation import evaluate
 from growformer.flops import forward_flops
 from growformer.fsutil import atomic_write_text
 from growformer.model import ElasticModel, build_model
-from growformer.train import evaluate, keep_freed_memory
+from growformer.training.runtime import keep_freed_memory
 
 # Cost of leaving a fraction f of the budget unused: 100 f^2 (1% costs as much as one
 # layer 10% off its target width).
@@ -534,7 +535,7 @@ def latency(
 ) -> dict[str, float]:
     """Median seconds of one inference forward pass per model on ``batch``, the models timed
     in alternation so that machine noise hits them alike, with freed memory kept for
-    reuse (:func:`~growformer.train.keep_freed_memory`) so that no model pays for fresh
+    reuse (:func:`~growformer.training.runtime.keep_freed_memory`) so that no model pays for fresh
     pages that another does not.
 
     Args:

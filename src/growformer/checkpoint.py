@@ -40,7 +40,7 @@ from torch import Tensor
 from growformer.arch import Architecture
 from growformer.errors import ArchitectureError, CheckpointError, DataError, read_json
 from growformer.fsutil import atomic_write_text
-from growformer.hf_files import (
+from growformer.hf.files import (
     growformer_tokenizer,
     model_config,
     tokenizer_config,

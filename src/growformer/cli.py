@@ -31,18 +31,14 @@ from growformer.data import (
 )
 from growformer.distributed import Ranks
 from growformer.errors import ConfigError, ExportError, GrowformerError, read_json
+from growformer.evaluation import evaluate
 from growformer.flops import layer_components
 from growformer.fsutil import atomic_write_text
 from growformer.report import write_report
-from growformer.train import (
-    PRECISIONS,
-    TrainConfig,
-    TrainingStopped,
-    evaluate,
-    read_config,
-    task_data,
-    train,
-)
+from growformer.training.config import PRECISIONS, TrainConfig, read_config
+from growformer.training.loop import train
+from growformer.training.runtime import TrainingStopped
+from growformer.training.setup import task_data
 
 # Flags that override configuration keys of the same name.
 OVERRIDES = (

@@ -35,9 +35,11 @@ import growformer
 from growformer.checkpoint import Checkpoint
 from growformer.data import ClassificationData, LMData, Tokenizer, collate
 from growformer.errors import ExportError, GrowformerError
+from growformer.evaluation import eval_mode
 from growformer.fsutil import atomic_write_bytes
 from growformer.model import ElasticModel
-from growformer.train import TrainConfig, eval_mode, task_data
+from growformer.training.config import TrainConfig
+from growformer.training.setup import task_data
 
 INPUTS = {"classifier": ("input_ids", "attention_mask"), "causal_lm": ("input_ids",)}
 META_ARCHITECTURE = "growformer.architecture"

@@ -18,49 +18,93 @@ step.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
 
-from growformer.arch import FADES, HeadFade, LoopFade
+from growformer.arch import FADES, Architecture, HeadFade, LoopFade
 from growformer.errors import ArchitectureError, SurgeryError
-from growformer.events import INITS, OPS, Event
-from growformer.model import ElasticModel, head_rows
+from growformer.events import INITS, Event
+from growformer.model import ElasticModel, build_model, head_rows
 from growformer.model.block import Block
+
+Surgeon = Callable[[ElasticModel, torch.optim.Optimizer | None, Event], Event]
+
+
+def _add_head(model: ElasticModel, optimizer: torch.optim.Optimizer | None, event: Event) -> Event:
+    return add_head(
+        model,
+        optimizer,
+        event.layer,
+        init=event.init or "function_preserving",
+        init_std=event.init_std,
+        form=None if event.query is None or event.key is None else (event.query, event.key),
+    )
+
+
+def _remove_head(
+    model: ElasticModel, optimizer: torch.optim.Optimizer | None, event: Event
+) -> Event:
+    if event.head is None:
+        raise SurgeryError("remove_head needs a head index")
+    return remove_head(model, optimizer, event.layer, event.head)
+
+
+def _fade_head(model: ElasticModel, optimizer: torch.optim.Optimizer | None, event: Event) -> Event:
+    if event.head is None:
+        raise SurgeryError("fade_head needs a head index")
+    return fade_head(model, event.layer, event.head, _fade_of(event, HeadFade, event.head))
+
+
+def _set_loops(model: ElasticModel, optimizer: torch.optim.Optimizer | None, event: Event) -> Event:
+    if event.loops is None:
+        raise SurgeryError("set_loops needs a loop depth")
+    return set_loops(
+        model, event.layer, event.loops, event.looped_heads, fade=_fade_of(event, LoopFade)
+    )
+
+
+def _end_fade(model: ElasticModel, optimizer: torch.optim.Optimizer | None, event: Event) -> Event:
+    return end_fade(model, event.layer)
+
+
+# What carries out each op (a new op is one function and one line here).
+SURGEONS: dict[str, Surgeon] = {
+    "add_head": _add_head,
+    "remove_head": _remove_head,
+    "fade_head": _fade_head,
+    "set_loops": _set_loops,
+    "end_fade": _end_fade,
+}
 
 
 def apply(model: ElasticModel, optimizer: torch.optim.Optimizer | None, event: Event) -> Event:
     """Apply a requested change and return its completed record."""
-    if event.op == "add_head":
-        record = add_head(
-            model,
-            optimizer,
-            event.layer,
-            init=event.init or "function_preserving",
-            init_std=event.init_std,
-            form=None if event.query is None or event.key is None else (event.query, event.key),
-        )
-    elif event.op == "remove_head":
-        if event.head is None:
-            raise SurgeryError("remove_head needs a head index")
-        record = remove_head(model, optimizer, event.layer, event.head)
-    elif event.op == "fade_head":
-        if event.head is None:
-            raise SurgeryError("fade_head needs a head index")
-        record = fade_head(model, event.layer, event.head, _fade_of(event, HeadFade, event.head))
-    elif event.op == "set_loops":
-        if event.loops is None:
-            raise SurgeryError("set_loops needs a loop depth")
-        record = set_loops(
-            model, event.layer, event.loops, event.looped_heads, fade=_fade_of(event, LoopFade)
-        )
-    elif event.op == "end_fade":
-        record = end_fade(model, event.layer)
-    else:
-        raise SurgeryError(f"unknown structural op {event.op!r} (known: {', '.join(OPS)})")
+    surgeon = SURGEONS.get(event.op)
+    if surgeon is None:
+        raise SurgeryError(f"unknown structural op {event.op!r} (known: {', '.join(SURGEONS)})")
+    record = surgeon(model, optimizer, event)
+    # The record names the op asked for (a registered op may be made of built-in ones).
+    record.op = event.op
     record.step, record.reason, record.loss_change = event.step, event.reason, event.loss_change
     return record
+
+
+def predict(arch: Architecture, event: Event) -> Architecture:
+    """The architecture that applying ``event`` to a model of ``arch`` would leave.
+
+    The change is made by the same surgery on a model without weights (on the ``meta``
+    device), so the prediction holds for every op, a registered one included.
+
+    Raises:
+        SurgeryError: The change cannot be made (as :func:`apply` would raise).
+    """
+    with torch.device("meta"):
+        model = build_model(arch)
+    apply(model, None, event)
+    return model.arch
 
 
 def _fade_of(event: Event, kind: type[LoopFade], head: int | None = None) -> LoopFade | None:

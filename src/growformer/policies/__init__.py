@@ -31,6 +31,26 @@ POLICIES: dict[str, type[Policy]] = {
 }
 
 
+def register_policy(policy: type[Policy]) -> type[Policy]:
+    """Make ``policy`` (a :class:`Policy` subclass with a ``name``) available by its name to
+    :func:`make_policy`, configuration files and the command line; usable as a class
+    decorator. A name already taken is refused.
+
+    Raises:
+        ConfigError: ``policy`` is not a Policy subclass, has no name, or its name is taken
+            (or contains ``+``, which composes policies).
+    """
+    if not (isinstance(policy, type) and issubclass(policy, Policy)):
+        raise ConfigError(f"a policy must be a Policy subclass, got {policy!r}")
+    name = getattr(policy, "name", None)
+    if not isinstance(name, str) or not name or "+" in name:
+        raise ConfigError(f"policy {policy.__name__} needs a name without '+', got {name!r}")
+    if POLICIES.get(name, policy) is not policy:
+        raise ConfigError(f"policy name {name!r} is taken by {POLICIES[name].__name__}")
+    POLICIES[name] = policy
+    return policy
+
+
 def make_policy(name: str, options: dict[str, Any] | None = None) -> Policy:
     """Instantiate the policy called ``name``; ``"a+b"`` composes policies a and b
     (see :mod:`growformer.policies.compose`)."""
@@ -57,4 +77,5 @@ __all__ = [
     "SgtPolicy",
     "StaticPolicy",
     "make_policy",
+    "register_policy",
 ]

@@ -92,7 +92,7 @@ class Policy:
 
     def refused(self, requests: list[Event]) -> None:
         """Learn that the trainer did not apply these requests of the last turn (they would
-        exceed a budget, see :class:`growformer.train.TrainConfig`'s ``max_params``)."""
+        exceed a budget, see :class:`growformer.training.config.TrainConfig`'s ``max_params``)."""
 
     def drain_log(self) -> list[dict[str, Any]]:
         """Statistics records since the last call (written to stats.jsonl)."""

@@ -1,5 +1,4 @@
-"""Hugging Face transformers integration: growformer models as ``PreTrainedModel``s, and a
-``TrainerCallback`` that runs a structure policy inside ``transformers.Trainer``.
+"""growformer models as transformers ``PreTrainedModel``s.
 
 After ``import growformer``, a growformer checkpoint directory loads like any
 transformers model::
@@ -17,19 +16,14 @@ statistics and evaluation take.
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import inspect
-import itertools
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 
 # First: names the extra to install when transformers is missing or too old.
-from growformer.hf_config import GrowformerConfig
+from growformer.hf.config import GrowformerConfig
 
 # isort: split
 from transformers import (
@@ -37,17 +31,10 @@ from transformers import (
     AutoModelForSequenceClassification,
     GenerationMixin,
     PreTrainedModel,
-    TrainerCallback,
-    TrainerControl,
-    TrainerState,
-    TrainingArguments,
 )
 from transformers.initialization import guard_torch_init_functions
 from transformers.modeling_outputs import CausalLMOutputWithPast, SequenceClassifierOutput
-from transformers.trainer_callback import ExportableState
 
-import growformer
-from growformer import statistics
 from growformer.errors import ConfigError
 from growformer.model import (
     ElasticForCausalLM,
@@ -55,14 +42,11 @@ from growformer.model import (
     ElasticModel,
     KVCache,
 )
-from growformer.policies import make_policy
-from growformer.train import apply_events, layer_statistics, probe_loss
+from growformer.version import __version__
 
 __all__ = [
     "CACHE_FIELD",
     "GrowformerCache",
-    "GrowformerCallback",
-    "GrowformerConfig",
     "GrowformerForCausalLM",
     "GrowformerForSequenceClassification",
     "GrowformerPreTrainedModel",
@@ -119,7 +103,7 @@ class GrowformerPreTrainedModel(PreTrainedModel):
         """``PreTrainedModel.save_pretrained``, with the architecture the model has now
         (surgery may have changed it since the configuration was written)."""
         self.config.architecture = self.elastic.arch.to_dict()
-        self.config.growformer_version = growformer.__version__
+        self.config.growformer_version = __version__
         super().save_pretrained(save_directory, *args, **kwargs)
 
 
@@ -251,139 +235,3 @@ def register() -> None:
 
 
 register()
-
-
-class GrowformerCallback(TrainerCallback, ExportableState):
-    """Runs a growformer structure policy inside ``transformers.Trainer``.
-
-    What :class:`growformer.train.Trainer` does around its optimizer steps, in the
-    Trainer's loop: before training, the policy calibrates on statistics of the first
-    ``calibration_batches`` training batches; during each step's forward passes, the
-    statistics the policy asked for are recorded; after the optimizer step, the policy's
-    events are applied by :mod:`growformer.surgery` to the model and to the Trainer's
-    optimizer (the state of surviving parameters is carried, new slices start at zero).
-
-    The model as given is where the structure starts (a policy's ``initial_arch`` is not
-    applied). Training must run in one process: the structure changes would otherwise
-    have to be made on every rank.
-
-    The callback's state (the policy's, its events and statistics records) is saved in
-    the Trainer's checkpoints. To resume, load the model from the checkpoint directory
-    (it holds the grown structure, which the model as first built does not), and set
-    ``TrainingArguments(restore_callback_states_from_checkpoint=True)``: the Trainer then
-    replaces this callback by one restored from the checkpoint (find it in
-    ``trainer.callback_handler.callbacks``).
-
-    Args:
-        policy: A policy name (``"incrt"``, ``"sgt"``, ``"a+b"``, see
-            :func:`growformer.policies.make_policy`).
-        options: The policy's options.
-
-    Attributes:
-        policy: The policy.
-        events: The records of the structural changes, in order (as in ``events.jsonl``).
-        stats: The policy's statistics records (as in ``stats.jsonl``).
-    """
-
-    def __init__(self, policy: str, options: dict[str, Any] | None = None) -> None:
-        self._args = {"policy": policy, "options": options}
-        self.policy = make_policy(policy, options)
-        self.events: list[dict[str, Any]] = []
-        self.stats: list[dict[str, Any]] = []
-        self._calibrated = False
-        self._capture: statistics.Capture | None = None
-        self._batch: dict[str, Tensor] | None = None
-        self._hooks: list[RemovableHandle] = []
-        self._recording = contextlib.ExitStack()
-
-    def state(self) -> dict[str, Any]:
-        """What the Trainer saves in its checkpoints' ``trainer_state.json`` (JSON)."""
-        return {
-            "args": self._args,
-            "attributes": {
-                "policy_state": self.policy_state,
-                "events": self.events,
-                "stats": self.stats,
-                "_calibrated": self._calibrated,
-            },
-        }
-
-    @property
-    def policy_state(self) -> dict[str, Any]:
-        """The policy's state (set by the Trainer when it restores the callback)."""
-        return self.policy.state_dict()
-
-    @policy_state.setter
-    def policy_state(self, state: dict[str, Any]) -> None:
-        self.policy.load_state_dict(state)
-
-    def on_train_begin(
-        self,
-        args: TrainingArguments,
-        state: TrainerState,
-        control: TrainerControl,
-        model: nn.Module | None = None,
-        train_dataloader: Any = None,
-        **kwargs: Any,
-    ) -> None:
-        if not isinstance(model, GrowformerPreTrainedModel):
-            raise ConfigError(
-                f"GrowformerCallback needs a growformer model, got {type(model).__name__}"
-            )
-        if args.world_size > 1:
-            raise ConfigError(
-                f"GrowformerCallback changes the model's structure in one process, but "
-                f"training runs in {args.world_size}"
-            )
-        n = self.policy.calibration_batches
-        if n and not self._calibrated:
-            batches = itertools.islice(train_dataloader, n)
-            self.policy.calibrate([layer_statistics(model.elastic, [b]) for b in batches])
-            self._calibrated = True
-
-    def on_step_begin(
-        self,
-        args: TrainingArguments,
-        state: TrainerState,
-        control: TrainerControl,
-        model: nn.Module | None = None,
-        **kwargs: Any,
-    ) -> None:
-        needs = self.policy.needs(state.global_step + 1)
-        n_layers = len(model.elastic.transformer.layers)
-        self._capture = statistics.Capture(n_layers, needs) if needs else None
-        self._hooks = [
-            model.register_forward_pre_hook(self._before_forward, with_kwargs=True),
-            model.register_forward_hook(self._after_forward, always_call=True),
-        ]
-
-    def on_step_end(
-        self,
-        args: TrainingArguments,
-        state: TrainerState,
-        control: TrainerControl,
-        model: nn.Module | None = None,
-        optimizer: torch.optim.Optimizer | None = None,
-        **kwargs: Any,
-    ) -> None:
-        for hook in self._hooks:
-            hook.remove()
-        probe = functools.partial(probe_loss, model, self._batch)
-        stats = {} if self._capture is None else self._capture.results(model.elastic, probe)
-        records = apply_events(
-            model.elastic, optimizer, self.policy, state.global_step, stats, probe
-        )
-        self.events += [r.to_dict() for r in records]
-        self.stats += self.policy.drain_log()
-        self._capture = self._batch = None
-
-    def _before_forward(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        """Keep the step's batch (to measure the changes by) and record its statistics."""
-        inputs = inspect.signature(module.forward).bind(*args, **kwargs).arguments
-        self._batch = {k: v for k, v in inputs.items() if v is not None}
-        if self._capture is not None:
-            watch = self._capture.watch(module.elastic, inputs.get("attention_mask"))
-            self._recording.enter_context(watch)
-
-    def _after_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
-        self._recording.close()

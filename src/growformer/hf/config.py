@@ -1,8 +1,8 @@
 """The transformers configuration of growformer models (``model_type`` ``"growformer"``).
 
-Kept apart from :mod:`growformer.hf` because it needs only transformers' configuration
-module: it is registered with ``AutoConfig`` while transformers itself is still being
-imported (see :func:`growformer.hf_files.register_on_import`).
+Kept apart from :mod:`growformer.hf.model` because it needs only transformers'
+configuration module: it is registered with ``AutoConfig`` while transformers itself is
+still being imported (see :func:`growformer.hf.files.register_on_import`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 from growformer.arch import Architecture
 from growformer.errors import ConfigError
-from growformer.hf_files import MISSING_TRANSFORMERS, MODEL_TYPE
+from growformer.hf.files import MISSING_TRANSFORMERS, MODEL_TYPE
 
 try:
     import transformers
@@ -32,7 +32,7 @@ class GrowformerConfig(PreTrainedConfig):
     as a dict, the class names (``id2label``) and the padding id.
 
     Building one registers the growformer model classes with transformers' Auto model
-    classes (:mod:`growformer.hf`), so that ``AutoModelFor*.from_pretrained`` of a
+    classes (:mod:`growformer.hf.model`), so that ``AutoModelFor*.from_pretrained`` of a
     growformer directory finds them: the configuration is what transformers reads first.
 
     Args:
@@ -53,7 +53,7 @@ class GrowformerConfig(PreTrainedConfig):
     def __new__(cls, *args: Any, **kwargs: Any) -> GrowformerConfig:
         # Here rather than in __init__ or __post_init__: transformers 5.4 turned its
         # configurations into dataclasses, and __new__ runs under both kinds.
-        import growformer.hf  # noqa: F401  (registers the model classes)
+        import growformer.hf.model  # noqa: F401  (registers the model classes)
 
         return super().__new__(cls)
 

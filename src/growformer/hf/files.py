@@ -9,7 +9,7 @@ They are written by :mod:`growformer.checkpoint` whether transformers is install
 ``import growformer`` calls :func:`register_on_import`: the growformer configuration is
 registered with ``AutoConfig`` when transformers' auto-configuration module is first
 imported, not before, because importing transformers takes seconds (see
-:mod:`growformer.hf_config` for the model classes, registered when a growformer
+:mod:`growformer.hf.config` for the model classes, registered when a growformer
 configuration is first built).
 """
 
@@ -30,9 +30,10 @@ from tokenizers import processors
 from growformer.arch import Architecture
 from growformer.data.tokenizer import SPECIAL_TOKENS
 from growformer.errors import DataError
+from growformer.version import __version__
 
 MODEL_TYPE = "growformer"
-# The transformers class of each kind of model (see growformer.hf).
+# The transformers class of each kind of model (see growformer.hf.model).
 HF_CLASSES = {
     "classifier": "GrowformerForSequenceClassification",
     "causal_lm": "GrowformerForCausalLM",
@@ -53,8 +54,6 @@ def model_config(arch: Architecture, label_names: list[str] | None) -> dict[str,
     Returns:
         The JSON-ready configuration.
     """
-    from growformer import __version__  # the package imports this module: not at the top
-
     config: dict[str, Any] = {
         "model_type": MODEL_TYPE,
         "architectures": [HF_CLASSES[arch.kind]],
@@ -141,9 +140,9 @@ def register_on_import() -> None:
 def _register(module: ModuleType) -> None:
     version = getattr(sys.modules.get("transformers"), "__version__", "0")
     if int(version.split(".")[0]) < 5:
-        return  # growformer.hf names the version it needs when it is imported
+        return  # growformer.hf.config names the version it needs when it is imported
     try:
-        from growformer.hf_config import GrowformerConfig
+        from growformer.hf.config import GrowformerConfig
 
         module.AutoConfig.register(MODEL_TYPE, GrowformerConfig, exist_ok=True)
     except Exception as e:

@@ -1,0 +1,250 @@
+"""What a training run is configured by: :class:`TrainConfig` and :class:`ModelConfig`,
+read from JSON with one-line errors naming the bad key, and which settings a resumed run
+may change."""
+
+from __future__ import annotations
+
+import sys
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from growformer.errors import ConfigError, read_json
+
+# Settings that may differ between a run and its resumption (they do not change the math,
+# or change it only from the resumption on, as the user means to: a fault's handling, a cap).
+RESUMABLE_CHANGES = frozenset(
+    {
+        "steps",
+        "eval_every",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "log_every",
+        "compile",
+        "tensorboard",
+        "on_nonfinite",
+        "max_nonfinite_skips",
+        "max_params",
+        "max_heads_per_layer",
+    }
+)
+PRECISIONS = ("fp32", "bf16")
+ON_NONFINITE = ("stop", "skip")
+
+
+@dataclass
+class ModelConfig:
+    """Initial model shape (a policy may change it while training).
+
+    Args:
+        d_model: Width of the residual stream.
+        n_layers: Number of layers.
+        heads: Heads per layer.
+        head_dim: Width of each head.
+        ffn_dim: Feed-forward hidden width.
+        dropout: Dropout probability.
+        layers: Explicit per-layer shapes (``heads``, ``head_dim``, ``ffn_dim``, ``loops``,
+            ``looped_heads``, ``block_loops``, ``fade``, ``kv_heads``: the fields of
+            :meth:`Architecture.to_dict`); when given, it replaces
+            n_layers/heads/head_dim/ffn_dim.
+        attn_init: Attention initialisation, ``"gpt2"`` or ``"reference"`` (see
+            :meth:`ElasticModel.init_weights`); default: the policy's choice.
+        embed_rank: Factored token embedding of this width (see :class:`Architecture`);
+            None: a full ``vocab x d_model`` table.
+    """
+
+    d_model: int = 128
+    n_layers: int = 2
+    heads: int = 4
+    head_dim: int = 32
+    ffn_dim: int = 512
+    dropout: float = 0.2
+    layers: list[dict[str, Any]] | None = None
+    attn_init: str | None = None
+    embed_rank: int | None = None
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on.
+
+    Args:
+        task: A task of :func:`growformer.data.load_task` (``sst2``, ``channels``, ...).
+        policy: Structure policy name (``static``, ``scheduled``, ``incrt``, ``sgt``, ...;
+            ``a+b`` composes policies).
+        seed: Seed of model initialisation, data order and dropout.
+        steps: Optimizer steps in total.
+        batch_size: Sequences per step.
+        lr: Peak learning rate (AdamW).
+        min_lr_ratio: Final learning rate of the cosine schedule, relative to ``lr``.
+        warmup_steps: Linear warm-up length.
+        decay_steps: Step at which the cosine decay ends (default: ``steps``); set it to
+            train in several sessions along one schedule.
+        weight_decay: AdamW weight decay on matrices (not on biases, norms).
+        grad_clip: Maximum global gradient norm (0 disables clipping).
+        eval_every: Evaluate every this many steps (and at the end).
+        checkpoint_every: Checkpoint every this many steps (and at the end).
+        keep_checkpoints: How many checkpoints to keep on disk.
+        log_every: Write training loss to metrics.jsonl every this many steps.
+        max_len: Longest input sequence, in tokens ([CLS] included).
+        vocab_size: Tokenizer vocabulary size (trained on the training split).
+        data_dir: Directory of the task's files.
+        data_file: User TSV/CSV file (task ``file``) or FASTA file (task ``fasta``).
+        labels_file: CSV ``id,label`` for the FASTA records (task ``fasta``).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        precision: ``fp32``, or ``bf16``: the training forward pass under bfloat16
+            autocast (weights, optimizer and evaluation stay float32).
+        compile: Run the training steps that take no statistics through
+            ``torch.compile``; compiled again after each structural change.
+        tensorboard: Also write the training statistics to ``RUN/tensorboard`` for
+            TensorBoard (see :class:`growformer.report.TensorBoardLog`).
+        on_nonfinite: What a step whose loss or gradient norm is not finite does, before
+            its optimizer step: ``"stop"`` the run (:class:`DivergenceError`; the last
+            checkpoint stays the newest), or ``"skip"`` the batch (logged in
+            metrics.jsonl) and go on.
+        max_nonfinite_skips: Most batches skipped in a row; one more non-finite step stops.
+        max_params: Parameter budget: a structural change that would exceed it is refused
+            (logged in stats.jsonl) and training goes on; None: no budget.
+        max_heads_per_layer: Head budget of each layer, enforced the same way; None: none.
+        task_options: Task-specific options.
+        policy_options: Policy-specific options.
+        model: Initial model shape.
+    """
+
+    task: str = "sst2"
+    policy: str = "static"
+    seed: int = 0
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 200
+    decay_steps: int | None = None
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 500
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 50
+    max_len: int = 128
+    vocab_size: int = 8000
+    data_dir: str | None = None
+    data_file: str | None = None
+    labels_file: str | None = None
+    device: str = "auto"
+    precision: str = "fp32"
+    compile: bool = False
+    tensorboard: bool = False
+    on_nonfinite: str = "stop"
+    max_nonfinite_skips: int = 10
+    max_params: int | None = None
+    max_heads_per_layer: int | None = None
+    task_options: dict[str, Any] = field(default_factory=dict)
+    policy_options: dict[str, Any] = field(default_factory=dict)
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def __post_init__(self) -> None:
+        for name in (
+            "steps",
+            "batch_size",
+            "eval_every",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "log_every",
+            "max_len",
+            "vocab_size",
+            "max_nonfinite_skips",
+        ):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("max_params", "max_heads_per_layer"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive or null, got {getattr(self, name)}")
+        if self.on_nonfinite not in ON_NONFINITE:
+            raise ConfigError(
+                f"on_nonfinite must be one of {', '.join(ON_NONFINITE)}, got {self.on_nonfinite!r}"
+            )
+        for name in ("warmup_steps", "weight_decay", "grad_clip", "seed"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.decay_steps is not None and self.decay_steps <= 0:
+            raise ConfigError(f"decay_steps must be positive, got {self.decay_steps}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> TrainConfig:
+        """Build from a (possibly partial) dict, naming the first bad key."""
+        return _dataclass_from_dict(cls, d, "config")
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """The keys a JSON configuration file sets, validated against :class:`TrainConfig`."""
+    p = Path(path)
+    d = read_json(p, "config file")
+    try:
+        TrainConfig.from_dict(d)
+    except ConfigError as e:
+        raise ConfigError(f"{p}: {e}") from None
+    return d
+
+
+def check_resumable(saved: dict[str, Any], cfg: TrainConfig) -> None:
+    # Through TrainConfig, so that a field added since the checkpoint reads as its default.
+    saved = TrainConfig.from_dict(saved).to_dict()
+    current = cfg.to_dict()
+    for key in sorted(set(saved) | set(current)):
+        if key not in RESUMABLE_CHANGES and saved.get(key) != current.get(key):
+            raise ConfigError(
+                f"cannot resume: {key} is {current.get(key)!r} but the checkpoint was trained "
+                f"with {saved.get(key)!r}"
+            )
+
+
+def _dataclass_from_dict(cls: type, d: Any, where: str) -> Any:
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where} must be a JSON object, got {type(d).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(d.keys() - known)
+    if unknown:
+        raise ConfigError(
+            f"{where} has unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+        )
+    values = {}
+    for key, value in d.items():
+        hint = hints[key]
+        if hint is ModelConfig:
+            values[key] = _dataclass_from_dict(ModelConfig, value, f"{where}.{key}")
+        else:
+            values[key] = _check_type(value, hint, f"{where}.{key}")
+    return cls(**values)
+
+
+def _check_type(value: Any, hint: Any, where: str) -> Any:
+    """Accept ``value`` if it fits the simple type ``hint`` (ints are accepted as floats)."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    for option in options:
+        base = typing.get_origin(option) or option
+        if option is type(None) and value is None:
+            return value
+        if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not abs(value) <= sys.float_info.max:  # NaN, infinities, ints float() refuses
+                raise ConfigError(f"{where} must be a finite number, got {value!r}")
+            return float(value)
+        if base is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if base in (bool, str, dict, list) and isinstance(value, base):
+            return value
+    raise ConfigError(f"{where} has the wrong type: {value!r}")

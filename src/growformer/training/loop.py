@@ -1,0 +1,458 @@
+"""The training loop: batches -> model -> statistics -> policy -> events -> surgery, logged.
+
+:class:`Trainer` runs one run and delegates: its configuration to
+:mod:`growformer.training.config`, its parts to :mod:`growformer.training.setup`, the
+structural step to :class:`growformer.structure.StructuralStep`, evaluation to
+:mod:`growformer.evaluation`, its logs to :class:`growformer.training.rundir.RunLogs` and
+checkpoints to :mod:`growformer.checkpoint`. A resumed run continues exactly where its
+last checkpoint stopped: same batches, same random numbers, same optimizer state, same
+logs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import gc
+import itertools
+import math
+import random
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from growformer import checkpoint, statistics
+from growformer.arch import Architecture
+from growformer.data import BatchStream, eval_batches
+from growformer.distributed import DistributedError, Ranks
+from growformer.errors import CheckpointError, ConfigError, DivergenceError
+from growformer.evaluation import evaluate
+from growformer.flops import train_step_flops, without_loops
+from growformer.model import ATTN_INITS, build_model
+from growformer.policies import Policy, make_policy
+from growformer.structure import Budget, StructuralStep, layer_statistics, probe_loss
+from growformer.training.config import TrainConfig, check_resumable
+from growformer.training.rundir import RunLogs
+from growformer.training.runtime import (
+    TrainingStopped,
+    keep_freed_memory,
+    resolve_device,
+    stop_requests,
+)
+from growformer.training.setup import build_arch, lr_at, make_optimizer, task_data
+
+
+def train(
+    cfg: TrainConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    policy: Policy | None = None,
+) -> dict[str, Any]:
+    """Train according to ``cfg``, writing logs, checkpoints and ``summary.json`` to ``out``.
+
+    Args:
+        cfg: The run's configuration.
+        out: Run directory.
+        resume: Continue from the newest checkpoint in ``out`` (its configuration must
+            match ``cfg`` except for the settings in
+            :data:`growformer.training.config.RESUMABLE_CHANGES`).
+        progress: Show a progress bar on standard error.
+        policy: A structure policy to train with instead of the one ``cfg.policy`` names
+            (e.g. an instance of your own :class:`Policy` subclass); ``cfg.policy`` then
+            records its ``name``. Pass an equal one again to resume.
+
+    Returns:
+        The summary written to ``out/summary.json``.
+    """
+    return Trainer(cfg, out, resume=resume, policy=policy).run(progress=progress)
+
+
+class Trainer:
+    """One run: its data, model, optimizer, policy, logs and counters.
+
+    Args:
+        cfg: The run's configuration.
+        out: Run directory.
+        resume: Continue from the newest checkpoint in ``out``.
+        policy: A policy instance instead of the one ``cfg.policy`` names (see :func:`train`).
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        out: str | Path,
+        *,
+        resume: bool = False,
+        policy: Policy | None = None,
+    ) -> None:
+        if policy is not None:
+            cfg = replace(cfg, policy=policy.name)
+        self.cfg, self.out = cfg, Path(out)
+        ckpt = checkpoint.load(self.out) if resume else None
+        if ckpt is not None:
+            check_resumable(ckpt.config, cfg)
+        elif (self.out / "checkpoints").exists():
+            raise ConfigError(
+                f"{self.out} already holds a run; pass --resume to continue it, or another --out"
+            )
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.ranks = Ranks.from_env()
+        if cfg.batch_size % self.ranks.world:
+            raise ConfigError(
+                f"batch_size {cfg.batch_size} (the global batch) does not split evenly over "
+                f"{self.ranks.world} ranks"
+            )
+        self.device = self.ranks.device(resolve_device(cfg.device))
+        if self.device.type == "cpu":
+            keep_freed_memory()
+        self.ranks.start(self.device)
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+
+        self.data = task_data(cfg, ckpt)
+        self.tokenizer_json = self.data.tokenizer.to_json()
+        self.policy = policy or make_policy(cfg.policy, cfg.policy_options)
+        budget = Budget(cfg.max_params, cfg.max_heads_per_layer)
+        self.structure = StructuralStep(self.policy, budget)
+        if ckpt is not None:
+            self.model = ckpt.model
+        else:
+            arch = self.policy.initial_arch(build_arch(cfg, self.data))
+            attn_init = cfg.model.attn_init or self.policy.attn_init
+            if attn_init not in ATTN_INITS:
+                raise ConfigError(f"model.attn_init must be one of {ATTN_INITS}, got {attn_init!r}")
+            self.model = build_model(arch, attn_init)
+            budget.check_initial(self.model.arch)
+        self.model.to(self.device).train()
+        # What the training step calls: the model, or a data-parallel wrapper around it,
+        # and its compiled form (built at the first step that uses it).
+        self.trained = self.ranks.wrap(self.model)
+        self.compiled: torch.nn.Module | None = None
+        self.optimizer = make_optimizer(self.model, cfg)
+        self.state: dict[str, Any] = {
+            "step": 0,
+            "train_flops": 0,
+            # The same steps without any loops: the baseline of flops_overhead_pct.
+            "train_flops_no_loops": 0,
+            "wall_s": 0.0,
+            "events": 0,
+            "metrics": 0,
+            "loss_sum": 0.0,
+            "loss_n": 0,
+            "stats": 0,
+            # Non-finite steps skipped in a row (on_nonfinite="skip").
+            "nonfinite_skips": 0,
+        }
+        if ckpt is not None:
+            self._restore(ckpt)
+        self.logs = RunLogs(self.out, self.state, self.ranks.main)
+        self.stream = BatchStream(self.data.train, cfg.batch_size, cfg.seed, self.pad_id)
+        if ckpt is None:
+            self.structure.calibrate(self.model, map(self.stream.batch, itertools.count()))
+        self.arch = self.model.arch
+        self.metrics: dict[str, float] = {}
+        self._started = time.perf_counter()
+        self._wall_before = self.state["wall_s"]
+
+    @property
+    def pad_id(self) -> int:
+        return self.data.tokenizer.pad_id
+
+    def _restore(self, ckpt: checkpoint.Checkpoint) -> None:
+        """Continue from ``ckpt``: optimizer, counters, policy and random states, each
+        checked, so that a damaged ``trainer_state.json`` is named rather than crashing
+        the run later."""
+        ckpt.load_optimizer(self.optimizer)
+        saved = dict(ckpt.trainer_state)
+        where = ckpt.path / "trainer_state.json"
+        # Checkpoints from before the baseline was kept start it at train_flops (exact for
+        # runs without loops).
+        saved.setdefault("train_flops_no_loops", saved.get("train_flops"))
+        saved.setdefault("nonfinite_skips", 0)
+        for key, fresh in self.state.items():
+            value = saved.get(key)
+            kinds = (int, float) if isinstance(fresh, float) else (int,)
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                raise CheckpointError(f"{where}: '{key}' must be a number, got {value!r:.60}")
+            if not (math.isfinite(value) and value >= 0):
+                raise CheckpointError(f"{where}: '{key}' must be finite and >= 0, got {value}")
+            self.state[key] = type(fresh)(value)
+        try:
+            self.policy.load_state_dict(saved["policy"])
+            random.setstate(_tuple_state(saved["python_rng"]))
+        except (
+            KeyError,
+            TypeError,
+            ValueError,
+            OverflowError,
+            IndexError,
+            AttributeError,
+            RecursionError,
+        ) as e:
+            reason = str(e).splitlines()[0] if str(e) else ""
+            raise CheckpointError(
+                f"{where}: the policy or random state cannot be restored "
+                f"({type(e).__name__}: {reason:.100})"
+            ) from None
+        ckpt.restore_rng()
+
+    def run(self, progress: bool = True) -> dict[str, Any]:
+        """Train to ``cfg.steps``; return the summary (also written to summary.json)."""
+        cfg = self.cfg
+        bar = tqdm(
+            total=cfg.steps,
+            initial=self.state["step"],
+            desc=f"{cfg.task}/{cfg.policy}",
+            disable=not progress or not self.ranks.main,
+            file=sys.stderr,
+            mininterval=0.5 if sys.stderr.isatty() else 30.0,
+            dynamic_ncols=True,
+        )
+        board = self.logs.tensorboard(
+            cfg.tensorboard, self.state["step"], self.arch, self.model.num_params()
+        )
+        with bar, stop_requests() as stop, self._data_parallel(), board:
+            while self.state["step"] < cfg.steps:
+                lr = self.train_step()
+                step = self.state["step"]
+                # A signal reaches the ranks at different steps: they stop together.
+                stopping = self.ranks.any(bool(stop))
+                # Skipped batches leave no loss to log (the same on every rank).
+                logging = step % cfg.log_every == 0 or step == cfg.steps
+                if logging and self.state["loss_n"]:
+                    train_loss = self._log_train_loss(lr)
+                    bar.set_postfix(
+                        loss=f"{train_loss:.3f}", heads=_heads(self.arch), refresh=False
+                    )
+                if step % cfg.eval_every == 0 or step == cfg.steps:
+                    self.evaluate()
+                if step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping:
+                    self.save()
+                bar.update(1)
+                if stopping:
+                    raise TrainingStopped(step, self.out)
+        if not self.metrics:
+            self.evaluate(log=False)
+        summary = self.summary()
+        if self.policy.heldout_batches:
+            val = eval_batches(self.data.val, cfg.batch_size, self.pad_id)
+            heldout = layer_statistics(
+                self.model, itertools.islice(val, self.policy.heldout_batches)
+            )
+            summary.update(self.policy.report(heldout))
+        self.logs.finish(summary)
+        return summary
+
+    @contextlib.contextmanager
+    def _data_parallel(self) -> Iterator[None]:
+        """Around the training loop: a collective that failed (another rank died or hung)
+        becomes one clear error; the process group is left at the end (the loop is the
+        last part of a run that talks to the other ranks)."""
+        try:
+            yield
+        except RuntimeError as e:
+            # Gloo reports a dead peer inside DDP's backward as a plain RuntimeError.
+            lost = isinstance(e, dist.DistError) or any(
+                word in str(e) for word in ("gloo", "NCCL", "Connection reset", "closed by peer")
+            )
+            if not (self.ranks.active and lost):
+                raise
+            raise DistributedError(
+                f"rank {self.ranks.rank} lost contact with the other ranks at step "
+                f"{self.state['step']} ({str(e).splitlines()[0]}); the last checkpoint in "
+                f"{self.out} is intact: resume with --resume"
+            ) from None
+        finally:
+            # DDP goes first, collected now (it holds reference cycles). Freed after the
+            # group is destroyed, its reducer would hold the group's last reference and
+            # destroy it with the GIL held, joining gloo threads that may need the GIL to
+            # free a finished collective's tensors: a deadlock at the end of CPU torchrun
+            # runs (3 of 3 trials of 300 teardowns under load; none in 900 in this order),
+            # or an abort when that happens at interpreter exit.
+            self.trained, self.compiled = self.model, None
+            gc.collect()
+            self.ranks.stop()
+
+    def train_step(self) -> float:
+        """One optimizer step, then the structural events; returns the step's lr.
+
+        Events come from two places, in this order: fades that are over (the schedule a
+        ``set_loops`` event started, see :func:`surgery.advance`), then the policy.
+        """
+        full = {k: v.to(self.device) for k, v in self.stream.batch(self.state["step"]).items()}
+        batch = self.ranks.shard(full)
+        lr = lr_at(self.state["step"], self.cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        needs = self.structure.needs(self.state["step"])
+        autocast = torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"
+        )
+        with (
+            statistics.capture(self.model, batch.get("attention_mask"), needs) as captured,
+            autocast,
+        ):
+            loss = self._step_module(needs)(**batch).loss
+        loss.backward()
+        # An infinite limit measures the norm and scales by exactly 1.0: nothing clipped.
+        limit = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), limit)
+        # Before the optimizer step, which would carry the non-finite values into the
+        # weights; decided on all ranks together (a loss may be non-finite on one only).
+        finite = not self.ranks.any(not torch.isfinite(loss.detach() + grad_norm).item())
+        if finite:
+            self.optimizer.step()
+            self.state["nonfinite_skips"] = 0
+        else:
+            self._nonfinite(loss.item(), grad_norm.item())
+        self.optimizer.zero_grad(set_to_none=True)
+        shape = full["input_ids"].shape
+        self.state["train_flops"] += train_step_flops(self.arch, *shape)
+        self.state["train_flops_no_loops"] += train_step_flops(without_loops(self.arch), *shape)
+        self.state["step"] += 1
+        step = self.state["step"]
+        stats: dict[str, Any] = {}
+        probe = functools.partial(probe_loss, self.model, full)
+        if finite:
+            self.state["loss_sum"] += loss.item()
+            self.state["loss_n"] += 1
+            captured.reduce(self.ranks.sum_)
+            stats = captured.results(self.model, probe)
+        done = self.structure.after_step(self.model, self.optimizer, step, stats, probe)
+        for refusal in done.refusals:
+            self.logs.refusal(refusal)
+        if done.events:
+            self.arch = self.model.arch
+            self.logs.events(step, done.events, self.arch, self.model.num_params())
+            self.ranks.check_same_structure(self.model)
+            self.trained = self.ranks.wrap(self.model)
+            if self.compiled is not None:
+                # The old graphs are of a structure that is gone: drop them rather than
+                # let guards pile up towards the recompilation limit.
+                torch._dynamo.reset()
+                self.compiled = None
+        for record in done.stats:
+            self.logs.stats(record)
+        return lr
+
+    def _nonfinite(self, loss: float, grad_norm: float) -> None:
+        """Skip the batch of a step whose loss or gradient norm is not finite (logged in
+        metrics.jsonl), or stop with :class:`DivergenceError` when ``cfg.on_nonfinite`` is
+        ``"stop"`` or ``cfg.max_nonfinite_skips`` batches in a row were skipped."""
+        step = self.state["step"] + 1
+        what = f"non-finite loss {loss} or gradient norm {grad_norm} at step {step}"
+        self.state["nonfinite_skips"] += 1
+        skips = self.state["nonfinite_skips"]
+        if self.cfg.on_nonfinite == "skip" and skips <= self.cfg.max_nonfinite_skips:
+            self.logs.skipped(step, what)
+            return
+        after = f" after {skips - 1} skipped in a row" if skips > 1 else ""
+        raise DivergenceError(
+            f"{what}{after}; stopped before the optimizer step, the last checkpoint in "
+            f"{self.out} is intact (lower lr, or set on_nonfinite to skip, and --resume)"
+        )
+
+    def _step_module(self, needs: frozenset[str]) -> torch.nn.Module:
+        """What computes this step's loss: the compiled module when ``cfg.compile`` and the
+        step takes no statistics (their hooks would break the graph), else the eager one."""
+        if not self.cfg.compile or needs:
+            return self.trained
+        if self.compiled is None:
+            self.compiled = torch.compile(self.trained)
+        return self.compiled
+
+    def evaluate(self, log: bool = True) -> dict[str, float]:
+        """Validation metrics: val_loss, then val_accuracy and val_macro_f1, or val_ppl."""
+        result = evaluate(
+            self.model,
+            self.data.val,
+            batch_size=self.cfg.batch_size,
+            pad_id=self.pad_id,
+            ranks=self.ranks,
+        )
+        self.metrics = {f"val_{k}": v for k, v in result.items() if k not in ("n", "tokens")}
+        if log:
+            self.logs.evaluation(self.state["step"], self.metrics)
+        return self.metrics
+
+    def save(self) -> Path | None:
+        """Checkpoint everything a resumed run needs (rank 0 writes; None on the others)."""
+        self.state["wall_s"] = self._wall()
+        if not self.ranks.main:
+            return None
+        return checkpoint.save(
+            self.out,
+            step=self.state["step"],
+            model=self.model,
+            optimizer=self.optimizer,
+            config=self.cfg.to_dict(),
+            tokenizer_json=self.tokenizer_json,
+            task={
+                "name": self.data.name,
+                "kind": self.data.kind,
+                "label_names": self.data.label_names,
+                "max_len": self.data.max_len,
+                "info": self.data.info,
+            },
+            trainer_state={
+                **self.state,
+                "policy": self.policy.state_dict(),
+                "python_rng": random.getstate(),
+            },
+            keep=self.cfg.keep_checkpoints,
+        )
+
+    def summary(self) -> dict[str, Any]:
+        cfg, data = self.cfg, self.data
+        flops, base = self.state["train_flops"], self.state["train_flops_no_loops"]
+        return {
+            "task": cfg.task,
+            "policy": cfg.policy,
+            "seed": cfg.seed,
+            "steps": self.state["step"],
+            "architecture": self.arch.to_dict(),
+            "params": self.model.num_params(),
+            "metrics": self.metrics,
+            "events": self.logs.read_events(),
+            "train_flops": self.state["train_flops"],
+            "flops_overhead_pct": 100 * (flops / base - 1) if base else 0.0,
+            "loop_structure": [
+                {
+                    "loops": layer.loops,
+                    "looped_heads": list(layer.looped_heads),
+                    "block_loops": layer.block_loops,
+                }
+                for layer in self.arch.layers
+            ],
+            "wall_s": round(self._wall(), 3),
+            "device": str(self.device),
+            "data": {"train": len(data.train), "val": len(data.val), "vocab_size": data.vocab_size},
+        }
+
+    def _log_train_loss(self, lr: float) -> float:
+        train_loss = self.ranks.mean(self.state["loss_sum"] / self.state["loss_n"])
+        step, params = self.state["step"], self.model.num_params()
+        self.logs.train(step, train_loss, lr, self.arch, params)
+        self.state["loss_sum"], self.state["loss_n"] = 0.0, 0
+        return train_loss
+
+    def _wall(self) -> float:
+        return self._wall_before + time.perf_counter() - self._started
+
+
+def _heads(arch: Architecture) -> str:
+    return "/".join(str(layer.heads) for layer in arch.layers)
+
+
+def _tuple_state(state: Any) -> Any:
+    """JSON turns Python's RNG state tuples into lists; turn them back."""
+    return tuple(_tuple_state(s) for s in state) if isinstance(state, list) else state

@@ -1,0 +1,82 @@
+"""The parts a run is built from: its data, initial architecture, optimizer and
+learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from growformer import checkpoint
+from growformer.arch import Architecture, layer_from_dict
+from growformer.data import TaskData, load_task
+from growformer.errors import ArchitectureError, ConfigError, DataError
+from growformer.model import ElasticModel
+from growformer.training.config import TrainConfig
+
+
+def build_arch(cfg: TrainConfig, data: TaskData) -> Architecture:
+    """The initial architecture for ``cfg`` on ``data``."""
+    m = cfg.model
+    specs = (
+        m.layers or [{"heads": m.heads, "head_dim": m.head_dim, "ffn_dim": m.ffn_dim}] * m.n_layers
+    )
+    try:
+        layers = tuple(layer_from_dict(i, s) for i, s in enumerate(specs))
+        return Architecture(
+            kind="classifier" if data.kind == "classification" else "causal_lm",
+            d_model=m.d_model,
+            vocab_size=data.vocab_size,
+            max_len=data.max_len,
+            layers=layers,
+            num_labels=data.num_labels,
+            dropout=m.dropout,
+            embed_rank=m.embed_rank,
+        )
+    except (TypeError, ArchitectureError) as e:
+        raise ConfigError(f"invalid model configuration: {e}") from None
+
+
+def make_optimizer(model: ElasticModel, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only; parameter order follows the model."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to ``lr``, then cosine decay to ``lr * min_lr_ratio`` at ``steps``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(1, (cfg.decay_steps or cfg.steps) - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
+
+
+@torch.no_grad()
+def task_data(cfg: TrainConfig, ckpt: checkpoint.Checkpoint | None = None) -> TaskData:
+    """The task ``cfg`` trains on; with ``ckpt``, checked to be the data it was trained on.
+
+    Raises:
+        DataError: The data (hence the tokenizer trained on them) differ from ``ckpt``'s.
+    """
+    data = load_task(
+        cfg.task,
+        data_dir=cfg.data_dir,
+        data_file=cfg.data_file,
+        labels_file=cfg.labels_file,
+        seed=cfg.seed,
+        max_len=cfg.max_len,
+        vocab_size=cfg.vocab_size,
+        options=cfg.task_options,
+    )
+    if ckpt is not None and ckpt.tokenizer_json != data.tokenizer.to_json():
+        raise DataError(
+            f"the task's data differ from those the checkpoint {ckpt.path} was trained on"
+        )
+    return data
