@@ -1,0 +1,26 @@
+"""What a run did, for people: an HTML report after training, TensorBoard while it trains.
+
+:func:`write_report` reads a run directory (``summary.json``, and where present
+``events.jsonl``, ``metrics.jsonl`` and ``stats.jsonl``) and writes ``RUN/report/index.html``
+with its figures beside it as PNG files. The page is self-contained (the figures are
+embedded as data URIs, the style is inline): it can be mailed or archived on its own. A
+figure whose data the run lacks (a static run has no INCRT statistics) is replaced by a
+line saying so. The trainer writes the report at the end of every run; ``growformer report
+RUN`` writes it again.
+
+:class:`TensorBoardLog` writes the same statistics to ``RUN/tensorboard`` as training goes
+(``TrainConfig.tensorboard``).
+
+Modules: :mod:`~growformer.report.logs` (the run's files, parsed),
+:mod:`~growformer.report.page` (the page and the order of its figures),
+:mod:`~growformer.report.figures` (training and structure),
+:mod:`~growformer.report.policy_figures` (INCRT and SGT statistics),
+:mod:`~growformer.report.plotting` (what the figures share),
+:mod:`~growformer.report.tensorboard`.
+"""
+
+from growformer.report.logs import RunLogs, read_run
+from growformer.report.page import write_report
+from growformer.report.tensorboard import TensorBoardLog
+
+__all__ = ["RunLogs", "TensorBoardLog", "read_run", "write_report"]
