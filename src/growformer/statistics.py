@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from growformer.model import Block, ElasticModel
+from growformer.model import Block, ElasticModel, split_heads
 
 MOMENTS = "moments"
 ENTROPY = "entropy"
@@ -261,8 +261,8 @@ def keys_per_head(wk: Tensor, heads: int, head_dim: int) -> Tensor:
     Returns:
         (heads, head_dim, d_model) key weights.
     """
-    kv_heads = wk.shape[0] // head_dim
-    wk = wk.view(kv_heads, head_dim, wk.shape[1])
+    wk = split_heads(wk, head_dim)
+    kv_heads = wk.shape[0]
     return wk if kv_heads == heads else wk.repeat_interleave(heads // kv_heads, 0)
 
 

@@ -1,6 +1,6 @@
 """Elastic transformer modules: attention, blocks, backbone and task heads."""
 
-from growformer.model.attention import ElasticAttention, KVCache, head_rows
+from growformer.model.attention import ElasticAttention, KVCache, head_rows, split_heads
 from growformer.model.block import MLP, Block
 from growformer.model.transformer import (
     ATTN_INITS,
@@ -27,4 +27,5 @@ __all__ = [
     "ModelOutput",
     "build_model",
     "head_rows",
+    "split_heads",
 ]

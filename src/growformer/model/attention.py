@@ -226,8 +226,29 @@ class KVCache:
         self.length += positions
 
 
+def split_heads(weight: Tensor, head_dim: int, dim: int = 0) -> Tensor:
+    """A view of an attention projection weight with one index per head.
+
+    Head ``h`` owns rows ``h * head_dim`` to ``(h + 1) * head_dim - 1`` of the query, key
+    and value projections and the same columns of the output projection; this is the one
+    statement of that layout (:func:`head_rows` is built on it).
+
+    Args:
+        weight: A (heads * head_dim, d_model) query, key or value weight (``dim=0``), or
+            the (d_model, heads * head_dim) output weight (``dim=1``).
+        head_dim: Width of each head.
+        dim: The axis that runs over the heads' rows.
+
+    Returns:
+        ``weight`` with ``dim`` split into (heads, head_dim): (heads, head_dim, d_model) or
+        (d_model, heads, head_dim). A view: writing to it writes to ``weight``.
+    """
+    return weight.unflatten(dim, (-1, head_dim))
+
+
 def head_rows(heads: list[int] | tuple[int, ...], head_dim: int) -> Tensor:
     """Row indices of the given heads in a (heads * head_dim, d_model) projection."""
     if not heads:
         return torch.empty(0, dtype=torch.long)
-    return torch.cat([torch.arange(h * head_dim, (h + 1) * head_dim) for h in heads])
+    rows = split_heads(torch.arange((max(heads) + 1) * head_dim), head_dim)
+    return rows[list(heads)].flatten()

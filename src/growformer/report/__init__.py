@@ -19,8 +19,8 @@ Modules: :mod:`~growformer.report.logs` (the run's files, parsed),
 :mod:`~growformer.report.tensorboard`.
 """
 
-from growformer.report.logs import RunLogs, read_run
+from growformer.report.logs import RunRecords, read_run
 from growformer.report.page import write_report
 from growformer.report.tensorboard import TensorBoardLog
 
-__all__ = ["RunLogs", "TensorBoardLog", "read_run", "write_report"]
+__all__ = ["RunRecords", "TensorBoardLog", "read_run", "write_report"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from growformer.report.logs import RunLogs
+from growformer.report.logs import RunRecords
 from growformer.report.plotting import (
     BLOCK_COLOR,
     HEAD_COLOR,
@@ -19,7 +19,7 @@ from growformer.report.plotting import (
 )
 
 
-def curves_figure(run: RunLogs, mpl: Any) -> Any:
+def curves_figure(run: RunRecords, mpl: Any) -> Any:
     """Training and validation loss, and validation accuracy or perplexity, over the
     steps; structural events marked."""
     train = [r for r in run.metrics if "train_loss" in r]
@@ -49,7 +49,7 @@ def curves_figure(run: RunLogs, mpl: Any) -> Any:
     return fig
 
 
-def heads_figure(run: RunLogs, mpl: Any) -> Any:
+def heads_figure(run: RunRecords, mpl: Any) -> Any:
     """Each layer's head count over the steps."""
     changes = [e for e in run.events if e["op"] in ("add_head", "remove_head")]
     if not changes:
@@ -106,7 +106,7 @@ def _head_history(
     return history
 
 
-def architecture_figure(run: RunLogs, mpl: Any) -> Any:
+def architecture_figure(run: RunRecords, mpl: Any) -> Any:
     """The final architecture: every layer's heads, the looped ones marked."""
     arch = run.summary["architecture"]
     layers = run.layers
@@ -162,7 +162,7 @@ def _layer_caption(layer: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
-def loops_figure(run: RunLogs, mpl: Any) -> Any:
+def loops_figure(run: RunRecords, mpl: Any) -> Any:
     """Which layers loop, over which heads, from which step (head and block loops)."""
     segments = _loop_segments(run)
     if not any(segments):
@@ -201,7 +201,7 @@ class _Segment:
     fade_end: int | None = None
 
 
-def _loop_segments(run: RunLogs) -> list[list[_Segment]]:
+def _loop_segments(run: RunRecords) -> list[list[_Segment]]:
     """Per layer, the spans of steps with loops, from the ``set_loops`` events; a layer
     with loops but no such event (loops configured, block loops) loops from step 0."""
     segments: list[list[_Segment]] = [[] for _ in run.layers]

@@ -12,7 +12,7 @@ from growformer.errors import ConfigError, read_json
 
 
 @dataclass
-class RunLogs:
+class RunRecords:
     """The files of a run directory, parsed.
 
     Args:
@@ -41,7 +41,7 @@ class RunLogs:
         return int(self.summary.get("steps", 0))
 
 
-def read_run(run_dir: str | Path) -> RunLogs:
+def read_run(run_dir: str | Path) -> RunRecords:
     """Parse a finished run directory.
 
     Args:
@@ -73,7 +73,7 @@ def read_run(run_dir: str | Path) -> RunLogs:
         raise ConfigError(f"{summary_file} has no architecture: not a growformer run summary")
     events = _read_jsonl(path / "events.jsonl")
     stats = _read_jsonl(path / "stats.jsonl")
-    return RunLogs(
+    return RunRecords(
         path=path,
         summary=summary,
         events=events if (path / "events.jsonl").exists() else summary.get("events", []),

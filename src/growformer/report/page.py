@@ -19,7 +19,7 @@ from growformer.report.figures import (
     heads_figure,
     loops_figure,
 )
-from growformer.report.logs import RunLogs, read_run, reason
+from growformer.report.logs import RunRecords, read_run, reason
 from growformer.report.plotting import load_matplotlib
 from growformer.report.policy_figures import (
     energies_figure,
@@ -31,7 +31,7 @@ from growformer.report.policy_figures import (
 _DPI = 100
 
 # Name of the PNG, section title, drawing function; in page order.
-FIGURES: list[tuple[str, str, Callable[[RunLogs, Any], Any]]] = [
+FIGURES: list[tuple[str, str, Callable[[RunRecords, Any], Any]]] = [
     ("curves", "Learning curves", curves_figure),
     ("heads", "Heads per layer", heads_figure),
     ("architecture", "Final architecture", architecture_figure),
@@ -114,7 +114,7 @@ img { max-width: 100%; height: auto; }
 """
 
 
-def _page(run: RunLogs, sections: list[str]) -> str:
+def _page(run: RunRecords, sections: list[str]) -> str:
     s = run.summary
     title = f"{s.get('task', '?')} / {s.get('policy', '?')} (seed {s.get('seed', '?')})"
     return "\n".join(
@@ -138,7 +138,7 @@ def _section(title: str, body: str) -> str:
     return f"<section><h2>{html.escape(title)}</h2>\n{body}\n</section>"
 
 
-def _summary_table(run: RunLogs) -> str:
+def _summary_table(run: RunRecords) -> str:
     s = run.summary
     arch = s["architecture"]
     ops = Counter(e["op"] for e in run.events)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from growformer.report.logs import RunLogs
+from growformer.report.logs import RunRecords
 from growformer.report.plotting import (
     BLOCK_COLOR,
     HEAD_COLOR,
@@ -19,7 +19,7 @@ from growformer.report.plotting import (
 )
 
 
-def prediction_figure(run: RunLogs, mpl: Any) -> Any:
+def prediction_figure(run: RunRecords, mpl: Any) -> Any:
     """Heads per layer: observed, INCRT's forecast, certified and null intervals, K*."""
     certified = run.summary.get("certified_interval")
     if not certified:
@@ -63,7 +63,7 @@ def prediction_figure(run: RunLogs, mpl: Any) -> Any:
     return fig
 
 
-def incrt_figure(run: RunLogs, mpl: Any) -> Any:
+def incrt_figure(run: RunRecords, mpl: Any) -> Any:
     """Per layer, the INCRT certificate's quantities and thresholds over the steps."""
     if not run.incrt:
         return "No INCRT statistics in this run (its policy does not grow heads)."
@@ -101,7 +101,7 @@ def incrt_figure(run: RunLogs, mpl: Any) -> Any:
     return fig
 
 
-def energies_figure(run: RunLogs, mpl: Any) -> Any:
+def energies_figure(run: RunRecords, mpl: Any) -> Any:
     """Per layer, every head's INCRT energy against the pruning threshold."""
     if not run.incrt:
         return "No head energies (they are INCRT statistics)."
@@ -139,7 +139,7 @@ def energies_figure(run: RunLogs, mpl: Any) -> Any:
     return fig
 
 
-def sgt_figure(run: RunLogs, mpl: Any) -> Any:
+def sgt_figure(run: RunRecords, mpl: Any) -> Any:
     """SGT's layer scores at each decision, the layer it looped or deepened marked."""
     if not run.sgt:
         return "No SGT decisions in this run."
