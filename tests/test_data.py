@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import growformer.data.tasks
+import growformer.data.tasks.proteins
 from growformer.data import (
     BatchStream,
     ClassificationData,
@@ -129,7 +129,7 @@ def test_collate_pads_to_longest_in_batch(sst2):
 
 
 def test_tokenizer_specials_and_truncation():
-    code = inspect.getsource(growformer.data.tasks)
+    code = inspect.getsource(growformer.data.tasks.proteins)
     tok = Tokenizer.train([code], 400)
     assert (tok.pad_id, tok.cls_id, tok.eos_id) == (0, 1, 2)
     full = tok.encode(["def f(x):\n    return x"], add_cls=True, max_len=None)[0]
@@ -239,8 +239,8 @@ def test_lm_labels_are_inputs_shifted(lm):
 
 def test_lm_from_directory(tmp_path):
     for i in range(12):
-        write(tmp_path / f"mod{i}.py", inspect.getsource(growformer.data.tasks)[i * 900 :])
-    write(tmp_path / "notes.txt", inspect.getsource(growformer.data.tasks))
+        write(tmp_path / f"mod{i}.py", inspect.getsource(growformer.data.tasks.proteins)[i * 900 :])
+    write(tmp_path / "notes.txt", inspect.getsource(growformer.data.tasks.proteins))
     write(tmp_path / "ignored.md", "not part of the corpus")
     task = load_task(
         "lm", data_dir=tmp_path, max_len=32, vocab_size=400, options={"val_fraction": 0.3}

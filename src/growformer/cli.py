@@ -19,13 +19,11 @@ from growformer import allocation, checkpoint, export
 from growformer.allocation import STRATEGIES
 from growformer.arch import Architecture
 from growformer.data import (
-    SPIKE_TASKS,
+    TASKS,
     Tokenizer,
     encode_classification,
     encode_lm,
-    encode_spikes,
     eval_batches,
-    read_fasta_labels,
     read_labeled,
     read_text,
 )
@@ -276,8 +274,9 @@ def _eval_data(ckpt: checkpoint.Checkpoint, args: argparse.Namespace) -> Any:
     the validation split of the task the checkpoint was trained on."""
     if args.batch_size <= 0:
         raise ConfigError(f"--batch-size must be positive, got {args.batch_size}")
-    spikes = ckpt.task["name"] in SPIKE_TASKS
-    if args.labels is not None and not spikes:
+    spec = TASKS.get(ckpt.task["name"])  # None: a task this process has not registered
+    labelled = spec.evaluate if spec is not None else None
+    if args.labels is not None and labelled is None:
         raise ConfigError(
             f"--labels goes with FASTA data, but {args.checkpoint} was trained on task "
             f"{ckpt.task['name']!r}"
@@ -286,21 +285,10 @@ def _eval_data(ckpt: checkpoint.Checkpoint, args: argparse.Namespace) -> Any:
         return task_data(TrainConfig.from_dict(ckpt.config), ckpt).val
     tokenizer = Tokenizer.from_json(ckpt.tokenizer_json)
     max_len = ckpt.model.arch.max_len
-    if spikes:
+    if labelled is not None:
         if args.labels is None:
-            raise ConfigError(
-                f"{args.checkpoint} classifies spike sequences: pass --data FASTA --labels CSV"
-            )
-        records = read_fasta_labels(args.data, args.labels)
-        return encode_spikes(
-            tokenizer,
-            records.sequences,
-            records.labels,
-            ckpt.task["label_names"],
-            ckpt.task["info"],
-            max_len,
-            source=f"FASTA file {args.data}",
-        )
+            raise ConfigError(f"{args.checkpoint} {labelled.usage}")
+        return labelled.encode(tokenizer, ckpt.task, max_len, args.data, args.labels)
     if ckpt.model.arch.kind == "classifier":
         texts, labels = read_labeled(args.data)
         return encode_classification(

@@ -4,21 +4,26 @@ from growformer.data.datasets import BatchStream, ClassificationData, LMData, co
 from growformer.data.files import label_vocab, read_labeled, read_text
 from growformer.data.sarscov2 import read_fasta_labels
 from growformer.data.tasks import (
-    SPIKE_TASKS,
+    TASKS,
     TaskData,
+    TaskRequest,
+    TaskSpec,
     encode_classification,
     encode_lm,
     encode_spikes,
     load_task,
+    register_task,
 )
 from growformer.data.tokenizer import Tokenizer
 
 __all__ = [
-    "SPIKE_TASKS",
+    "TASKS",
     "BatchStream",
     "ClassificationData",
     "LMData",
     "TaskData",
+    "TaskRequest",
+    "TaskSpec",
     "Tokenizer",
     "collate",
     "encode_classification",
@@ -30,4 +35,5 @@ __all__ = [
     "read_fasta_labels",
     "read_labeled",
     "read_text",
+    "register_task",
 ]

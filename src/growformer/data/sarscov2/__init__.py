@@ -1,0 +1,98 @@
+"""SARS-CoV-2 spike proteins labelled by lineage: the pangoLEARN UShER tree and user FASTA files.
+
+The tree file (`lineageTree.pb`, an UShER mutation-annotated tree of the pangoLEARN
+designated sequences) stores each representative genome as the nucleotide substitutions on its
+path from the root. This package decodes it without a protobuf dependency, rebuilds every
+leaf's spike protein, labels leaves by Pango lineage or WHO variant, and provides what a task
+needs on top: a split that keeps identical sequences on one side, the variable sites, and a
+residue or k-mer tokenizer.
+
+Modules, each importing only those above it:
+
+- `genome`: reference coordinates, the genetic code, translation, the reference FASTA.
+- `protobuf`: the wire format, just enough of it to read the tree.
+- `lineages`: the Pango alias table, de-aliasing, WHO and top-lineage labels.
+- `tree`: decoding the tree into its samples' lineages and spike proteins.
+- `cache`: the on-disk cache of decoded trees.
+- `location`: where the tree, reference and alias table are.
+- `dataset`: the split by distinct sequence, the variable sites, the tokens and tokenizer.
+- `fasta`: a user's FASTA file and labels CSV.
+"""
+
+from growformer.data.sarscov2.cache import default_cache_dir, load_tree_leaves
+from growformer.data.sarscov2.dataset import (
+    SequenceSplit,
+    spike_tokenizer,
+    spike_tokens,
+    split_by_sequence,
+    variable_sites,
+)
+from growformer.data.sarscov2.fasta import LabeledSequences, read_fasta_labels
+from growformer.data.sarscov2.genome import (
+    AMINO_ACIDS,
+    GENOME_LENGTH,
+    PROTEIN_ALPHABET,
+    ROOT_MUTATIONS,
+    SPIKE_LENGTH,
+    SPIKE_START,
+    read_reference,
+    spike_nucleotides,
+    spike_of_genome,
+    translate,
+)
+from growformer.data.sarscov2.lineages import (
+    OTHER,
+    UNASSIGNED,
+    WHO_LABELS,
+    dealias,
+    read_aliases,
+    top_lineage_labels,
+    who_label,
+)
+from growformer.data.sarscov2.location import (
+    ALIAS_FILE,
+    DEBIAN_DATA_DIR,
+    REFERENCE_FILE,
+    TREE_FILE,
+    TreeFiles,
+    locate_files,
+)
+from growformer.data.sarscov2.tree import TreeLeaves, decode_tree, parse_newick
+
+__all__ = [
+    "ALIAS_FILE",
+    "AMINO_ACIDS",
+    "DEBIAN_DATA_DIR",
+    "GENOME_LENGTH",
+    "OTHER",
+    "PROTEIN_ALPHABET",
+    "REFERENCE_FILE",
+    "ROOT_MUTATIONS",
+    "SPIKE_LENGTH",
+    "SPIKE_START",
+    "TREE_FILE",
+    "UNASSIGNED",
+    "WHO_LABELS",
+    "LabeledSequences",
+    "SequenceSplit",
+    "TreeFiles",
+    "TreeLeaves",
+    "dealias",
+    "decode_tree",
+    "default_cache_dir",
+    "load_tree_leaves",
+    "locate_files",
+    "parse_newick",
+    "read_aliases",
+    "read_fasta_labels",
+    "read_reference",
+    "spike_nucleotides",
+    "spike_of_genome",
+    "spike_tokenizer",
+    "spike_tokens",
+    "split_by_sequence",
+    "top_lineage_labels",
+    "translate",
+    "variable_sites",
+    "who_label",
+]
