@@ -175,7 +175,10 @@ def test_a_weak_head_that_matters_is_kept_and_counts_as_minimal():
     assert p.needs(20) == frozenset({MOMENTS, CONTRIBUTION})
     assert p.decide(20, _stats([0.05, 0.0]), [torch.tensor([0.5, 0.2])]) == []
     assert p.gates[0].needed == [False, True] and p.gates[0].minimal
-    assert [r["kept_head"] for r in p.drain_log() if "kept_head" in r] == [1]
+    log = p.drain_log()
+    assert [r["kept_head"] for r in log if "kept_head" in r] == [1]
+    # Every record has its step (TensorBoard files each record under it).
+    assert all(r["step"] <= 20 for r in log)
     assert p.converged_step == 20  # quiet since the start, sufficient, minimal by measure
 
 

@@ -574,7 +574,7 @@ def run_config(**changes):
 def _replayed_flops(trainer, initial, steps):
     """train_flops rebuilt from the event log: each step costs its structure at the time."""
     layers = list(initial.layers)
-    events = trainer.events_log.read()
+    events = trainer.logs.read_events()
     total = 0
     for t in range(steps):
         shape = trainer.stream.batch(t)["input_ids"].shape

@@ -31,7 +31,6 @@ from types import ModuleType
 import torch
 from torch import Tensor, nn
 
-import growformer
 from growformer.checkpoint import Checkpoint
 from growformer.data import ClassificationData, LMData, Tokenizer, collate
 from growformer.errors import ExportError, GrowformerError
@@ -40,6 +39,7 @@ from growformer.fsutil import atomic_write_bytes
 from growformer.model import ElasticModel
 from growformer.training.config import TrainConfig
 from growformer.training.setup import task_data
+from growformer.version import __version__
 
 INPUTS = {"classifier": ("input_ids", "attention_mask"), "causal_lm": ("input_ids",)}
 META_ARCHITECTURE = "growformer.architecture"
@@ -118,7 +118,7 @@ def export_onnx(
         onnxscript.optimizer.optimize(
             program.model, input_size_limit=limit, output_size_limit=limit
         )
-    meta = {META_ARCHITECTURE: json.dumps(arch.to_dict()), META_VERSION: growformer.__version__}
+    meta = {META_ARCHITECTURE: json.dumps(arch.to_dict()), META_VERSION: __version__}
     if label_names is not None:
         meta[META_LABEL_NAMES] = json.dumps(list(label_names))
     program.model.metadata_props.update(meta)

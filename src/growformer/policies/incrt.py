@@ -396,7 +396,7 @@ class IncrtPolicy(Policy):
                 key=reading.form[1] if reading.form else None,
                 reason=f"residual {reading.residual:.4g} > {reading.grow_at:.4g}",
             )
-        return self._prune(layer, gate, reading.weak, energies, measured)
+        return self._prune(step, layer, gate, reading.weak, energies, measured)
 
     def _window(self, gate: LayerGate, need: Demand | None) -> DemandWindow | None:
         """Add this check's unmet demand to the layer's evidence; the evidence of the last
@@ -421,6 +421,7 @@ class IncrtPolicy(Policy):
 
     def _prune(
         self,
+        step: int,
         layer: int,
         gate: LayerGate,
         weak: list[bool],
@@ -444,6 +445,7 @@ class IncrtPolicy(Policy):
                 gate.needed[h] = True
                 self._log.append(
                     {
+                        "step": step,
                         "kept_head": h,
                         "layer": layer,
                         "loss_change": measured[h],
