@@ -2,7 +2,7 @@
 
 One-layer classifiers on the synthetic retrieval task with the ``tuple`` label: the class
 is the ordered tuple of the symbols at k hidden positions, so every position must be read
-apart (the D-retrieval setting of ../shared/specs/allocation.md, D = k). Every model has
+apart (the allocation paper's D-retrieval experiment, D = k). Every model has
 the same budget heads x head_dim; the sweep splits it from one wide head to many narrow
 ones, for several k, and reports held-out accuracy (table + heat map), to show where
 accuracy breaks as heads < D.

@@ -1,6 +1,6 @@
 """INCRT's spectral quantities: directional operator, deflation, eigen-estimators, head counts.
 
-Notation (``../shared/specs/incrt.md``): for one layer, ``S = X^T X / n`` is the second
+Notation (INCRT's): for one layer, ``S = X^T X / n`` is the second
 moment of its input, ``M_a^h`` the antisymmetric part of head h's query-key form and
 ``M_a`` their sum. The directional operator is ``A = sym(S M_a)`` (trace 0), and with
 captured directions ``Q`` the residual operator is ``A_res = P A P``, ``P = I - Q Q^T``.

@@ -38,11 +38,13 @@ operator's intervals and forecast.
 
 ``gate: frozen`` with ``threshold_mode: calibrated``, ``refractory_steps: null``,
 ``refractory_from_start: false`` and ``model.attn_init: reference`` is the reference
-code's behaviour (see ``../shared/specs/incrt.md``). Its ``online`` estimator's default
-step (``online_lr`` 0.5 on the unit-radius operator) departs from the reference code's
-``1/(10 d)``: measured on SST-2 (``benchmarks/incrt_overhead.py``), the reference step
-is still ~94% off the exact ``lambda_max`` after 60 checks, while 0.5 agrees within
-0.01% from the first check at the same cost.
+code's behaviour (one frozen direction per head, thresholds calibrated on the untrained
+model, the refractory time from the spectral gap, N(0, 1/d) query-key init). Its
+``online`` estimator's default step (``online_lr`` 0.5 on the unit-radius operator)
+departs from the reference code's ``1/(10 d)``: measured on SST-2
+(``benchmarks/incrt_overhead.py``), the reference step is still ~94% off the exact
+``lambda_max`` after 60 checks, while 0.5 agrees within 0.01% from the first check at
+the same cost.
 """
 
 from __future__ import annotations
