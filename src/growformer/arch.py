@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from growformer.errors import ArchitectureError
+from growformer.validation import is_int
 
 KINDS = ("classifier", "causal_lm")
 FADES = ("linear", "cosine", "exponential")
@@ -300,7 +301,7 @@ def _fade_from_dict(i: int, name: str, fade: Any, kind: type[LoopFade]) -> LoopF
 
 
 def _positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    if not is_int(value) or value <= 0:
         raise ArchitectureError(f"{name} must be a positive integer, got {value!r}")
 
 
@@ -315,11 +316,11 @@ def _no_unknown_keys(where: str, d: dict, known: set[str]) -> None:
 def _validate_layer(i: int, layer: LayerSpec) -> None:
     for name in ("heads", "loops", "block_loops"):
         value = getattr(layer, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        if not is_int(value) or value < 0:
             raise ArchitectureError(f"layer {i}: {name} must be an integer >= 0, got {value!r}")
     for name in ("head_dim", "ffn_dim"):
         value = getattr(layer, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        if not is_int(value) or value <= 0:
             raise ArchitectureError(f"layer {i}: {name} must be a positive integer, got {value!r}")
     looped = layer.looped_heads
     for h in looped:
@@ -353,7 +354,7 @@ def _validate_fade(i: int, name: str, fade: Any, kind: type[LoopFade]) -> None:
         raise ArchitectureError(f"layer {i}: {name} must be a {kind.__name__}, got {fade!r}")
     for field_name, low in (("start", 0), ("steps", 1)):
         value = getattr(fade, field_name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        if not is_int(value) or value < low:
             raise ArchitectureError(
                 f"layer {i}: {name} {field_name} must be an integer >= {low}, got {value!r}"
             )

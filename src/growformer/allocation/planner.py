@@ -27,6 +27,7 @@ from typing import Any
 
 from growformer.arch import Architecture
 from growformer.errors import ConfigError
+from growformer.validation import is_int
 
 # Cost of leaving a fraction f of the budget unused: 100 f^2 (1% costs as much as one
 # layer 10% off its target width).
@@ -74,7 +75,7 @@ def plan(
     if strategy not in STRATEGIES:
         raise ConfigError(f"unknown strategy {strategy!r} (valid: {', '.join(STRATEGIES)})")
     for name, value in (("budget", budget), ("multiple", multiple)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_int(value) or value < 1:
             raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     if not 0 <= skew < 1:
         raise ConfigError(f"skew must be in [0, 1), got {skew!r}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -12,6 +11,7 @@ from growformer.arch import Architecture
 from growformer.errors import CheckpointError, ConfigError
 from growformer.events import Event
 from growformer.statistics import MOMENTS, LayerStats
+from growformer.validation import is_finite, is_int, is_number
 
 
 class Policy:
@@ -123,9 +123,8 @@ def _check_option(policy: str, key: str, value: Any, default: Any) -> None:
     if isinstance(default, bool) or not isinstance(default, (int, float)):
         ok = isinstance(value, type(default))
     else:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        ok = ok and (isinstance(default, float) or isinstance(value, int))
-        ok = ok and abs(value) <= sys.float_info.max  # no NaN, no infinity
+        ok = is_number(value) and (isinstance(default, float) or is_int(value))
+        ok = ok and is_finite(value)  # no NaN, no infinity
     if not ok:
         kind = type(default).__name__
         raise ConfigError(f"policy {policy!r}: option {key} must be a {kind}, got {value!r}")

@@ -70,6 +70,7 @@ from growformer.policies.incrt_gates import (
     interval,
 )
 from growformer.statistics import CONTRIBUTION, DEMAND, MOMENTS, Demand, LayerStats
+from growformer.validation import is_int
 
 
 class IncrtPolicy(Policy):
@@ -545,4 +546,4 @@ class IncrtPolicy(Policy):
 
 def _is_count(value: Any) -> bool:
     """Whether ``value`` is an integer >= 0 (a bool is not)."""
-    return not isinstance(value, bool) and isinstance(value, int) and value >= 0
+    return is_int(value) and value >= 0

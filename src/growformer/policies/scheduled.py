@@ -13,6 +13,7 @@ from growformer.errors import ConfigError
 from growformer.events import OPS, Event
 from growformer.policies.base import Policy
 from growformer.statistics import LayerStats
+from growformer.validation import is_int
 
 
 class ScheduledPolicy(Policy):
@@ -43,11 +44,7 @@ def _parse(i: int, raw: Any) -> Event:
         raise ConfigError(f"{where}: op must be one of {', '.join(OPS)}, got {raw.get('op')!r}")
     for key in ("step", "layer"):
         value = raw.get(key)
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int)
-            or value < (1 if key == "step" else 0)
-        ):
+        if not is_int(value) or value < (1 if key == "step" else 0):
             raise ConfigError(f"{where}: {key} must be an integer (step >= 1), got {value!r}")
     allowed = {
         "op",

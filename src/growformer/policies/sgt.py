@@ -38,6 +38,7 @@ from growformer.errors import ConfigError
 from growformer.events import Event
 from growformer.policies.base import Policy
 from growformer.statistics import ENTROPY, ENTROPY_ALL
+from growformer.validation import is_int
 
 HEAD_CHOICES = ("high_entropy", "low_entropy", "all")
 ORDERS = ("deep_to_shallow", "shallow_to_deep")
@@ -278,11 +279,10 @@ class BlockLoopPolicy(Policy):
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         super().__init__(options)
         loops, layers = self.options["loops"], self.options["layers"]
-        if isinstance(loops, bool) or not isinstance(loops, int) or loops < 1:
+        if not is_int(loops) or loops < 1:
             raise ConfigError(f"block_loop loops must be a positive integer, got {loops!r}")
         if layers is not None and (
-            not isinstance(layers, list)
-            or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers)
+            not isinstance(layers, list) or not all(is_int(i) for i in layers)
         ):
             raise ConfigError(f"block_loop layers must be a list of layer indices, got {layers!r}")
 

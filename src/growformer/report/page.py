@@ -27,6 +27,7 @@ from growformer.report.policy_figures import (
     prediction_figure,
     sgt_figure,
 )
+from growformer.validation import is_number
 
 _DPI = 100
 
@@ -169,7 +170,7 @@ def _summary_table(run: RunRecords) -> str:
 
 
 def _cell(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if not is_number(value):
         text = json.dumps(value) if isinstance(value, dict) else str(value)
         return f"<td>{html.escape(text)}</td>"
     if isinstance(value, int):

@@ -4,7 +4,6 @@ may change."""
 
 from __future__ import annotations
 
-import sys
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from growformer.errors import ConfigError, read_json
+from growformer.validation import is_finite, is_int, is_number
 
 # Settings that may differ between a run and its resumption (they do not change the math,
 # or change it only from the resumption on, as the user means to: a fault's handling, a cap).
@@ -239,11 +239,11 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
         base = typing.get_origin(option) or option
         if option is type(None) and value is None:
             return value
-        if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not abs(value) <= sys.float_info.max:  # NaN, infinities, ints float() refuses
+        if base is float and is_number(value):
+            if not is_finite(value):  # NaN, infinities, ints float() refuses
                 raise ConfigError(f"{where} must be a finite number, got {value!r}")
             return float(value)
-        if base is int and isinstance(value, int) and not isinstance(value, bool):
+        if base is int and is_int(value):
             return value
         if base in (bool, str, dict, list) and isinstance(value, base):
             return value

@@ -47,6 +47,7 @@ from growformer.training.runtime import (
     stop_requests,
 )
 from growformer.training.setup import build_arch, lr_at, make_optimizer, task_data
+from growformer.validation import is_int, is_number
 
 
 def train(
@@ -180,8 +181,7 @@ class Trainer:
         saved.setdefault("nonfinite_skips", 0)
         for key, fresh in self.state.items():
             value = saved.get(key)
-            kinds = (int, float) if isinstance(fresh, float) else (int,)
-            if isinstance(value, bool) or not isinstance(value, kinds):
+            if not (is_number(value) if isinstance(fresh, float) else is_int(value)):
                 raise CheckpointError(f"{where}: '{key}' must be a number, got {value!r:.60}")
             if not (math.isfinite(value) and value >= 0):
                 raise CheckpointError(f"{where}: '{key}' must be finite and >= 0, got {value}")

@@ -13,6 +13,7 @@ from growformer.data.datasets import ClassificationData, LMData
 from growformer.data.tasks.spec import TaskData
 from growformer.data.tokenizer import Tokenizer
 from growformer.errors import ConfigError, DataError
+from growformer.validation import bool_from, int_from, number_from
 
 
 def int_option(task: str, key: str, value: Any, minimum: int) -> int:
@@ -30,11 +31,7 @@ def int_option(task: str, key: str, value: Any, minimum: int) -> int:
     Raises:
         ConfigError: `value` is not an integer (booleans are not) of at least `minimum`.
     """
-    n = None
-    if isinstance(value, int) and not isinstance(value, bool):
-        n = value
-    elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        n = int(value)
+    n = int_from(value, strings=True)
     if n is None or n < minimum:
         raise ConfigError(f"task '{task}': {key} must be an integer >= {minimum}, got {value!r}")
     return n
@@ -54,11 +51,8 @@ def fraction_option(task: str, key: str, value: Any) -> float:
     Raises:
         ConfigError: `value` is not a number in (0, 1).
     """
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        x = float("nan")  # fails the range check below
-    if isinstance(value, bool) or not 0.0 < x < 1.0:
+    x = number_from(value, strings=True)
+    if x is None or not 0.0 < x < 1.0:
         raise ConfigError(f"task '{task}': {key} must be a number in (0, 1), got {value!r}")
     return x
 
@@ -100,11 +94,10 @@ def bool_option(task: str, key: str, value: Any) -> bool:
     Raises:
         ConfigError: `value` is neither a boolean nor "true" or "false" (any case).
     """
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    raise ConfigError(f"task '{task}': {key} must be true or false, got {value!r}")
+    b = bool_from(value, strings=True)
+    if b is None:
+        raise ConfigError(f"task '{task}': {key} must be true or false, got {value!r}")
+    return b
 
 
 def encode_classification(
