@@ -47,15 +47,16 @@ class Budget:
     def limited(self) -> bool:
         return self.max_params is not None or self.max_heads_per_layer is not None
 
-    def exceeded_by(self, arch: Architecture) -> str | None:
-        """Which limit ``arch`` exceeds, as a sentence; None if none."""
+    def exceeded_by(self, arch: Architecture, params: int | None = None) -> str | None:
+        """Which limit ``arch`` exceeds, as a sentence; None if none. ``params``: its
+        parameter count, if known (else counted when a limit needs it)."""
         cap = self.max_heads_per_layer
         if cap is not None:
             for i, layer in enumerate(arch.layers):
                 if layer.heads > cap:
                     return f"layer {i} heads {layer.heads} > max_heads_per_layer {cap}"
         if self.max_params is not None:
-            n = param_count(arch)
+            n = param_count(arch) if params is None else params
             if n > self.max_params:
                 return f"params {n} > max_params {self.max_params}"
         return None
@@ -136,7 +137,7 @@ class StructuralStep:
             records, refused = [], []
             for request in requests:
                 request.step = step
-                reason = self._refusal(model.arch, request)
+                reason = self._refusal(model, request)
                 if reason is not None:
                     out.refusals.append(
                         {"step": step, "op": request.op, "layer": request.layer, "refused": reason}
@@ -155,19 +156,19 @@ class StructuralStep:
         out.stats = self.policy.drain_log()
         return out
 
-    def _refusal(self, arch: Architecture, request: Event) -> str | None:
+    def _refusal(self, model: ElasticModel, request: Event) -> str | None:
         """Why the budget refuses ``request`` (it grows the model past a limit); None to
         apply it. A request surgery would reject is left for surgery to name."""
         if not self.budget.limited:
             return None
         try:
-            after = surgery.predict(arch, request)
+            after = surgery.predict(model.arch, request)
         except SurgeryError:
             return None
-        grows = any(
-            new.heads > old.heads for new, old in zip(after.layers, arch.layers, strict=True)
-        ) or param_count(after) > param_count(arch)
-        return self.budget.exceeded_by(after) if grows else None
+        params = param_count(after)
+        layers = zip(after.layers, model.arch.layers, strict=True)
+        grows = params > model.num_params() or any(new.heads > old.heads for new, old in layers)
+        return self.budget.exceeded_by(after, params) if grows else None
 
 
 def param_count(arch: Architecture) -> int:

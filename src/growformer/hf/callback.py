@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 # First: names the extra to install when transformers is missing or too old.
-from growformer.hf.config import GrowformerConfig  # noqa: F401
+from growformer.hf.model import GrowformerPreTrainedModel
 
 # isort: split
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
@@ -21,7 +21,6 @@ from transformers.trainer_callback import ExportableState
 
 from growformer import statistics
 from growformer.errors import ConfigError
-from growformer.hf.model import GrowformerPreTrainedModel
 from growformer.policies import make_policy
 from growformer.structure import Budget, StructuralStep, probe_loss
 

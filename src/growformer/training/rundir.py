@@ -71,8 +71,7 @@ class RunLogs:
     def events(self, step: int, records: list[Event], arch: Architecture, params: int) -> None:
         """The structural changes of ``step``, and the structure they left."""
         for record in records:
-            self.files["events"].write(record.to_dict())
-        self.counts["events"] += len(records)
+            self._write("events", record.to_dict())
         if self.board is not None:
             self.board.events(step, records)
             self.board.structure(step, arch, params)
