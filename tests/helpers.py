@@ -1,10 +1,13 @@
-"""Shared builders for the tests: small architectures of every variant, and batches."""
+"""Shared builders for the tests: small architectures of every variant, batches, and a
+task of a user's own (``load_toy``)."""
 
 from __future__ import annotations
 
 import torch
 
 from growformer.arch import Architecture, HeadFade, LayerSpec, LoopFade
+from growformer.data import ClassificationData, TaskData, TaskRequest, Tokenizer
+from growformer.data.tasks.common import int_option
 
 VOCAB = 61
 MAX_LEN = 24
@@ -65,3 +68,18 @@ def batch(kind: str, b: int = 4, t: int = 12, seed: int = 0) -> dict[str, torch.
             "labels": torch.randint(0, 3, (b,), generator=g),
         }
     return {"input_ids": ids, "labels": torch.randint(4, VOCAB, (b, t), generator=g)}
+
+
+def load_toy(request: TaskRequest) -> TaskData:
+    """Label: whether the first word is "b"; the rest is noise."""
+    n = int_option(request.name, "n_train", request.options["n_train"], 1)
+    tokenizer = Tokenizer.word_level(["a", "b", "c"])
+    gen = torch.Generator().manual_seed(request.seed)
+
+    def make(count: int) -> ClassificationData:
+        words = torch.randint(3, (count, 6), generator=gen)
+        texts = [" ".join("abc"[i] for i in row) for row in words.tolist()]
+        ids = tokenizer.encode(texts, add_cls=True, max_len=None)
+        return ClassificationData(ids, (words[:, 0] == 1).long())
+
+    return TaskData("toy", "classification", make(n), make(64), tokenizer, 2, ["no", "yes"], 7)

@@ -338,6 +338,7 @@ def test_max_heads_per_layer_refuses_a_scheduled_head(tmp_path):
     refused = [r for r in _jsonl(tmp_path / "stats.jsonl") if "refused" in r]
     assert refused == [
         {
+            "kind": "budget.refused",
             "step": 3,
             "op": "add_head",
             "layer": 0,

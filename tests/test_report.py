@@ -14,7 +14,8 @@ import pytest
 
 from growformer.cli import main
 from growformer.errors import ConfigError
-from growformer.report import TensorBoardLog
+from growformer.policies import RECORD_KINDS, record_kind, register_record_kind
+from growformer.report import TensorBoardLog, read_run, write_report
 from growformer.training.config import TrainConfig
 from growformer.training.loop import train
 
@@ -129,6 +130,48 @@ def test_sgt_run_reports_its_loops(sgt_run):
         absent={"heads", "prediction", "incrt_threshold", "incrt_energies"},
     )
     assert "No INCRT statistics" in page and "never changed" in page
+
+
+@pytest.mark.parametrize("run", ["incrt_run", "sgt_run"])
+def test_every_statistics_record_names_a_registered_kind(run, request):
+    lines = (request.getfixturevalue(run) / "stats.jsonl").read_text().splitlines()
+    kinds = {json.loads(line)["kind"] for line in lines}
+    assert kinds <= RECORD_KINDS.keys()
+    assert ("incrt.gate" if run == "incrt_run" else "sgt.decision") in kinds
+
+
+@pytest.mark.parametrize("run", ["incrt_run", "sgt_run"])
+def test_runs_written_before_records_named_their_kind_still_report(run, request, tmp_path):
+    source = request.getfixturevalue(run)
+    old = tmp_path / "old"
+    shutil.copytree(source, old)
+    records = [json.loads(line) for line in (old / "stats.jsonl").read_text().splitlines()]
+    (old / "stats.jsonl").write_text(
+        "".join(json.dumps({k: v for k, v in r.items() if k != "kind"}) + "\n" for r in records)
+    )
+    new, legacy = read_run(source), read_run(old)
+    for kind in {r["kind"] for r in records}:
+        assert [record_kind(r) for r in legacy.of(kind)] == [kind] * len(new.of(kind))
+    shutil.rmtree(old / "report")
+    write_report(old)
+    assert sorted(p.name for p in (old / "report").glob("*.png")) == sorted(
+        p.name for p in (source / "report").glob("*.png")
+    )
+
+
+def test_an_own_record_kind_reaches_tensorboard(tmp_path):
+    register_record_kind("test.mine", scalars=lambda r: {"mine/width": r["width"]})
+    try:
+        with pytest.raises(ConfigError, match="already registered"):
+            register_record_kind("test.mine")
+        board = TensorBoardLog(tmp_path)
+        board.stats({"kind": "test.mine", "step": 3, "width": 1.5})
+        board.stats({"kind": "unknown.kind", "step": 4, "width": 2.0})  # logged, not drawn
+        board.close()
+    finally:
+        del RECORD_KINDS["test.mine"]
+    scalars, _ = _board(tmp_path)
+    assert scalars == {"mine/width": [(3, 1.5)]}
 
 
 def _chromium() -> str:

@@ -64,6 +64,7 @@ def test_the_budget_judges_a_custom_op_by_surgerys_prediction(two_heads_op, monk
     assert done.events == [] and model.arch.layers[0].heads == heads
     assert done.refusals == [
         {
+            "kind": "budget.refused",
             "step": 1,
             "op": "add_two_heads",
             "layer": 0,

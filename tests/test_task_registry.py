@@ -6,37 +6,17 @@ import json
 from collections.abc import Iterator
 
 import pytest
-import torch
+from helpers import load_toy
 
 from growformer import ModelConfig, TrainConfig, train
 from growformer.cli import main
 from growformer.data import (
     TASKS,
-    ClassificationData,
-    TaskData,
-    TaskRequest,
     TaskSpec,
-    Tokenizer,
     load_task,
     register_task,
 )
-from growformer.data.tasks.common import int_option
 from growformer.errors import ConfigError
-
-
-def load_toy(request: TaskRequest) -> TaskData:
-    """Label: whether the first word is "b"; the rest is noise."""
-    n = int_option(request.name, "n_train", request.options["n_train"], 1)
-    tokenizer = Tokenizer.word_level(["a", "b", "c"])
-    gen = torch.Generator().manual_seed(request.seed)
-
-    def make(count: int) -> ClassificationData:
-        words = torch.randint(3, (count, 6), generator=gen)
-        texts = [" ".join("abc"[i] for i in row) for row in words.tolist()]
-        ids = tokenizer.encode(texts, add_cls=True, max_len=None)
-        return ClassificationData(ids, (words[:, 0] == 1).long())
-
-    return TaskData("toy", "classification", make(n), make(64), tokenizer, 2, ["no", "yes"], 7)
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from growformer.evaluation import eval_mode
 from growformer.events import Event
 from growformer.model import ElasticModel, build_model
 from growformer.policies import Policy
+from growformer.policies.records import register_record_kind
 from growformer.statistics import InputCapture, LayerStats, capture_inputs, layer_stats
 
 Batch = dict[str, torch.Tensor]
@@ -140,7 +141,13 @@ class StructuralStep:
                 reason = self._refusal(model, request)
                 if reason is not None:
                     out.refusals.append(
-                        {"step": step, "op": request.op, "layer": request.layer, "refused": reason}
+                        {
+                            "kind": "budget.refused",
+                            "step": step,
+                            "op": request.op,
+                            "layer": request.layer,
+                            "refused": reason,
+                        }
                     )
                     refused.append(request)
                     continue
@@ -169,6 +176,9 @@ class StructuralStep:
         layers = zip(after.layers, model.arch.layers, strict=True)
         grows = params > model.num_params() or any(new.heads > old.heads for new, old in layers)
         return self.budget.exceeded_by(after, params) if grows else None
+
+
+register_record_kind("budget.refused", legacy_keys=frozenset({"refused"}))
 
 
 def param_count(arch: Architecture) -> int:

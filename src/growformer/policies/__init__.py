@@ -8,6 +8,13 @@ from growformer.errors import ConfigError
 from growformer.policies.base import Policy
 from growformer.policies.compose import ComposedPolicy, compose
 from growformer.policies.incrt import IncrtPolicy
+from growformer.policies.records import (
+    RECORD_KINDS,
+    RecordKind,
+    record_kind,
+    record_scalars,
+    register_record_kind,
+)
 from growformer.policies.scheduled import ScheduledPolicy
 from growformer.policies.sgt import (
     AllHeadLoopPolicy,
@@ -67,15 +74,20 @@ def _make_single(name: str, options: dict[str, Any] | None) -> Policy:
 
 __all__ = [
     "POLICIES",
+    "RECORD_KINDS",
     "AllHeadLoopPolicy",
     "BlockLoopPolicy",
     "ComposedPolicy",
     "IncrtPolicy",
     "LowEntropyLoopPolicy",
     "Policy",
+    "RecordKind",
     "ScheduledPolicy",
     "SgtPolicy",
     "StaticPolicy",
     "make_policy",
+    "record_kind",
+    "record_scalars",
     "register_policy",
+    "register_record_kind",
 ]

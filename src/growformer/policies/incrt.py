@@ -69,6 +69,7 @@ from growformer.policies.incrt_gates import (
     LayerView,
     interval,
 )
+from growformer.policies.records import register_record_kind
 from growformer.statistics import CONTRIBUTION, DEMAND, MOMENTS, Demand, LayerStats
 from growformer.validation import is_int
 
@@ -290,18 +291,20 @@ class IncrtPolicy(Policy):
                     for g, st in zip(self.gates, stats, strict=True)
                 ],
             }
-            self._log.append({"step": step, "forecast_heads": self.forecast["heads"]})
+            self._log.append(
+                {"kind": "incrt.forecast", "step": step, "forecast_heads": self.forecast["heads"]}
+            )
         if events:
             self.last_change_check = self.checks
             if self.converged_step is not None:
                 # The certificate is lost: it will name the step the structure settled again.
                 self.converged_step = None
-                self._log.append({"step": step, "certified": False})
+                self._log.append({"kind": "incrt.certificate", "step": step, "certified": False})
         certified = all(g.sufficient and g.minimal and g.fading is None for g in self.gates)
         quiet = self.checks - self.last_change_check >= self.options["homeostasis_checks"]
         if self.converged_step is None and certified and quiet:
             self.converged_step = step
-            self._log.append({"step": step, "certified": True})
+            self._log.append({"kind": "incrt.certificate", "step": step, "certified": True})
         return events
 
     def _deciding(self, step: int) -> bool:
@@ -359,6 +362,7 @@ class IncrtPolicy(Policy):
         t_d = self._refractory(reading.gap)
         self._log.append(
             {
+                "kind": "incrt.gate",
                 "step": step,
                 "layer": layer,
                 "heads": heads,
@@ -448,6 +452,7 @@ class IncrtPolicy(Policy):
                 gate.needed[h] = True
                 self._log.append(
                     {
+                        "kind": "incrt.kept_head",
                         "step": step,
                         "kept_head": h,
                         "layer": layer,
@@ -547,3 +552,22 @@ class IncrtPolicy(Policy):
 def _is_count(value: Any) -> bool:
     """Whether ``value`` is an integer >= 0 (a bool is not)."""
     return is_int(value) and value >= 0
+
+
+def _gate_scalars(record: dict[str, Any]) -> dict[str, float]:
+    """TensorBoard's view of one gate reading: the certificate's quantities, weakest energy."""
+    layer = record["layer"]
+    scalars = {
+        f"incrt/{key}/layer_{layer}": record[key]
+        for key in ("residual", "grow_at", "weakest", "keep_at")
+        if record[key] is not None
+    }
+    if record["energies"]:
+        scalars[f"incrt/min_energy/layer_{layer}"] = min(record["energies"])
+    return scalars
+
+
+register_record_kind("incrt.gate", scalars=_gate_scalars, legacy_keys=frozenset({"residual"}))
+register_record_kind("incrt.kept_head", legacy_keys=frozenset({"kept_head"}))
+register_record_kind("incrt.forecast", legacy_keys=frozenset({"forecast_heads"}))
+register_record_kind("incrt.certificate", legacy_keys=frozenset({"certified"}))

@@ -37,6 +37,7 @@ from growformer.arch import FADES, Architecture
 from growformer.errors import ConfigError
 from growformer.events import Event
 from growformer.policies.base import Policy
+from growformer.policies.records import register_record_kind
 from growformer.statistics import ENTROPY, ENTROPY_ALL
 from growformer.validation import is_int
 
@@ -169,6 +170,7 @@ class SgtPolicy(Policy):
             self.frozen_step = step
         self._log.append(
             {
+                "kind": "sgt.decision",
                 "step": step,
                 "action": action,
                 "layer": layer,
@@ -305,3 +307,19 @@ class BlockLoopPolicy(Policy):
 
     def decide(self, step: int, stats: list[Tensor] | None) -> list[Event]:
         return []
+
+
+def _decision_scalars(record: dict[str, Any]) -> dict[str, float]:
+    """TensorBoard's view of one SGT decision: every layer's score and head entropies."""
+    scalars = {
+        f"sgt/score/layer_{layer}": score
+        for layer, score in enumerate(record["scores"])
+        if score is not None
+    }
+    for layer, entropies in enumerate(record["entropies"]):
+        for h, value in enumerate(entropies):
+            scalars[f"sgt/entropy/layer_{layer}/head_{h}"] = value
+    return scalars
+
+
+register_record_kind("sgt.decision", scalars=_decision_scalars, legacy_keys=frozenset({"scores"}))

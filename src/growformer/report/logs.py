@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from growformer.errors import ConfigError, read_json
+from growformer.policies import record_kind
 
 
 @dataclass
@@ -20,16 +21,19 @@ class RunRecords:
         summary: ``summary.json``.
         events: Structural events (``events.jsonl``, else the summary's), in order.
         metrics: ``metrics.jsonl`` records (training loss and evaluations).
-        incrt: INCRT records of ``stats.jsonl`` (one per layer and check).
-        sgt: SGT records of ``stats.jsonl`` (one per decision).
+        stats: The policy's statistics records (``stats.jsonl``), in order; read those of
+            one kind with :meth:`of`.
     """
 
     path: Path
     summary: dict[str, Any]
     events: list[dict[str, Any]]
     metrics: list[dict[str, Any]]
-    incrt: list[dict[str, Any]]
-    sgt: list[dict[str, Any]]
+    stats: list[dict[str, Any]]
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        """The statistics records of ``kind`` (e.g. ``"incrt.gate"``), in order."""
+        return [r for r in self.stats if record_kind(r) == kind]
 
     @property
     def layers(self) -> list[dict[str, Any]]:
@@ -72,14 +76,12 @@ def read_run(run_dir: str | Path) -> RunRecords:
     if not isinstance(arch, dict) or not isinstance(arch.get("layers"), list):
         raise ConfigError(f"{summary_file} has no architecture: not a growformer run summary")
     events = _read_jsonl(path / "events.jsonl")
-    stats = _read_jsonl(path / "stats.jsonl")
     return RunRecords(
         path=path,
         summary=summary,
         events=events if (path / "events.jsonl").exists() else summary.get("events", []),
         metrics=_read_jsonl(path / "metrics.jsonl"),
-        incrt=[r for r in stats if "residual" in r],
-        sgt=[r for r in stats if "scores" in r],
+        stats=_read_jsonl(path / "stats.jsonl"),
     )
 
 

@@ -65,12 +65,13 @@ def prediction_figure(run: RunRecords, mpl: Any) -> Any:
 
 def incrt_figure(run: RunRecords, mpl: Any) -> Any:
     """Per layer, the INCRT certificate's quantities and thresholds over the steps."""
-    if not run.incrt:
+    gates = run.of("incrt.gate")
+    if not gates:
         return "No INCRT statistics in this run (its policy does not grow heads)."
     fig, axes = layer_grid(mpl, len(run.layers))
     certified = run.summary.get("converged_step")
     for layer, ax in enumerate(axes):
-        rows = [r for r in run.incrt if r["layer"] == layer]
+        rows = [r for r in gates if r["layer"] == layer]
         if not rows:
             ax.set_axis_off()
             continue
@@ -103,13 +104,14 @@ def incrt_figure(run: RunRecords, mpl: Any) -> Any:
 
 def energies_figure(run: RunRecords, mpl: Any) -> Any:
     """Per layer, every head's INCRT energy against the pruning threshold."""
-    if not run.incrt:
+    gates = run.of("incrt.gate")
+    if not gates:
         return "No head energies (they are INCRT statistics)."
     fig, axes = layer_grid(mpl, len(run.layers))
     cmap = mpl.colormaps["viridis"]
-    most = max(len(r["energies"]) for r in run.incrt)
+    most = max(len(r["energies"]) for r in gates)
     for layer, ax in enumerate(axes):
-        rows = [r for r in run.incrt if r["layer"] == layer and r["energies"]]
+        rows = [r for r in gates if r["layer"] == layer and r["energies"]]
         if not rows:
             ax.set_axis_off()
             continue
@@ -141,15 +143,16 @@ def energies_figure(run: RunRecords, mpl: Any) -> Any:
 
 def sgt_figure(run: RunRecords, mpl: Any) -> Any:
     """SGT's layer scores at each decision, the layer it looped or deepened marked."""
-    if not run.sgt:
+    decisions = run.of("sgt.decision")
+    if not decisions:
         return "No SGT decisions in this run."
     fig, (ax,) = figure(mpl, 11, 3.6)
-    n = max(len(r["scores"]) for r in run.sgt)
+    n = max(len(r["scores"]) for r in decisions)
     colors = layer_colors(mpl, n)
     for layer in range(n):
         points = [
             (r["step"], r["scores"][layer])
-            for r in run.sgt
+            for r in decisions
             if layer < len(r["scores"]) and r["scores"][layer] is not None
         ]
         if points:
@@ -163,7 +166,7 @@ def sgt_figure(run: RunRecords, mpl: Any) -> Any:
                 va="center",
                 color=colors[layer],
             )
-    for r in run.sgt:
+    for r in decisions:
         if r["layer"] is not None:
             ax.plot(r["step"], r["scores"][r["layer"]], marker="*", ms=14, color="black", ls="")
             ax.annotate(

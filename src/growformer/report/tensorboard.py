@@ -8,6 +8,7 @@ from typing import Any
 from growformer.arch import Architecture
 from growformer.errors import ConfigError
 from growformer.events import Event
+from growformer.policies import record_scalars
 
 
 class TensorBoardLog:
@@ -15,8 +16,9 @@ class TensorBoardLog:
 
     Tags: ``train/loss``, ``train/lr``; ``val/<metric>``; ``structure/heads/layer_<i>``,
     ``structure/heads_total``, ``structure/loops/layer_<i>``, ``structure/params``;
+    the scalars each kind of statistics record registered, e.g.
     ``incrt/{residual,grow_at,weakest,keep_at}/layer_<i>`` (the certificate's quantities),
-    ``incrt/min_energy/layer_<i>``; ``sgt/score/layer_<i>``,
+    ``incrt/min_energy/layer_<i>``, ``sgt/score/layer_<i>``,
     ``sgt/entropy/layer_<i>/head_<h>``; the structural events of each step as the text
     ``events``.
 
@@ -63,23 +65,10 @@ class TensorBoardLog:
         self.writer.add_text("events", "\n".join(lines), step)
 
     def stats(self, record: dict[str, Any]) -> None:
-        """One record of the policy's statistics log (``stats.jsonl``)."""
-        step = record["step"]
-        if "residual" in record:
-            layer = record["layer"]
-            for key in ("residual", "grow_at", "weakest", "keep_at"):
-                if record[key] is not None:
-                    self.writer.add_scalar(f"incrt/{key}/layer_{layer}", record[key], step)
-            if record["energies"]:
-                energy = min(record["energies"])
-                self.writer.add_scalar(f"incrt/min_energy/layer_{layer}", energy, step)
-        if "scores" in record:
-            for layer, score in enumerate(record["scores"]):
-                if score is not None:
-                    self.writer.add_scalar(f"sgt/score/layer_{layer}", score, step)
-            for layer, entropies in enumerate(record["entropies"]):
-                for h, value in enumerate(entropies):
-                    self.writer.add_scalar(f"sgt/entropy/layer_{layer}/head_{h}", value, step)
+        """One record of the policy's statistics log (``stats.jsonl``): the scalars its kind
+        registered (:func:`growformer.policies.register_record_kind`)."""
+        for tag, value in record_scalars(record).items():
+            self.writer.add_scalar(tag, value, record["step"])
 
     def close(self) -> None:
         self.writer.close()
