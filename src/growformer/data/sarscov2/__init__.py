@@ -20,19 +20,14 @@ Modules, each importing only those above it:
 """
 
 from growformer.data.sarscov2.cache import default_cache_dir, load_tree_leaves
-from growformer.data.sarscov2.dataset import (
-    SequenceSplit,
-    spike_tokenizer,
-    spike_tokens,
-    split_by_sequence,
-    variable_sites,
-)
+from growformer.data.sarscov2.dataset import spike_tokenizer, spike_tokens, variable_sites
 from growformer.data.sarscov2.fasta import LabeledSequences, read_fasta_labels
 from growformer.data.sarscov2.genome import (
     AMINO_ACIDS,
     GENOME_LENGTH,
     PROTEIN_ALPHABET,
     ROOT_MUTATIONS,
+    SPIKE_END,
     SPIKE_LENGTH,
     SPIKE_START,
     read_reference,
@@ -45,6 +40,8 @@ from growformer.data.sarscov2.lineages import (
     UNASSIGNED,
     WHO_LABELS,
     dealias,
+    designation_order,
+    parent_lineage,
     read_aliases,
     top_lineage_labels,
     who_label,
@@ -57,6 +54,22 @@ from growformer.data.sarscov2.location import (
     TreeFiles,
     locate_files,
 )
+from growformer.data.sarscov2.mutations import (
+    QC_FAIL,
+    QC_PASS,
+    GenomeCall,
+    Mutation,
+    Span,
+    mutation_name,
+    parse_mutation,
+    spike_protein,
+)
+from growformer.data.sarscov2.splits import (
+    SequenceSplit,
+    split_by_lineage,
+    split_by_sequence,
+    split_future,
+)
 from growformer.data.sarscov2.tree import TreeLeaves, decode_tree, parse_newick
 
 __all__ = [
@@ -66,31 +79,44 @@ __all__ = [
     "GENOME_LENGTH",
     "OTHER",
     "PROTEIN_ALPHABET",
+    "QC_FAIL",
+    "QC_PASS",
     "REFERENCE_FILE",
     "ROOT_MUTATIONS",
+    "SPIKE_END",
     "SPIKE_LENGTH",
     "SPIKE_START",
     "TREE_FILE",
     "UNASSIGNED",
     "WHO_LABELS",
+    "GenomeCall",
     "LabeledSequences",
+    "Mutation",
     "SequenceSplit",
+    "Span",
     "TreeFiles",
     "TreeLeaves",
     "dealias",
     "decode_tree",
     "default_cache_dir",
+    "designation_order",
     "load_tree_leaves",
     "locate_files",
+    "mutation_name",
+    "parent_lineage",
+    "parse_mutation",
     "parse_newick",
     "read_aliases",
     "read_fasta_labels",
     "read_reference",
     "spike_nucleotides",
     "spike_of_genome",
+    "spike_protein",
     "spike_tokenizer",
     "spike_tokens",
+    "split_by_lineage",
     "split_by_sequence",
+    "split_future",
     "top_lineage_labels",
     "translate",
     "variable_sites",

@@ -13,7 +13,7 @@ from pathlib import Path
 from growformer.data.sarscov2.genome import read_reference
 from growformer.data.sarscov2.tree import TreeLeaves, decode_tree_bytes, read_bytes
 
-_CACHE_FORMAT = 1  # bump when the cached content or its meaning changes
+_CACHE_FORMAT = 2  # bump when the cached content or its meaning changes
 
 
 def default_cache_dir() -> Path:
@@ -68,10 +68,13 @@ def _read_cache(path: Path, key: dict[str, object]) -> TreeLeaves | None:
             data = json.load(f)
         if {k: data[k] for k in key} != key:
             return None
-        proteins = data["proteins"]
-        names, lineages, index = data["names"], data["lineages"], data["protein_index"]
-        leaves = TreeLeaves(names, lineages, [proteins[i] for i in index], from_cache=True)
-        if not len(names) == len(lineages) == len(leaves.proteins):
+        distinct = [
+            tuple((int(m[:-1]), m[-1]) for m in g.split(",") if m) for g in data["genotypes"]
+        ]
+        names, lineages, index = data["names"], data["lineages"], data["genotype_index"]
+        genotypes = [distinct[i] for i in index]
+        leaves = TreeLeaves(names, lineages, genotypes, data["tree_sha256"], from_cache=True)
+        if not len(names) == len(lineages) == len(leaves.genotypes):
             return None
         return leaves
     except (OSError, EOFError, zlib.error, ValueError, KeyError, TypeError, IndexError):
@@ -79,14 +82,14 @@ def _read_cache(path: Path, key: dict[str, object]) -> TreeLeaves | None:
 
 
 def _write_cache(path: Path, key: dict[str, object], leaves: TreeLeaves) -> None:
-    # 42k leaves share ~5k proteins: store each protein once.
-    distinct = {p: i for i, p in enumerate(dict.fromkeys(leaves.proteins))}
+    # Each genotype once, as "241T,3037T,...": samples of one genotype share an index.
+    distinct = {g: i for i, g in enumerate(dict.fromkeys(leaves.genotypes))}
     data = {
         **key,
         "names": leaves.names,
         "lineages": leaves.lineages,
-        "proteins": list(distinct),
-        "protein_index": [distinct[p] for p in leaves.proteins],
+        "genotypes": [",".join(f"{p}{b}" for p, b in g) for g in distinct],
+        "genotype_index": [distinct[g] for g in leaves.genotypes],
     }
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

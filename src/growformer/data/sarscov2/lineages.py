@@ -1,10 +1,11 @@
-"""Labels of Pango lineages: the alias table, de-aliasing, WHO variants, top lineages."""
+"""Labels of Pango lineages: the alias table, de-aliasing, WHO variants, top lineages,
+designation order and parents."""
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from growformer.data.files import read_utf8
@@ -118,3 +119,45 @@ def top_lineage_labels(lineages: Sequence[str], n: int) -> tuple[list[str], list
     keep = set(kept)
     labels = [s if s in keep else OTHER for s in lineages]
     return labels, kept + ([OTHER] if len(keep) < len(counts) else [])
+
+
+def designation_order(aliases: dict[str, str | list[str]]) -> Callable[[str], tuple[int, ...]]:
+    """A lineage's place in designation order, for sorting (larger: designated later).
+
+    The alias table lists its aliases in the order they were designated (A, B, C, ..., BA,
+    ..., XA, ..., XAH, ...); below one alias, a larger number was designated later (BA.5
+    after BA.4). A lineage's place is its alias's index in the table, then the numbers of
+    its name: BA.5.2 sorts after BA.4 and before BE.1 (BE aliases BA.5.3.1, designated
+    later than BA.5.2). Sublineages designated much later under an old alias (BA.2.75)
+    sort early: the table does not record that.
+
+    Args:
+        aliases: The alias table (`read_aliases`), in its file's order.
+
+    Returns:
+        A function of a lineage name; `UNASSIGNED` sorts first.
+
+    Raises:
+        DataError: (from the returned function) the lineage's alias is not in the table or
+            its name is not an alias followed by numbers.
+    """
+    index = {alias: i for i, alias in enumerate(aliases)}
+
+    def order(lineage: str) -> tuple[int, ...]:
+        if lineage == UNASSIGNED:
+            return (-1,)
+        head, *numbers = lineage.split(".")
+        if head not in index or not all(n.isdigit() for n in numbers):
+            raise DataError(
+                f"lineage {lineage!r} is not an alias of the alias table followed by numbers"
+            )
+        return (index[head], *map(int, numbers))
+
+    return order
+
+
+def parent_lineage(full_name: str) -> str:
+    """The de-aliased lineage one level up (``B.1.1.529.5.2`` -> ``B.1.1.529.5``); a root, a
+    recombinant without a number (``XE``) or `UNASSIGNED` is its own parent."""
+    head, dot, _ = full_name.rpartition(".")
+    return head if dot else full_name

@@ -16,8 +16,16 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
-from growformer.data.sarscov2.genome import BASES, GENOME_LENGTH
+from growformer.data.sarscov2.genome import (
+    BASES,
+    CODONS,
+    GENOME_LENGTH,
+    SPIKE_END,
+    SPIKE_START,
+    spike_of_genome,
+)
 from growformer.errors import DataError
 
 Mutation = tuple[int, str]
@@ -127,3 +135,22 @@ def outside_spans(mutations: Sequence[Mutation], spans: Sequence[Span]) -> tuple
         if i == len(spans) or mutation[0] < spans[i][0]:
             kept.append(mutation)
     return tuple(kept)
+
+
+def spike_protein(genotype: Sequence[Mutation], reference: str) -> str:
+    """The spike protein of a genome with ``genotype``'s substitutions (`SPIKE_LENGTH`
+    residues; codons holding a masked or deleted site are not known here: read against the
+    reference)."""
+    residues = list(_reference_spike(reference))
+    changed: dict[int, str] = {p: b for p, b in genotype if SPIKE_START <= p < SPIKE_END}
+    # Translation is codon-local: only codons holding a change differ from the reference.
+    for codon in {(p - SPIKE_START) // 3 for p in changed}:
+        first = SPIKE_START + 3 * codon
+        nts = "".join(changed.get(p, reference[p - 1]) for p in range(first, first + 3))
+        residues[codon] = CODONS[nts]
+    return "".join(residues)
+
+
+@lru_cache(maxsize=2)
+def _reference_spike(reference: str) -> str:
+    return spike_of_genome(reference)

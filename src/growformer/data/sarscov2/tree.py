@@ -1,27 +1,21 @@
-"""Decoding an UShER mutation-annotated tree into its samples' lineages and spike proteins.
+"""Decoding an UShER mutation-annotated tree into its samples' lineages and genotypes.
 
 The tree file (`lineageTree.pb`, an UShER mutation-annotated tree of the pangoLEARN designated
 sequences) stores each representative genome as the nucleotide substitutions on its path from
-the root; a leaf's spike protein is rebuilt by applying them to the reference.
+the root; a leaf's genotype, its substitutions against MN908947.3 genome-wide, is what those
+changes leave after the root's own (lineage A is the reference plus `ROOT_MUTATIONS`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from growformer.data.sarscov2.genome import (
-    BASES,
-    CODONS,
-    ROOT_MUTATIONS,
-    SPIKE_END,
-    SPIKE_START,
-    read_reference,
-    spike_nucleotides,
-    translate,
-)
+from growformer.data.sarscov2.genome import BASES, GENOME_LENGTH, ROOT_MUTATIONS, read_reference
 from growformer.data.sarscov2.lineages import UNASSIGNED
+from growformer.data.sarscov2.mutations import Mutation
 from growformer.data.sarscov2.protobuf import fields, varint
 from growformer.errors import DataError
 
@@ -46,7 +40,7 @@ def _new_base(buf: bytes, start: int, end: int) -> tuple[int, int]:
 @dataclass
 class _Tree:
     newick: str
-    spike_mutations: list[list[tuple[int, int]]]  # per node (pre-order): (position, base code)
+    mutations: list[list[tuple[int, int]]]  # per node (pre-order): (position, base code)
     annotations: list[str]  # per node: its Pango lineage, or "" where none starts there
     condensed: dict[str, list[str]]  # leaf name -> the identical samples it stands for
 
@@ -68,9 +62,9 @@ def _read_tree(path: Path, raw: bytes) -> _Tree:
                     position, base = _new_base(raw, ma, mb)
                     if not 0 <= base < 4:
                         raise ValueError(f"mutation at {position} has no valid new base")
-                    # Only the spike region matters; skipping the rest keeps the walk cheap.
-                    if SPIKE_START <= position < SPIKE_END:
-                        node.append((position, base))
+                    if not 1 <= position <= GENOME_LENGTH:
+                        raise ValueError(f"mutation at {position} is outside the genome")
+                    node.append((position, base))
                 mutations.append(node)
             elif number == 3:
                 name, samples = "", []
@@ -145,17 +139,14 @@ def parse_newick(newick: str) -> tuple[list[int], list[str]]:
     return parents, names
 
 
-def _leaf_spikes(
-    parents: list[int], mutations: list[list[tuple[int, int]]], reference_spike: str
-) -> list[str]:
-    """Spike protein of every node that has no children ('' for internal nodes)."""
-    offset = SPIKE_START  # genome position of reference_spike[0]
-    root: dict[int, str] = {}
-    for position, base in ROOT_MUTATIONS:
-        if SPIKE_START <= position < SPIKE_END:
-            root[position - offset] = base
-    # Each node's spike as changes against the reference; a node without spike mutations
-    # shares its parent's dict, so only branches that change the spike cost memory.
+def _leaf_genotypes(
+    parents: list[int], mutations: list[list[tuple[int, int]]], reference: str
+) -> list[tuple[Mutation, ...] | None]:
+    """Substitutions against ``reference`` of every node without children (None for the
+    others), sorted by position."""
+    root = dict(ROOT_MUTATIONS)
+    # Each node's changes against the reference; a node without mutations shares its
+    # parent's dict, so only branches that change something cost memory.
     states: list[dict[int, str]] = []
     for parent, changes in zip(parents, mutations, strict=True):
         state = states[parent] if parent >= 0 else root
@@ -163,56 +154,50 @@ def _leaf_spikes(
             state = dict(state)
             for position, code in changes:
                 base = BASES[code]
-                if base == reference_spike[position - offset]:
-                    state.pop(position - offset, None)
+                if base == reference[position - 1]:
+                    state.pop(position, None)  # back to the reference base
                 else:
-                    state[position - offset] = base
+                    state[position] = base
         states.append(state)
     has_children = [False] * len(parents)
     for parent in parents:
         if parent >= 0:
             has_children[parent] = True
-    reference_protein = translate(reference_spike)
-    proteins: dict[int, str] = {}  # id(state) -> protein; states stay alive in `states`
-    result = []
+    genotypes: dict[int, tuple[Mutation, ...]] = {}  # id(state) -> genotype; states stay alive
+    result: list[tuple[Mutation, ...] | None] = []
     for node, state in enumerate(states):
         if has_children[node]:
-            result.append("")
+            result.append(None)
             continue
         key = id(state)
-        if key not in proteins:
-            # Translation is codon-local: only codons holding a change differ from the
-            # reference protein, so retranslate those alone.
-            residues = list(reference_protein)
-            for codon in {i // 3 for i in state}:
-                nts = "".join(
-                    state.get(i, reference_spike[i]) for i in range(3 * codon, 3 * codon + 3)
-                )
-                residues[codon] = CODONS[nts]
-            proteins[key] = "".join(residues)
-        result.append(proteins[key])
+        if key not in genotypes:
+            genotypes[key] = tuple(sorted(state.items()))
+        result.append(genotypes[key])
     return result
 
 
 @dataclass
 class TreeLeaves:
-    """The samples of a lineage tree with their lineage and spike protein.
+    """The samples of a lineage tree with their lineage and genotype.
 
     Args:
         names: Sample names (the tree's leaf names, condensed nodes expanded).
         lineages: Pango lineage of each sample (nearest annotation towards the root).
-        proteins: Spike protein of each sample, `SPIKE_LENGTH` residues, reference-aligned.
+        genotypes: Substitutions of each sample against MN908947.3, genome-wide, sorted by
+            position (samples of one genotype share one tuple).
+        tree_sha256: SHA-256 of the tree file (the data's version).
         from_cache: Whether they were read from the cache rather than decoded.
     """
 
     names: list[str]
     lineages: list[str]
-    proteins: list[str]
+    genotypes: list[tuple[Mutation, ...]]
+    tree_sha256: str = ""
     from_cache: bool = False
 
 
 def decode_tree(tree: str | Path, reference: str | Path) -> TreeLeaves:
-    """Decode an UShER mutation-annotated tree into its samples' lineages and spike proteins.
+    """Decode an UShER mutation-annotated tree into its samples' lineages and genotypes.
 
     Args:
         tree: The `.pb` file (e.g. pangoLEARN's lineageTree.pb).
@@ -249,7 +234,7 @@ def decode_tree_bytes(path: Path, raw: bytes, genome: str) -> TreeLeaves:
         raise DataError(f"tree file {path} has a malformed Newick tree ({e})") from e
     # Both lists are indexed by pre-order node; a tree without metadata cannot be labelled.
     for what, items in (
-        ("mutation lists", parsed.spike_mutations),
+        ("mutation lists", parsed.mutations),
         ("metadata", parsed.annotations),
     ):
         if len(items) != len(parents):
@@ -261,15 +246,15 @@ def decode_tree_bytes(path: Path, raw: bytes, genome: str) -> TreeLeaves:
     for parent, annotation in zip(parents, parsed.annotations, strict=True):
         inherited = lineages[parent] if parent >= 0 else UNASSIGNED
         lineages.append(annotation or inherited)
-    spikes = _leaf_spikes(parents, parsed.spike_mutations, spike_nucleotides(genome))
-    leaves = TreeLeaves([], [], [])
-    for name, lineage, protein in zip(names, lineages, spikes, strict=True):
-        if not protein:
+    genotypes = _leaf_genotypes(parents, parsed.mutations, genome)
+    leaves = TreeLeaves([], [], [], hashlib.sha256(raw).hexdigest())
+    for name, lineage, genotype in zip(names, lineages, genotypes, strict=True):
+        if genotype is None:
             continue
         for sample in parsed.condensed.get(name, [name]):
             leaves.names.append(sample)
             leaves.lineages.append(lineage)
-            leaves.proteins.append(protein)
+            leaves.genotypes.append(genotype)
     return leaves
 
 

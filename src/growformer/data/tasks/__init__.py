@@ -1,8 +1,9 @@
 """Named tasks: a registry of loaders, each turning data into encoded, split `TaskData`.
 
 Built in: "sst2" (`sst2`), "retrieval" and "channels" (`synthetic`), "lm" (`lm`), "file"
-(`file`), "sarscov2" and "fasta" (`proteins`). `spec` defines what a task is, `common` holds
-the helpers tasks share (option checks, text encoding) and `registry` maps names to tasks.
+(`file`), "sarscov2" (`sarscov2`) and "fasta" (`proteins`). `spec` defines what a task is,
+`common` holds the helpers tasks share (option checks, text encoding) and `registry` maps
+names to tasks.
 
 A task is a `TaskSpec`: a loader that takes a `TaskRequest` and returns `TaskData`, the
 options it accepts with their defaults, and which of `data_dir`, `data_file` and

@@ -1,4 +1,5 @@
-"""Spike protein classification: the pangoLEARN lineage tree (sarscov2), a user's FASTA (fasta)."""
+"""Spike protein classification: a user's FASTA (the fasta task), and the spike input of the
+sarscov2 task (`spike_task`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 from growformer.data import sarscov2
 from growformer.data.datasets import ClassificationData
 from growformer.data.files import label_vocab
-from growformer.data.tasks.common import bool_option, fraction_option, int_option, path_option
+from growformer.data.tasks.common import bool_option, fraction_option, int_option
 from growformer.data.tasks.spec import EvalFormat, TaskData, TaskRequest, TaskSpec
 from growformer.data.tokenizer import Tokenizer
 from growformer.errors import ConfigError, DataError
@@ -63,7 +64,7 @@ def encode_spikes(
 
 
 @dataclass(frozen=True)
-class _SpikeOptions:
+class SpikeOptions:
     """The options the protein tasks share, checked before any data is read."""
 
     test_fraction: float
@@ -73,7 +74,7 @@ class _SpikeOptions:
     min_site_count: int
 
     @classmethod
-    def parse(cls, task: str, opts: dict[str, Any]) -> _SpikeOptions:
+    def parse(cls, task: str, opts: dict[str, Any]) -> SpikeOptions:
         if opts["sites"] not in ("all", "variable"):
             raise ConfigError(
                 f"task '{task}': sites must be 'all' or 'variable', got {opts['sites']!r}"
@@ -87,53 +88,6 @@ class _SpikeOptions:
         )
 
 
-def _load_sarscov2(request: TaskRequest) -> TaskData:
-    """The sarscov2 task (see `SARSCOV2`)."""
-    data_dir, opts, seed, max_len = request.data_dir, request.options, request.seed, request.max_len
-    spike = _SpikeOptions.parse("sarscov2", opts)
-    rule = opts["label"]
-    if rule not in ("who", "lineage"):
-        raise ConfigError(f"task 'sarscov2': label must be 'who' or 'lineage', got {rule!r}")
-    top = int_option("sarscov2", "top_lineages", opts["top_lineages"], 1)
-    files = sarscov2.locate_files(
-        data_dir,
-        path_option("sarscov2", "reference", opts["reference"]),
-        path_option("sarscov2", "alias_key", opts["alias_key"]),
-        need_aliases=rule == "who",
-    )
-    cache_dir = path_option("sarscov2", "cache_dir", opts["cache_dir"])
-    leaves = sarscov2.load_tree_leaves(files.tree, files.reference, cache_dir)
-    info: dict[str, Any] = {
-        "source": str(files.tree),
-        "reference": str(files.reference),
-        "label": rule,
-        "samples": len(leaves.names),
-        "lineages": len(set(leaves.lineages)),
-    }
-    if rule == "who":
-        aliases = sarscov2.read_aliases(files.alias_key)
-        full = {s: sarscov2.dealias(s, aliases) for s in set(leaves.lineages)}
-        labels = [sarscov2.who_label(full[s]) for s in leaves.lineages]
-        label_names = list(sarscov2.WHO_LABELS)
-        info["alias_key"] = str(files.alias_key)
-    else:
-        labels, label_names = sarscov2.top_lineage_labels(leaves.lineages, top)
-        info["top_lineages"] = top
-    reference = sarscov2.spike_of_genome(sarscov2.read_reference(files.reference))
-    return _spike_task(
-        "sarscov2",
-        leaves.proteins,
-        labels,
-        label_names,
-        spike,
-        seed=seed,
-        max_len=max_len,
-        reference=reference,
-        source=f"tree file {files.tree}",
-        info=info,
-    )
-
-
 def _load_fasta(request: TaskRequest) -> TaskData:
     """The fasta task (see `FASTA`)."""
     data_file, labels_file = request.data_file, request.labels_file
@@ -142,19 +96,24 @@ def _load_fasta(request: TaskRequest) -> TaskData:
         raise ConfigError(
             "task 'fasta' needs a FASTA data file and a labels file (CSV with columns id,label)"
         )
-    spike = _SpikeOptions.parse("fasta", opts)
+    spike = SpikeOptions.parse("fasta", opts)
     skip_bad = bool_option("fasta", "skip_bad", opts["skip_bad"])
     records = sarscov2.read_fasta_labels(data_file, labels_file, skip_bad=skip_bad)
     label_names = label_vocab(records.labels)
     if len(label_names) < 2:
         raise DataError(f"labels file {labels_file} has a single label {label_names!r}")
-    return _spike_task(
-        "fasta",
+    split = sarscov2.split_by_sequence(
         records.sequences,
         records.labels,
+        test_fraction=spike.test_fraction,
+        seed=seed,
+        dedup=spike.dedup,
+    )
+    return spike_task(
+        "fasta",
+        split,
         label_names,
         spike,
-        seed=seed,
         max_len=max_len,
         reference=None,
         source=f"FASTA file {data_file}",
@@ -169,24 +128,19 @@ def _load_fasta(request: TaskRequest) -> TaskData:
     )
 
 
-def _spike_task(
+def spike_task(
     name: str,
-    sequences: list[str],
-    labels: list[str],
+    split: sarscov2.SequenceSplit,
     label_names: list[str],
-    opts: _SpikeOptions,
+    opts: SpikeOptions,
     *,
-    seed: int,
     max_len: int,
     reference: str | None,
     source: str,
     info: dict[str, Any],
 ) -> TaskData:
-    """Split protein sequences by identity, pick the sites, tokenize: a classification task."""
+    """Pick the sites of split protein sequences and tokenize them: a classification task."""
     k = opts.kmer
-    split = sarscov2.split_by_sequence(
-        sequences, labels, test_fraction=opts.test_fraction, seed=seed, dedup=opts.dedup
-    )
     if not split.test:
         raise DataError(
             f"{source} has too few distinct sequences ({split.info['train_sequences']}) per "
@@ -207,7 +161,7 @@ def _spike_task(
     if opts.sites == "variable":
         # Without a reference, a column varies iff some sequence differs from any one of them.
         reference = reference if reference is not None else train_sequences[0]
-        lengths = {len(s) for s in sequences} | {len(reference)}
+        lengths = {len(s) for s in train_sequences + test_sequences} | {len(reference)}
         if len(lengths) > 1:
             raise ConfigError(
                 f"task '{name}': sites='variable' needs aligned sequences of one length, but "
@@ -218,7 +172,9 @@ def _spike_task(
         if not sites:
             raise DataError(f"{source}: no site varies among the training sequences")
         info["variable_sites"] = [i + 1 for i in sites]  # 1-based, as mutations are named
-    info["sequence_length"] = len(sites) if sites is not None else max(map(len, sequences))
+    info["sequence_length"] = (
+        len(sites) if sites is not None else max(map(len, train_sequences + test_sequences))
+    )
     tokens = {s: sarscov2.spike_tokens(s, sites, k) for s in train_sequences + test_sequences}
     tokenizer = sarscov2.spike_tokenizer(k, [tokens[s] for s in train_sequences])
     # Copies of a sequence (dedup=False) share one id list: far less memory for 42k samples.
@@ -270,30 +226,9 @@ def _encode_fasta(
     )
 
 
-_SPIKE_EVAL = EvalFormat(
+SPIKE_EVAL = EvalFormat(
     encode=_encode_fasta, usage="classifies spike sequences: pass --data FASTA --labels CSV"
 )
-
-SARSCOV2 = TaskSpec(
-    load=_load_sarscov2,
-    options={
-        "label": "who",
-        "top_lineages": 20,
-        "test_fraction": 0.2,
-        "dedup": True,
-        "kmer": 1,
-        "sites": "all",
-        "min_site_count": 1,
-        "reference": None,
-        "alias_key": None,
-        "cache_dir": None,
-    },
-    files=("data_dir",),
-    evaluate=_SPIKE_EVAL,
-)
-"""The spike proteins of the pangoLEARN lineage tree's leaves in `data_dir`,
-$GROWFORMER_SARSCOV2_DIR or the Debian package's directory, labelled by WHO variant
-(`label="who"`) or by the `top_lineages` most frequent Pango lineages (`label="lineage"`)."""
 
 FASTA = TaskSpec(
     load=_load_fasta,
@@ -306,7 +241,7 @@ FASTA = TaskSpec(
         "skip_bad": False,
     },
     files=("data_file", "labels_file"),
-    evaluate=_SPIKE_EVAL,
+    evaluate=SPIKE_EVAL,
 )
 """A user's spike proteins or reference-aligned genomes in the FASTA `data_file`, labelled
 by the CSV `labels_file` (columns `id,label`)."""

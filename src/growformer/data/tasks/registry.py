@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from growformer.data.tasks import file, lm, proteins, sst2, synthetic
+from growformer.data.tasks import file, lm, proteins, sarscov2, sst2, synthetic
 from growformer.data.tasks.common import int_option
 from growformer.data.tasks.spec import FILE_INPUTS, TaskData, TaskRequest, TaskSpec
 from growformer.errors import ConfigError
@@ -16,7 +16,7 @@ TASKS: dict[str, TaskSpec] = {
     "channels": synthetic.CHANNELS,
     "lm": lm.LM,
     "file": file.FILE,
-    "sarscov2": proteins.SARSCOV2,
+    "sarscov2": sarscov2.SARSCOV2,
     "fasta": proteins.FASTA,
 }
 """Every task `load_task` knows, by name. A plain dict: a test may add a task for its own

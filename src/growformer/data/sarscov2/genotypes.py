@@ -1,0 +1,76 @@
+"""Genotypes as a model's input: one token per mutation, and amplicon dropout.
+
+An example is the set of its substitutions, one token each (``C241T``), in genome order.
+The vocabulary is the mutations seen in training; a mutation the model never saw is the
+token ``[UNK]`` (one per such mutation, so their number still reaches the model).
+
+Real consensus genomes miss stretches where an amplicon did not amplify: those sites are
+read as N and their mutations are unknown. `mask_amplicons` simulates it on a genotype
+(whole amplicon-sized runs dropped at random) so that a model can be trained, and measured,
+on genomes with dropouts.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from growformer.data.sarscov2.genome import GENOME_LENGTH
+from growformer.data.sarscov2.mutations import Mutation, Span, mutation_name, outside_spans
+from growformer.data.tokenizer import Tokenizer
+
+AMPLICON_LENGTH = 400
+"""Nucleotides per simulated amplicon: ARTIC's SARS-CoV-2 schemes tile the genome with
+~400-nt amplicons, and one that fails leaves a run of about that length unread."""
+
+
+def genotype_tokens(genotype: Sequence[Mutation], reference: str) -> list[str]:
+    """The genotype's mutations as tokens (``C241T``), in genome order."""
+    return [mutation_name(m, reference) for m in sorted(genotype)]
+
+
+def mutation_tokenizer(train_tokens: Iterable[Sequence[str]], min_count: int) -> Tokenizer:
+    """Word-level tokenizer of the mutations in at least ``min_count`` training examples.
+
+    Args:
+        train_tokens: The training examples' tokens (`genotype_tokens`).
+        min_count: Examples a mutation must appear in to get its own token; rarer ones
+            encode as ``[UNK]``.
+
+    Returns:
+        The tokenizer, its vocabulary in genome order.
+    """
+    counts = Counter(t for tokens in train_tokens for t in set(tokens))
+    kept = [t for t, n in counts.items() if n >= min_count]
+    return Tokenizer.word_level(sorted(kept, key=lambda t: (int(t[1:-1]), t)))
+
+
+def amplicon_spans(count: int, generator: torch.Generator, length: int) -> tuple[Span, ...]:
+    """``count`` distinct amplicons of the genome's tiling by ``length``-nt amplicons, at
+    random, as sorted spans."""
+    tiles = -(-GENOME_LENGTH // length)
+    chosen = sorted(torch.randperm(tiles, generator=generator)[: min(count, tiles)].tolist())
+    return tuple((1 + i * length, min(GENOME_LENGTH, (i + 1) * length)) for i in chosen)
+
+
+def mask_amplicons(
+    genotype: Sequence[Mutation],
+    fraction: float,
+    generator: torch.Generator,
+    length: int = AMPLICON_LENGTH,
+) -> tuple[tuple[Mutation, ...], tuple[Span, ...]]:
+    """Drop random whole amplicons covering ``fraction`` of the genome.
+
+    Args:
+        genotype: Sorted substitutions.
+        fraction: Share of the genome to mask, rounded to whole amplicons.
+        generator: Source of randomness.
+        length: Amplicon length in nucleotides.
+
+    Returns:
+        The substitutions outside the dropped amplicons, and those amplicons' spans.
+    """
+    spans = amplicon_spans(round(fraction * GENOME_LENGTH / length), generator, length)
+    return outside_spans(genotype, spans), spans
