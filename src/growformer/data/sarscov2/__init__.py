@@ -1,4 +1,5 @@
-"""SARS-CoV-2 spike proteins labelled by lineage: the pangoLEARN UShER tree and user FASTA files.
+"""SARS-CoV-2 spike proteins labelled by lineage: the pangoLEARN UShER tree and user FASTA files;
+user genomes called against the reference.
 
 The tree file (`lineageTree.pb`, an UShER mutation-annotated tree of the pangoLEARN
 designated sequences) stores each representative genome as the nucleotide substitutions on its
@@ -17,9 +18,21 @@ Modules, each importing only those above it:
 - `location`: where the tree, reference and alias table are.
 - `dataset`: the split by distinct sequence, the variable sites, the tokens and tokenizer.
 - `fasta`: a user's FASTA file and labels CSV.
+- `mutations`: genomes as substitutions against the reference, and a user genome's call.
+- `align`: unaligned consensus genomes aligned with minimap2 and called, with QC.
+- `variants`: genomes already called: a VCF, Nextclade's results table.
+- `calls`: one entry point reading any of these, its format told by its content.
 """
 
+from growformer.data.sarscov2.align import (
+    MAX_MASKED_FRACTION,
+    MIN_READ_BASES,
+    Aligner,
+    call_genome,
+    read_genomes,
+)
 from growformer.data.sarscov2.cache import default_cache_dir, load_tree_leaves
+from growformer.data.sarscov2.calls import FORMATS, detect_format, read_calls
 from growformer.data.sarscov2.dataset import (
     SequenceSplit,
     spike_tokenizer,
@@ -57,35 +70,59 @@ from growformer.data.sarscov2.location import (
     TreeFiles,
     locate_files,
 )
+from growformer.data.sarscov2.mutations import (
+    QC_FAIL,
+    QC_PASS,
+    GenomeCall,
+    mutation_name,
+    parse_mutation,
+)
 from growformer.data.sarscov2.tree import TreeLeaves, decode_tree, parse_newick
+from growformer.data.sarscov2.variants import REFERENCE_NAMES, read_nextclade, read_vcf
 
 __all__ = [
     "ALIAS_FILE",
     "AMINO_ACIDS",
     "DEBIAN_DATA_DIR",
+    "FORMATS",
     "GENOME_LENGTH",
+    "MAX_MASKED_FRACTION",
+    "MIN_READ_BASES",
     "OTHER",
     "PROTEIN_ALPHABET",
+    "QC_FAIL",
+    "QC_PASS",
     "REFERENCE_FILE",
+    "REFERENCE_NAMES",
     "ROOT_MUTATIONS",
     "SPIKE_LENGTH",
     "SPIKE_START",
     "TREE_FILE",
     "UNASSIGNED",
     "WHO_LABELS",
+    "Aligner",
+    "GenomeCall",
     "LabeledSequences",
     "SequenceSplit",
     "TreeFiles",
     "TreeLeaves",
+    "call_genome",
     "dealias",
     "decode_tree",
     "default_cache_dir",
+    "detect_format",
     "load_tree_leaves",
     "locate_files",
+    "mutation_name",
+    "parse_mutation",
     "parse_newick",
     "read_aliases",
+    "read_calls",
     "read_fasta_labels",
+    "read_genomes",
+    "read_nextclade",
     "read_reference",
+    "read_vcf",
     "spike_nucleotides",
     "spike_of_genome",
     "spike_tokenizer",
