@@ -46,8 +46,9 @@ two thirds of the 29,903-nt genome, the share below which lineage tools stop tru
 call."""
 
 MAX_MASKED_FRACTION = 0.5
-"""A genome whose masked spans (N, ambiguity codes, uncovered reference) cover more than this
-share of the reference fails QC: more than half of it was not read."""
+"""A genome more than this share N or ambiguity codes, or whose masked spans (N, ambiguity
+codes, uncovered reference) cover more than this share of the reference, fails QC: more than
+half of it was not read."""
 
 NUCLEOTIDE_CODES = frozenset("ACGTNRYKMSWBDHV-")
 """Characters a consensus genome may hold (upper-cased): bases, N, IUPAC ambiguity codes, and
@@ -141,9 +142,11 @@ def call_genome(name: str, sequence: str, aligner: Aligner) -> GenomeCall:
     deletions, with quality control.
 
     The genome fails QC (no substitutions, masked spans or deletions; the reason in
-    ``qc_note``) when it holds characters other than nucleotide codes, has fewer than
-    :data:`MIN_READ_BASES` A/C/G/T, or does not align. One whose masked share exceeds
-    :data:`MAX_MASKED_FRACTION` fails too but keeps what was read. A genome that aligns in
+    ``qc_note``) when it holds characters other than nucleotide codes, is more than
+    :data:`MAX_MASKED_FRACTION` N or ambiguity codes, has fewer than :data:`MIN_READ_BASES`
+    A/C/G/T, or does not align. One whose masked spans cover more than
+    :data:`MAX_MASKED_FRACTION` of the reference (a sequence aligning only in part) fails too
+    but keeps what was read. A genome that aligns in
     several pieces (split at a long N run, say) gets the pieces' calls merged, the reference
     between them masked; a piece overlapping a better one is left out and named in the note.
     Insertions, reverse-complement input and query bases outside the alignment are noted.
@@ -162,7 +165,17 @@ def call_genome(name: str, sequence: str, aligner: Aligner) -> GenomeCall:
         shown = ", ".join(repr(c) for c in invalid[:10])
         return _failed(name, f"invalid characters {shown} (not IUPAC nucleotide codes)")
     sequence = sequence.replace("-", "")
+    if not sequence:
+        return _failed(name, "has no sequence")
     read = sum(sequence.count(base) for base in BASES)
+    # Checked before the length: a full-length genome that is mostly N is reported as what it
+    # is, not as short.
+    if 1 - read / len(sequence) > MAX_MASKED_FRACTION:
+        return _failed(
+            name,
+            f"too many Ns: {1 - read / len(sequence):.0%} of the sequence is N or ambiguity "
+            f"codes, QC allows {MAX_MASKED_FRACTION:.0%}",
+        )
     if read < MIN_READ_BASES:
         return _failed(
             name, f"too short: {read:,} unambiguous bases read, QC needs {MIN_READ_BASES:,}"
