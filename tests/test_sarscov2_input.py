@@ -189,11 +189,11 @@ def test_vcf_samples_are_genomes_and_a_bad_genotype_fails_its_sample_alone(tmp_p
     assert s3.qc_note == "line 6: genotype 'x' is not a GT such as 1, 0/1 or 1|1"
 
 
-@pytest.mark.parametrize("compress", [False, True])
-def test_sites_only_vcf_is_one_genome_named_after_the_file(tmp_path, reference, compress):
+@pytest.mark.parametrize(("compress", "columns"), [(False, 8), (True, 8), (False, 9)])
+def test_sites_only_vcf_is_one_genome_named_after_the_file(tmp_path, reference, compress, columns):
     lines = VCF.splitlines()
-    header = "\t".join(lines[2].split("\t")[:8])
-    body = ["\t".join(line.split("\t")[:8]) for line in (lines[3], lines[5])]
+    header = "\t".join(lines[2].split("\t")[:columns])
+    body = ["\t".join(line.split("\t")[:columns]) for line in (lines[3], lines[5])]
     text = "\n".join([lines[0], header, *body, ""])
     [call] = sc.read_calls(write(tmp_path / "sample-7.vcf.gz", text, compress), reference)
     assert call.name == "sample-7"
@@ -261,6 +261,7 @@ def test_nextclade_without_optional_columns(tmp_path, reference):
         ("#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n", "VCF"),
         ("index\tseqName\tclade\n", "Nextclade"),
         ("seqName;clade\n", "Nextclade"),
+        ('"seqName";"clade"\n', "Nextclade"),
     ],
 )
 def test_format_is_told_by_content(tmp_path, text, expected):

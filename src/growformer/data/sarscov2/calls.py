@@ -38,7 +38,7 @@ FORMATS: dict[str, Format] = {
         lambda path, reference: read_vcf(path, _reference(reference)),
     ),
     "Nextclade": Format(
-        lambda line: "seqName" in line.replace(";", "\t").split("\t"),
+        lambda line: "seqName" in (c.strip('"') for c in line.replace(";", "\t").split("\t")),
         lambda path, reference: read_nextclade(path, _reference(reference)),
     ),
 }

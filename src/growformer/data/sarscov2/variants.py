@@ -206,7 +206,7 @@ def _read_record(
         return
     if fields[4] == ".":  # no ALT: the site is the reference
         return
-    if len(fields) == 8:  # no samples: the file is one genome carrying the ALT
+    if len(fields) <= 9:  # no samples (a FORMAT column or not): one genome carrying the ALT
         if len(alts) == 1:
             _apply_allele(genomes[0], line, position, ref, alts[0])
         else:
