@@ -274,3 +274,17 @@ def test_unknown_format_is_a_one_line_error_naming_the_file(tmp_path, reference,
     with pytest.raises(DataError, match=r"^genome file .*what\.csv (is not|is empty)") as info:
         sc.read_calls(path, reference)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (gzip.compress(b">a\n" + b"ACGT\n" * 5000)[:-40], "cannot be read after line"),
+        (b">a\nAC\xffGT\n", "is not UTF-8 text"),
+    ],
+)
+def test_corrupt_files_are_one_line_errors(tmp_path, aligner, content, message):
+    path = tmp_path / "broken.fa"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=rf"^(FASTA|genome) file .*broken\.fa {message}"):
+        list(sc.read_calls(path, aligner))
