@@ -1,9 +1,13 @@
-"""Reading user data files: labelled TSV/CSV tables and plain text, with one-line errors."""
+"""Reading user data files: labelled TSV/CSV tables, plain or gzipped text, with one-line
+errors."""
 
 from __future__ import annotations
 
 import csv
+import gzip
 import io
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from growformer.errors import DataError
@@ -42,6 +46,58 @@ def read_utf8(path: str | Path, what: str = "file") -> str:
         raise DataError(
             f"{what} {path} is not UTF-8 text (invalid byte 0x{raw[e.start]:02x} on line {line})"
         ) from e
+
+
+GZIP_MAGIC = b"\x1f\x8b"  # a gzip stream's first two bytes, whatever the file is called
+
+
+def text_lines(path: str | Path, what: str = "file") -> Iterator[tuple[int, str]]:
+    """The lines of a UTF-8 text file, plain or gzip-compressed, read one at a time.
+
+    Gzip is recognised by its magic bytes, so a compressed file without a ``.gz`` suffix (or a
+    plain one with it) is read right. A leading byte-order mark is dropped. The file is opened
+    before this returns, so a missing or unreadable file raises here; decoding errors raise
+    while iterating, naming the line.
+
+    Args:
+        path: The file.
+        what: How error messages call the file, e.g. "FASTA file".
+
+    Returns:
+        An iterator of (1-based line number, line without its line ending).
+
+    Raises:
+        DataError: The file is missing, a directory, unreadable, a corrupt or truncated gzip
+            stream, or not UTF-8.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{what} {path} does not exist")
+    if path.is_dir():
+        raise DataError(f"{what} {path} is a directory, not a file")
+    try:
+        with path.open("rb") as raw:
+            compressed = raw.read(2) == GZIP_MAGIC
+    except OSError as e:
+        raise DataError(f"{what} {path} cannot be read: {e.strerror}") from e
+    return _decoded_lines(path, what, compressed)
+
+
+def _decoded_lines(path: Path, what: str, compressed: bool) -> Iterator[tuple[int, str]]:
+    number = 0
+    with path.open("rb") as raw:
+        stream = gzip.GzipFile(fileobj=raw) if compressed else raw
+        text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline=None)
+        try:
+            for number, line in enumerate(text, 1):
+                yield number, line.rstrip("\n")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{what} {path} is not UTF-8 text (near line {number + 1})") from e
+        except (OSError, EOFError, zlib.error) as e:
+            # gzip.BadGzipFile is an OSError; a truncated stream ends in EOFError.
+            raise DataError(
+                f"{what} {path} cannot be read after line {number}: {e or 'truncated'}"
+            ) from e
 
 
 def _is_tsv(path: Path, text: str) -> bool:
