@@ -53,6 +53,17 @@ def genome(sarscov2_dir) -> str:
     return sc.read_reference(sarscov2_dir / sc.REFERENCE_FILE)
 
 
+def spike_proteins(genotypes: list[tuple[sc.Mutation, ...]], genome: str) -> list[str]:
+    """Each genotype's spike protein (built once per distinct genotype)."""
+    built: dict[tuple[sc.Mutation, ...], str] = {}
+    return [built.get(g) or built.setdefault(g, sc.spike_protein(g, genome)) for g in genotypes]
+
+
+@pytest.fixture(scope="module")
+def proteins(leaves, genome) -> list[str]:
+    return spike_proteins(leaves.genotypes, genome)
+
+
 @pytest.fixture(scope="module")
 def who(sarscov2_dir, leaves) -> list[str]:
     aliases = sc.read_aliases(sarscov2_dir / sc.ALIAS_FILE)
@@ -61,7 +72,7 @@ def who(sarscov2_dir, leaves) -> list[str]:
 
 @pytest.fixture(scope="module")
 def variable_task(sarscov2_dir, cache_dir):
-    options = {"cache_dir": cache_dir, "sites": "variable"}
+    options = {"cache_dir": cache_dir, "input": "spike", "sites": "variable"}
     return load_task("sarscov2", data_dir=sarscov2_dir, max_len=1000, options=options)
 
 
@@ -84,15 +95,22 @@ def raises_naming(*parts: object, fn, match: str | None = None) -> str:
 # --- the tree ----------------------------------------------------------------------------------
 
 
-def test_decoded_tree_matches_readme(built, who):
+def test_decoded_tree_matches_readme(built, who, proteins):
     leaves, seconds = built
     assert not leaves.from_cache
     assert seconds < 60, f"decoding took {seconds:.1f} s"
     assert len(leaves.names) == len(set(leaves.names)) == 42_213
     assert len(set(leaves.lineages)) == 1_813
-    assert len(set(leaves.proteins)) == 5_469
-    assert {len(p) for p in leaves.proteins} == {sc.SPIKE_LENGTH}
     assert Counter(who) == README_WHO_COUNTS
+    # Genome-wide, nearly every sample is its own genotype; the spike alone repeats a lot.
+    assert len(set(leaves.genotypes)) == 42_208
+    assert len(set(proteins)) == 5_469
+    assert {len(p) for p in proteins} == {sc.SPIKE_LENGTH}
+    sizes = [len(g) for g in leaves.genotypes]
+    assert max(sizes) == 82 and 29 < sum(sizes) / len(sizes) < 30
+    for genotype in leaves.genotypes:
+        assert list(genotype) == sorted(genotype)
+        assert all(1 <= p <= sc.GENOME_LENGTH and b in "ACGT" for p, b in genotype)
 
 
 def test_reference_spike_translation(genome):
@@ -104,19 +122,29 @@ def test_reference_spike_translation(genome):
     assert sc.translate(genome[end : end + 3]) == "*"
 
 
-def test_known_lineage_mutations(leaves, who, genome):
+def test_known_lineage_mutations(leaves, who, genome, proteins):
     reference = sc.spike_of_genome(genome)
     assert (reference[451], reference[477], reference[680]) == ("L", "T", "P")
     # Delta's signature L452R, T478K, P681R; Omicron's N501Y and P681H.
-    delta = [p for p, w in zip(leaves.proteins, who, strict=True) if w == "Delta"]
-    omicron = [p for p, w in zip(leaves.proteins, who, strict=True) if w == "Omicron"]
+    delta = [p for p, w in zip(proteins, who, strict=True) if w == "Delta"]
+    omicron = [p for p, w in zip(proteins, who, strict=True) if w == "Omicron"]
     assert sum((p[451], p[477], p[680]) == ("R", "K", "R") for p in delta) > 0.99 * len(delta)
     assert sum((p[500], p[680]) == ("Y", "H") for p in omicron) > 0.99 * len(omicron)
     # The root (lineage A) has the reference spike, and so do many early A.* leaves.
     assert any(
         lin.startswith("A.") and p == reference
-        for p, lin in zip(leaves.proteins, leaves.lineages, strict=True)
+        for p, lin in zip(proteins, leaves.lineages, strict=True)
     )
+    # Genome-wide: C3037T, C14408T and D614G (A23403G) came with B.1, so nearly every Delta
+    # and Omicron genome carries all three. The tree masks the genome's ends: no mutation
+    # before 269 (not even B.1's C241T) or after 29,673.
+    assert sc.mutation_name((23_403, "G"), genome) == "A23403G"
+    assert sc.mutated_span(leaves.genotypes) == (269, 29_673)
+    later = [
+        set(g) for g, w in zip(leaves.genotypes, who, strict=True) if w in ("Delta", "Omicron")
+    ]
+    b1 = {(3_037, "T"), (14_408, "T"), (23_403, "G")}
+    assert sum(b1 <= g for g in later) > 0.99 * len(later)
 
 
 def test_cache_hit_and_invalidation(sarscov2_dir, cache_dir, leaves, genome, tmp_path):
@@ -125,10 +153,11 @@ def test_cache_hit_and_invalidation(sarscov2_dir, cache_dir, leaves, genome, tmp
     again = sc.load_tree_leaves(tree, reference, cache_dir)
     assert time.perf_counter() - start < 5
     assert again.from_cache
-    assert (again.names, again.lineages, again.proteins) == (
+    assert (again.names, again.lineages, again.genotypes, again.tree_sha256) == (
         leaves.names,
         leaves.lineages,
-        leaves.proteins,
+        leaves.genotypes,
+        leaves.tree_sha256,
     )
     assert not list(cache_dir.glob("*.tmp"))
     # A different tree file (an unknown field appended, which decoders skip) is not served
@@ -138,10 +167,12 @@ def test_cache_hit_and_invalidation(sarscov2_dir, cache_dir, leaves, genome, tmp
     assert not sc.load_tree_leaves(other_tree, reference, cache_dir).from_cache
     # Nor is a different reference: one substitution in codon 1 (ATG -> CTG) shows everywhere.
     i = sc.SPIKE_START - 1
-    other_reference = write(tmp_path / "ref.fasta", f">ref\n{genome[:i]}C{genome[i + 1 :]}\n")
+    other_genome = f"{genome[:i]}C{genome[i + 1 :]}"
+    other_reference = write(tmp_path / "ref.fasta", f">ref\n{other_genome}\n")
     changed = sc.load_tree_leaves(tree, other_reference, cache_dir)
     assert not changed.from_cache
-    assert Counter(p[0] for p in changed.proteins) == {"L": len(leaves.names)}
+    starts = Counter(p[0] for p in spike_proteins(changed.genotypes, other_genome))
+    assert starts == {"L": len(leaves.names)}
     assert len(list(cache_dir.glob("leaves-*.json.gz"))) == 3
 
 
@@ -195,7 +226,7 @@ def test_constructed_tree(genome, tmp_path):
     # Pre-order: root, n1, s1, s2, condensed_1, (unnamed), deep.
     at = sc.SPIKE_START  # codon 1 (ATG, M); codon 2 (TTT, F) starts at +3
     node_mutations = [
-        [mutation(100, "G")],  # outside the spike: ignored
+        [mutation(100, "G")],  # outside the spike: in every genotype
         [mutation(at, "C", packed=False)],  # M1L, unpacked mut_nuc
         [],
         [mutation(at + 3, "G"), mutation(at + 5, "A")],  # F2V, then GTA is still V
@@ -214,8 +245,20 @@ def test_constructed_tree(genome, tmp_path):
     leaves = sc.decode_tree(path, reference)
     assert leaves.names == ["s1", "s2", "x", "y", "deep"]
     assert leaves.lineages == ["B.1", "B.1", "A", "A", "C.1"]
-    assert [p[:3] for p in leaves.proteins] == ["LFV", "LVV", "MFV", "MFV", "IFV"]
-    assert {p[3:] for p in leaves.proteins} == {sc.spike_of_genome(genome)[3:]}
+    proteins = spike_proteins(leaves.genotypes, genome)
+    assert [p[:3] for p in proteins] == ["LFV", "LVV", "MFV", "MFV", "IFV"]
+    assert {p[3:] for p in proteins} == {sc.spike_of_genome(genome)[3:]}
+    # Genome-wide: the root's own change and lineage A's root changes, then each path's;
+    # the second change of codon 2 overwrites nothing (another site).
+    root = {(100, "G"), *sc.ROOT_MUTATIONS}
+    assert [set(g) - root for g in leaves.genotypes] == [
+        {(at, "C")},
+        {(at, "C"), (at + 3, "G"), (at + 5, "A")},
+        set(),
+        set(),
+        {(at + 2, "A")},
+    ]
+    assert leaves.genotypes[2] is leaves.genotypes[3]  # a condensed node's samples share one
 
 
 def test_tree_errors(genome, tmp_path):
@@ -279,10 +322,10 @@ def test_top_lineage_labels():
 # --- split --------------------------------------------------------------------------------------
 
 
-def test_split_keeps_identical_sequences_together(leaves, who):
+def test_split_keeps_identical_sequences_together(proteins, who):
     splits = {}
     for dedup in (True, False):
-        split = sc.split_by_sequence(leaves.proteins, who, test_fraction=0.2, seed=0, dedup=dedup)
+        split = sc.split_by_sequence(proteins, who, test_fraction=0.2, seed=0, dedup=dedup)
         splits[dedup] = split
         train, test = {s for s, _ in split.train}, {s for s, _ in split.test}
         assert not train & test
@@ -298,12 +341,12 @@ def test_split_keeps_identical_sequences_together(leaves, who):
         assert {y for _, y in split.test} == set(README_WHO_COUNTS)
     assert len(set(splits[True].train)) == len(splits[True].train)
     assert Counter(y for _, y in splits[False].train + splits[False].test) == README_WHO_COUNTS
-    labels_of = Counter(s for s, _ in set(zip(leaves.proteins, who, strict=True)))
+    labels_of = Counter(s for s, _ in set(zip(proteins, who, strict=True)))
     conflicting = sum(n > 1 for n in labels_of.values())
     assert splits[True].info["label_conflicting_sequences"] == conflicting
     assert len(splits[True].train) + len(splits[True].test) == 5_469 + conflicting
-    again = sc.split_by_sequence(leaves.proteins, who, test_fraction=0.2, seed=0, dedup=True)
-    other = sc.split_by_sequence(leaves.proteins, who, test_fraction=0.2, seed=1, dedup=True)
+    again = sc.split_by_sequence(proteins, who, test_fraction=0.2, seed=0, dedup=True)
+    other = sc.split_by_sequence(proteins, who, test_fraction=0.2, seed=1, dedup=True)
     assert again.test == splits[True].test and other.test != again.test
 
 
@@ -326,7 +369,7 @@ def test_split_small_classes():
 # --- the task -----------------------------------------------------------------------------------
 
 
-def test_task_variable_sites(variable_task, leaves, who, genome):
+def test_task_variable_sites(variable_task, proteins, who, genome):
     task = variable_task
     assert task.kind == "classification" and task.label_names == list(sc.WHO_LABELS)
     info = task.info
@@ -337,11 +380,11 @@ def test_task_variable_sites(variable_task, leaves, who, genome):
     assert {len(ids) for ids in task.train.ids + task.val.ids} == {len(sites) + 1}
     # The same split as the task's (seed 0, fraction 0.2); the sites are exactly where some
     # training sequence differs from the reference, chosen without the test sequences.
-    split = sc.split_by_sequence(leaves.proteins, who, test_fraction=0.2, seed=0, dedup=True)
+    split = sc.split_by_sequence(proteins, who, test_fraction=0.2, seed=0, dedup=True)
     reference = sc.spike_of_genome(genome)
     train = sorted({s for s, _ in split.train})
     assert sites == [i for i in range(len(reference)) if any(p[i] != reference[i] for p in train)]
-    assert len(sites) < len(sc.variable_sites(leaves.proteins, reference))
+    assert len(sites) < len(sc.variable_sites(proteins, reference))
     expected = task.tokenizer.encode_words(
         [sc.spike_tokens(s, sites, 1) for s, _ in split.train], add_cls=True
     )
@@ -363,8 +406,8 @@ def test_min_site_count_keeps_sites_shared_by_enough_sequences(genome):
     assert sc.variable_sites([a, b, c], reference, min_count=3) == [4]
 
 
-def test_task_split_and_labels(sarscov2_dir, cache_dir, leaves, who):
-    options = {"cache_dir": cache_dir}
+def test_task_split_and_labels(sarscov2_dir, cache_dir, leaves, who, proteins):
+    options = {"cache_dir": cache_dir, "input": "spike"}
     with pytest.raises(ConfigError, match=r"max_len 1274 .*sites='variable'"):
         load_task("sarscov2", data_dir=sarscov2_dir, options=options)
     task = load_task("sarscov2", data_dir=sarscov2_dir, max_len=1274, options=options)
@@ -374,7 +417,7 @@ def test_task_split_and_labels(sarscov2_dir, cache_dir, leaves, who):
     assert not train & test
     assert task.info["test_sequences_matching_train"] == 0
     assert set(task.train.labels.tolist()) == set(task.val.labels.tolist()) == set(range(7))
-    labels_of = Counter(p for p, _ in set(zip(leaves.proteins, who, strict=True)))
+    labels_of = Counter(p for p, _ in set(zip(proteins, who, strict=True)))
     conflicting = sum(n > 1 for n in labels_of.values())
     assert task.info["label_conflicting_sequences"] == conflicting > 0
     assert len(task.train) + len(task.val) == 5_469 + conflicting
@@ -399,7 +442,7 @@ def test_task_split_and_labels(sarscov2_dir, cache_dir, leaves, who):
 
 
 def test_task_kmers(sarscov2_dir, cache_dir):
-    options = {"cache_dir": cache_dir, "sites": "variable", "kmer": 3}
+    options = {"cache_dir": cache_dir, "input": "spike", "sites": "variable", "kmer": 3}
     task = load_task("sarscov2", data_dir=sarscov2_dir, max_len=1000, options=options)
     n_sites = len(task.info["variable_sites"])
     assert task.max_len == n_sites - 3 + 2
@@ -459,6 +502,13 @@ def test_bad_options(sarscov2_dir, cache_dir):
         ({"kmer": 0}, "kmer"),
         ({"dedup": "yes"}, "dedup"),
         ({"test_fraction": 1.0}, "test_fraction"),
+        ({"input": "genome"}, "input must be one of mutations, spike"),
+        ({"split": "random"}, "split must be one of genotype, lineage, future"),
+        ({"label": "lineage", "split": "future"}, "label 'lineage' cannot predict"),
+        ({"min_count": 0}, "min_count"),
+        ({"augment_copies": -1}, "augment_copies"),
+        ({"augment_mask": 1.5}, "augment_mask"),
+        ({"top_lineages": -1}, "top_lineages"),
     ):
         with pytest.raises(ConfigError, match=match):
             load_task(

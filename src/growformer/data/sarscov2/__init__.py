@@ -57,6 +57,7 @@ from growformer.data.sarscov2.genotypes import (
     amplicon_spans,
     genotype_tokens,
     mask_amplicons,
+    mutated_span,
     mutation_tokenizer,
 )
 from growformer.data.sarscov2.lineages import (
@@ -139,6 +140,7 @@ __all__ = [
     "locate_files",
     "mask_amplicons",
     "mutation_name",
+    "mutated_span",
     "mutation_tokenizer",
     "parent_lineage",
     "parse_mutation",

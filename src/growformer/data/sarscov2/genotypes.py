@@ -31,6 +31,19 @@ def genotype_tokens(genotype: Sequence[Mutation], reference: str) -> list[str]:
     return [mutation_name(m, reference) for m in sorted(genotype)]
 
 
+def mutated_span(genotypes: Iterable[Sequence[Mutation]]) -> Span:
+    """The first and last positions where any of ``genotypes`` has a mutation.
+
+    Trees mask the genome's ends, where sequencing is unreliable (the pangoLEARN tree has no
+    mutation before 269 or after 29,673): a user genome's calls outside this span are
+    nothing the model could have learned from, and are left out of its input.
+    """
+    positions = [p for genotype in genotypes for p, _ in genotype]
+    if not positions:
+        raise ValueError("no genotype has a mutation")
+    return min(positions), max(positions)
+
+
 def mutation_tokenizer(train_tokens: Iterable[Sequence[str]], min_count: int) -> Tokenizer:
     """Word-level tokenizer of the mutations in at least ``min_count`` training examples.
 

@@ -96,7 +96,12 @@ def _load(request: TaskRequest) -> TaskData:
         inputs = leaves.genotypes
     if how == "genotype":
         split = sarscov2.split_by_sequence(
-            inputs, labels, test_fraction=spike.test_fraction, seed=request.seed, dedup=True
+            inputs,
+            labels,
+            test_fraction=spike.test_fraction,
+            seed=request.seed,
+            # The mutation input always deduplicates, after encoding (`_mutation_task`).
+            dedup=spike.dedup if kind == "spike" else True,
         )
     elif how == "lineage":
         split = sarscov2.split_by_lineage(
