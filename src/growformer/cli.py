@@ -1,5 +1,5 @@
-"""Command line: ``growformer train | evaluate | info | plan | analyze | compress | report |
-export``.
+"""Command line: ``growformer train | evaluate | assign | info | plan | analyze | compress |
+report | export``.
 
 User errors (bad files, configs, flags, checkpoints) end with one ``growformer: error:``
 line on standard error and exit code 2, never a traceback.
@@ -18,6 +18,7 @@ from typing import Any
 from growformer import allocation, checkpoint, export
 from growformer.allocation import STRATEGIES
 from growformer.arch import Architecture
+from growformer.assign import assign
 from growformer.data import (
     TASKS,
     Tokenizer,
@@ -122,6 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--labels", help="CSV id,label for the records of a FASTA --data")
     e.add_argument("--batch-size", type=int, default=64)
 
+    g = sub.add_parser(
+        "assign",
+        help="call SARS-CoV-2 lineages of genomes (FASTA, VCF, Nextclade TSV) into a CSV file",
+    )
+    g.add_argument("genomes", help="unaligned consensus FASTA (or .gz), VCF or Nextclade TSV")
+    g.add_argument("--checkpoint", required=True, help="run directory or checkpoint directory")
+    g.add_argument("--out", required=True, help="CSV file of calls, one row per genome")
+    g.add_argument("--reference", help="MN908947.3 FASTA (default: the one trained with)")
+    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     i = sub.add_parser("info", help="print a checkpoint's architecture")
     i.add_argument("checkpoint", help="run directory or checkpoint directory")
     i.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -198,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         commands = {
             "train": _train,
             "evaluate": _evaluate,
+            "assign": _assign,
             "info": _info,
             "plan": _plan,
             "analyze": _analyze,
@@ -263,15 +276,17 @@ def _outcome(summary: dict[str, Any], out: Path) -> str:
 
 def _evaluate(args: argparse.Namespace) -> int:
     ckpt = checkpoint.load(args.checkpoint)
-    data = _eval_data(ckpt, args)
+    data, facts = _eval_data(ckpt, args)
     pad_id = Tokenizer.from_json(ckpt.tokenizer_json).pad_id
-    print(json.dumps(evaluate(ckpt.model, data, batch_size=args.batch_size, pad_id=pad_id)))
+    metrics = evaluate(ckpt.model, data, batch_size=args.batch_size, pad_id=pad_id)
+    print(json.dumps({**metrics, **facts}))
     return 0
 
 
-def _eval_data(ckpt: checkpoint.Checkpoint, args: argparse.Namespace) -> Any:
-    """The data of ``--data`` (and ``--labels``), encoded for ``ckpt``; without ``--data``,
-    the validation split of the task the checkpoint was trained on."""
+def _eval_data(ckpt: checkpoint.Checkpoint, args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The data of ``--data`` (and ``--labels``), encoded for ``ckpt``, and what the data's
+    reader counted (records it could not score); without ``--data``, the validation split of
+    the task the checkpoint was trained on."""
     if args.batch_size <= 0:
         raise ConfigError(f"--batch-size must be positive, got {args.batch_size}")
     spec = TASKS.get(ckpt.task["name"])  # None: a task this process has not registered
@@ -282,7 +297,7 @@ def _eval_data(ckpt: checkpoint.Checkpoint, args: argparse.Namespace) -> Any:
             f"{ckpt.task['name']!r}"
         )
     if args.data is None:
-        return task_data(TrainConfig.from_dict(ckpt.config), ckpt).val
+        return task_data(TrainConfig.from_dict(ckpt.config), ckpt).val, {}
     tokenizer = Tokenizer.from_json(ckpt.tokenizer_json)
     max_len = ckpt.model.arch.max_len
     if labelled is not None:
@@ -291,7 +306,7 @@ def _eval_data(ckpt: checkpoint.Checkpoint, args: argparse.Namespace) -> Any:
         return labelled.encode(tokenizer, ckpt.task, max_len, args.data, args.labels)
     if ckpt.model.arch.kind == "classifier":
         texts, labels = read_labeled(args.data)
-        return encode_classification(
+        encoded = encode_classification(
             tokenizer,
             texts,
             labels,
@@ -299,7 +314,39 @@ def _eval_data(ckpt: checkpoint.Checkpoint, args: argparse.Namespace) -> Any:
             max_len,
             source=f"data file {args.data}",
         )
-    return encode_lm(tokenizer, read_text(args.data), max_len, source=f"text file {args.data}")
+        return encoded, {}
+    text = read_text(args.data)
+    return encode_lm(tokenizer, text, max_len, source=f"text file {args.data}"), {}
+
+
+def _assign(args: argparse.Namespace) -> int:
+    summary = assign(
+        checkpoint.load(args.checkpoint),
+        args.genomes,
+        args.out,
+        reference=args.reference,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    ).to_dict()
+    failed = ", ".join(f"{n} {why}" for why, n in summary["qc_failed_by_reason"].items())
+    print(
+        f"called {summary['called']} of {summary['genomes']} genomes in {summary['seconds']:.1f} s"
+        f" ({summary['genomes_per_s']} genomes/s); QC failed {summary['qc_failed']}"
+        + (f" ({failed})" if failed else "")
+        + f"; wrote {args.out}",
+        file=sys.stderr,
+    )
+    print(json.dumps(summary))
+    return 0
+
+
+def _measured_data(ckpt: checkpoint.Checkpoint, args: argparse.Namespace) -> Any:
+    """`_eval_data` for the commands that measure a model on it: what the data's reader
+    counted is said on standard error."""
+    data, facts = _eval_data(ckpt, args)
+    if facts:
+        print(f"growformer: data {args.data}: {json.dumps(facts)}", file=sys.stderr)
+    return data
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -370,7 +417,7 @@ def _analyze(args: argparse.Namespace) -> int:
     if args.batches <= 0:
         raise ConfigError(f"--batches must be positive, got {args.batches}")
     ckpt = checkpoint.load(args.checkpoint)
-    data = _eval_data(ckpt, args)
+    data = _measured_data(ckpt, args)
     pad_id = Tokenizer.from_json(ckpt.tokenizer_json).pad_id
     batches = list(itertools.islice(eval_batches(data, args.batch_size, pad_id), args.batches))
     curves = allocation.saturation_curves(
@@ -395,7 +442,7 @@ def _compress(args: argparse.Namespace) -> int:
     curves = read_json(args.curves, "curves file") if args.curves else None
     report = allocation.compress(
         ckpt,
-        _eval_data(ckpt, args),
+        _measured_data(ckpt, args),
         args.out,
         ranks=ranks,
         tolerance=args.tolerance,

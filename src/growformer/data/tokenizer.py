@@ -102,6 +102,11 @@ class Tokenizer:
         return SPECIAL_TOKENS.index("[EOS]")
 
     @property
+    def unk_id(self) -> int:
+        """Id of `[UNK]`: a word a word-level vocabulary does not hold."""
+        return SPECIAL_TOKENS.index("[UNK]")
+
+    @property
     def vocab_size(self) -> int:
         """Number of ids, special tokens included."""
         return self._tok.get_vocab_size(with_added_tokens=True)
@@ -139,8 +144,7 @@ class Tokenizer:
         Raises:
             ValueError: The tokenizer is not word-level.
         """
-        vocab = self._word_ids
-        unk = SPECIAL_TOKENS.index("[UNK]")
+        vocab, unk = self._word_ids, self.unk_id
         prefix = [self.cls_id] if add_cls else []
         return [prefix + [vocab.get(w, unk) for w in seq] for seq in words]
 

@@ -38,7 +38,7 @@ from growformer.data.sarscov2.align import (
 from growformer.data.sarscov2.cache import default_cache_dir, load_tree_leaves
 from growformer.data.sarscov2.calls import FORMATS, detect_format, read_calls
 from growformer.data.sarscov2.dataset import spike_tokenizer, spike_tokens, variable_sites
-from growformer.data.sarscov2.fasta import LabeledSequences, read_fasta_labels
+from growformer.data.sarscov2.fasta import LabeledSequences, read_fasta_labels, read_label_rows
 from growformer.data.sarscov2.genome import (
     AMINO_ACIDS,
     GENOME_LENGTH,
@@ -139,8 +139,8 @@ __all__ = [
     "load_tree_leaves",
     "locate_files",
     "mask_amplicons",
-    "mutation_name",
     "mutated_span",
+    "mutation_name",
     "mutation_tokenizer",
     "parent_lineage",
     "parse_mutation",
@@ -149,6 +149,7 @@ __all__ = [
     "read_calls",
     "read_fasta_labels",
     "read_genomes",
+    "read_label_rows",
     "read_nextclade",
     "read_reference",
     "read_vcf",

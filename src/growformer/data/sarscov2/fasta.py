@@ -91,8 +91,18 @@ def _check_record(path: Path, record: _Record) -> tuple[str, str]:
     return kind, spike_of_genome(sequence)
 
 
-def _read_label_rows(path: Path, skip_bad: bool, dropped: list[str]) -> dict[str, tuple[str, int]]:
-    """id -> (label, line) of a labels CSV with header `id,label`."""
+def read_label_rows(path: Path, skip_bad: bool, dropped: list[str]) -> dict[str, tuple[str, int]]:
+    """id -> (label, line) of a labels CSV with header `id,label`.
+
+    Args:
+        path: The CSV file.
+        skip_bad: Record a bad row's message in ``dropped`` and go on, instead of raising.
+        dropped: Where skipped rows are recorded.
+
+    Raises:
+        DataError: The file is missing, empty or malformed, has no `id` and `label` columns,
+            or (without ``skip_bad``) a row is bad: wrong field count, empty, a repeated id.
+    """
     content = read_utf8(path, "labels file")
     if not content.strip():
         raise DataError(f"labels file {path} is empty")
@@ -164,7 +174,7 @@ def read_fasta_labels(
             raise DataError(message)
         dropped.append(message)
 
-    rows = _read_label_rows(labels_csv, skip_bad, dropped)
+    rows = read_label_rows(labels_csv, skip_bad, dropped)
     result = LabeledSequences([], [], [], kind="")
     first: dict[str, _Record] = {}
     first_valid: _Record | None = None  # its kind is the file's kind

@@ -14,11 +14,17 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from growformer.data.sarscov2.genome import GENOME_LENGTH
-from growformer.data.sarscov2.mutations import Mutation, Span, mutation_name, outside_spans
+from growformer.data.sarscov2.mutations import (
+    Mutation,
+    Span,
+    mutation_name,
+    outside_spans,
+)
 from growformer.data.tokenizer import Tokenizer
 
 AMPLICON_LENGTH = 400
@@ -87,3 +93,25 @@ def mask_amplicons(
     """
     spans = amplicon_spans(round(fraction * GENOME_LENGTH / length), generator, length)
     return outside_spans(genotype, spans), spans
+
+
+@dataclass(frozen=True)
+class GenomeEncoder:
+    """A genome as a model trained on the tree's genotypes reads it.
+
+    Args:
+        tokenizer: The model's tokenizer (`mutation_tokenizer` of its training split).
+        reference: MN908947.3, upper case.
+        span: `mutated_span` of the training data: substitutions outside it are left out,
+            as the tree left them out (a real genome's C241T is not in the tree).
+    """
+
+    tokenizer: Tokenizer
+    reference: str
+    span: Span
+
+    def ids(self, substitutions: Sequence[Mutation]) -> list[int]:
+        """``[CLS]`` and one id per substitution inside the span, in genome order."""
+        first, last = self.span
+        words = genotype_tokens([m for m in substitutions if first <= m[0] <= last], self.reference)
+        return self.tokenizer.encode_words([words], add_cls=True)[0]

@@ -90,6 +90,15 @@ class GenomeCall:
     qc_note: str = ""
 
     @property
+    def qc_reason(self) -> str:
+        """What kind of QC failure it is, for counting: the note without its line, figures and
+        details (``too many Ns``, ``too short``, ``invalid characters``); "" if it passed."""
+        if self.qc_status != QC_FAIL:
+            return ""
+        note = re.sub(r"^line \d+: ", "", self.qc_note)
+        return re.sub(r"'[^']*'", "", note.split(":")[0].split(" (")[0]).strip()
+
+    @property
     def masked_fraction(self) -> float:
         """Share of the reference genome that was not read."""
         return sum(last - first + 1 for first, last in self.masked) / GENOME_LENGTH

@@ -212,10 +212,10 @@ def spike_task(
 
 def _encode_fasta(
     tokenizer: Tokenizer, task: Mapping[str, Any], max_len: int, data: str, labels: str
-) -> ClassificationData:
+) -> tuple[ClassificationData, dict[str, Any]]:
     """`growformer evaluate --data FASTA --labels CSV` of a checkpoint of a protein task."""
     records = sarscov2.read_fasta_labels(data, labels)
-    return encode_spikes(
+    encoded = encode_spikes(
         tokenizer,
         records.sequences,
         records.labels,
@@ -224,6 +224,7 @@ def _encode_fasta(
         max_len,
         source=f"FASTA file {data}",
     )
+    return encoded, {}
 
 
 SPIKE_EVAL = EvalFormat(

@@ -23,17 +23,31 @@ the model was trained on.
 
 from __future__ import annotations
 
+import hashlib
+import os
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from growformer.data import sarscov2
 from growformer.data.datasets import ClassificationData
-from growformer.data.sarscov2.genotypes import genotype_tokens, mask_amplicons, mutation_tokenizer
+from growformer.data.sarscov2.align import Aligner
+from growformer.data.sarscov2.genotypes import (
+    GenomeEncoder,
+    genotype_tokens,
+    mask_amplicons,
+    mutated_span,
+    mutation_tokenizer,
+)
+from growformer.data.sarscov2.location import REFERENCE_FILE
 from growformer.data.sarscov2.mutations import Mutation
 from growformer.data.tasks.common import fraction_option, int_option, path_option
 from growformer.data.tasks.proteins import SPIKE_EVAL, SpikeOptions, spike_task
-from growformer.data.tasks.spec import TaskData, TaskRequest, TaskSpec
+from growformer.data.tasks.spec import EvalFormat, TaskData, TaskRequest, TaskSpec
+from growformer.data.tokenizer import Tokenizer
 from growformer.errors import ConfigError, DataError
 
 INPUTS = ("mutations", "spike")
@@ -74,7 +88,9 @@ def _load(request: TaskRequest) -> TaskData:
     info: dict[str, Any] = {
         "source": str(files.tree),
         "tree_sha256": leaves.tree_sha256,
-        "reference": str(files.reference),
+        # Where calling a user's genomes finds the reference again (and checks it is the same).
+        "reference": str(Path(files.reference).resolve()),
+        "reference_sha256": hashlib.sha256(reference.encode()).hexdigest(),
         "input": kind,
         "label": rule,
         "split": how,
@@ -126,7 +142,8 @@ def _load(request: TaskRequest) -> TaskData:
             source=f"tree file {files.tree}",
             info={**info, "test_fraction": spike.test_fraction},
         )
-    return _mutation_task(split, label_names, reference, request, info)
+    span = mutated_span(leaves.genotypes)
+    return _mutation_task(split, label_names, reference, span, request, {**info, "span": span})
 
 
 def _spike_proteins(genotypes: list[tuple[Mutation, ...]], reference: str) -> list[str]:
@@ -145,6 +162,7 @@ def _mutation_task(
     split: sarscov2.SequenceSplit,
     label_names: list[str],
     reference: str,
+    span: sarscov2.Span,
     request: TaskRequest,
     info: dict[str, Any],
 ) -> TaskData:
@@ -153,8 +171,10 @@ def _mutation_task(
     min_count = int_option("sarscov2", "min_count", opts["min_count"], 1)
     copies = int_option("sarscov2", "augment_copies", opts["augment_copies"], 0)
     most = fraction_option("sarscov2", "augment_mask", opts["augment_mask"])
-    tokens = {g: genotype_tokens(g, reference) for g, _ in split.train + split.test}
-    tokenizer = mutation_tokenizer((tokens[g] for g, _ in split.train), min_count)
+    tokenizer = mutation_tokenizer(
+        (genotype_tokens(g, reference) for g, _ in split.train), min_count
+    )
+    encoder = GenomeEncoder(tokenizer, reference, span)
     gen = torch.Generator().manual_seed(request.seed)
     index = {name: i for i, name in enumerate(label_names)}
     train: dict[tuple[tuple[int, ...], int], None] = {}  # deduplicated, in order
@@ -164,22 +184,19 @@ def _mutation_task(
             fraction = most * torch.rand((), generator=gen).item()
             versions.append(mask_amplicons(genotype, fraction, gen)[0])
         for version in versions:
-            words = tokens[genotype] if version is genotype else genotype_tokens(version, reference)
-            ids = tokenizer.encode_words([words], add_cls=True)[0]
-            train.setdefault((tuple(ids), index[label]), None)
+            train.setdefault((tuple(encoder.ids(version)), index[label]), None)
     seen = {ids for ids, _ in train}
     test: dict[tuple[tuple[int, ...], int], None] = {}
     dropped = 0
     for genotype, label in split.test:
-        ids = tuple(tokenizer.encode_words([tokens[genotype]], add_cls=True)[0])
+        ids = tuple(encoder.ids(genotype))
         if ids in seen:
             dropped += 1
         else:
             test.setdefault((ids, index[label]), None)
     if not test:
         raise DataError(f"tree file {info['source']}: no test example is left after the split")
-    unk = tokenizer.encode_words([["[UNK]"]], add_cls=False)[0][0]
-    unknown = sum(ids.count(unk) for ids, _ in test)
+    unknown = sum(ids.count(tokenizer.unk_id) for ids, _ in test)
     longest = max(len(ids) for ids, _ in [*train, *test])
     if longest > request.max_len:
         raise ConfigError(
@@ -219,6 +236,100 @@ def _mutation_task(
     )
 
 
+def genome_encoder(
+    tokenizer: Tokenizer, task: Mapping[str, Any], reference: str | Path | None = None
+) -> GenomeEncoder:
+    """How a checkpoint of the task (mutation input) reads a user's genomes.
+
+    Args:
+        tokenizer: The checkpoint's tokenizer.
+        task: The checkpoint's task record.
+        reference: MN908947.3 FASTA; None: the file the task was trained with, else
+            MN908947.3.fasta in $GROWFORMER_SARSCOV2_DIR.
+
+    Raises:
+        ConfigError: The checkpoint is not one of this task with the mutation input.
+        DataError: No reference is found, or it is not the genome the model was trained
+            against.
+    """
+    info = task["info"]
+    if task["name"] != "sarscov2" or info.get("input") != "mutations":
+        raise ConfigError(
+            f"calling genomes needs a model of task 'sarscov2' with input 'mutations'; this "
+            f"one is of task {task['name']!r} with input {info.get('input')!r}"
+        )
+    if reference is None:
+        candidates = [Path(info["reference"])]
+        if os.environ.get("GROWFORMER_SARSCOV2_DIR"):
+            candidates.append(Path(os.environ["GROWFORMER_SARSCOV2_DIR"]) / REFERENCE_FILE)
+        reference = next((c for c in candidates if c.is_file()), None)
+        if reference is None:
+            raise DataError(
+                f"the reference genome the model was trained with ({candidates[0]}) is not "
+                f"here: pass --reference FASTA of MN908947.3 or set GROWFORMER_SARSCOV2_DIR"
+            )
+    genome = sarscov2.read_reference(reference)
+    if hashlib.sha256(genome.encode()).hexdigest() != info["reference_sha256"]:
+        raise DataError(
+            f"reference {reference} is not the genome the model was trained against "
+            "(MN908947.3 as in the training data; its SHA-256 differs)"
+        )
+    first, last = info["span"]
+    return GenomeEncoder(tokenizer, genome, (first, last))
+
+
+def _encode_genomes(
+    tokenizer: Tokenizer, task: Mapping[str, Any], max_len: int, data: str, labels: str
+) -> tuple[ClassificationData, dict[str, Any]]:
+    """`growformer evaluate --data GENOMES --labels CSV`: FASTA, VCF or Nextclade genomes.
+
+    Genomes that fail QC, and genomes without a label, are not scored: they are counted, by
+    reason, in the facts returned; so are labels without a genome.
+    """
+    if task["info"].get("input") == "spike":
+        return SPIKE_EVAL.encode(tokenizer, task, max_len, data, labels)
+    encoder = genome_encoder(tokenizer, task)
+    rows = sarscov2.read_label_rows(Path(labels), False, [])
+    index = {name: i for i, name in enumerate(task["label_names"])}
+    unknown = sorted({label for label, _ in rows.values()} - index.keys())
+    if unknown:
+        raise DataError(
+            f"labels file {labels}: labels {unknown[:5]} are not among the model's labels "
+            f"{task['label_names']}"
+        )
+    ids: list[list[int]] = []
+    targets: list[int] = []
+    failed: Counter[str] = Counter()
+    names: set[str] = set()
+    total = unlabelled = 0
+    for call in sarscov2.read_calls(data, Aligner(encoder.reference)):
+        total += 1
+        names.add(call.name)
+        if call.qc_status == sarscov2.QC_FAIL:
+            failed[call.qc_reason] += 1
+        elif call.name not in rows:
+            unlabelled += 1
+        else:
+            ids.append(encoder.ids(call.substitutions)[:max_len])
+            targets.append(index[rows[call.name][0]])
+    facts = {
+        "genomes": total,
+        "qc_failed": sum(failed.values()),
+        "qc_failed_by_reason": dict(sorted(failed.items())),
+        "genomes_without_label": unlabelled,
+        "labels_without_genome": len(rows.keys() - names),
+    }
+    return ClassificationData(ids=ids, labels=torch.tensor(targets, dtype=torch.long)), facts
+
+
+GENOME_EVAL = EvalFormat(
+    encode=_encode_genomes,
+    usage=(
+        "classifies SARS-CoV-2 genomes: pass --data GENOMES (FASTA, VCF or Nextclade TSV) "
+        "--labels CSV (id,label), or call them with growformer assign"
+    ),
+)
+
 SARSCOV2 = TaskSpec(
     load=_load,
     options={
@@ -239,7 +350,7 @@ SARSCOV2 = TaskSpec(
         "cache_dir": None,
     },
     files=("data_dir",),
-    evaluate=SPIKE_EVAL,
+    evaluate=GENOME_EVAL,
 )
 """The genomes of the pangoLEARN lineage tree in `data_dir`, $GROWFORMER_SARSCOV2_DIR or the
 Debian package's directory (see the module docstring for the options)."""

@@ -80,13 +80,16 @@ class EvalFormat:
     Args:
         encode: `encode(tokenizer, task, max_len, data, labels)`: the examples in the file
             `data`, labelled by the file `labels`, encoded as the task encoded its training
-            data. `task` is the checkpoint's task record (`name`, `label_names`, `info`) and
-            `max_len` the model's longest input.
+            data, and facts about the file that evaluation reports beside its metrics
+            (records that could not be scored, by reason). `task` is the checkpoint's task
+            record (`name`, `label_names`, `info`) and `max_len` the model's longest input.
         usage: What such a checkpoint classifies and which files to pass; the error when
             `--labels` is missing reads "CHECKPOINT " followed by it.
     """
 
-    encode: Callable[[Tokenizer, Mapping[str, Any], int, str, str], ClassificationData]
+    encode: Callable[
+        [Tokenizer, Mapping[str, Any], int, str, str], tuple[ClassificationData, dict[str, Any]]
+    ]
     usage: str
 
 
