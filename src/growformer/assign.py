@@ -132,7 +132,7 @@ def assign(
     summary = AssignSummary()
     start = time.perf_counter()
     calls = read_calls(genomes, Aligner(encoder.reference))
-    bar = tqdm(calls, unit="genome", disable=not progress, desc="assign", dynamic_ncols=True)
+    bar = tqdm(calls, unit=" genomes", disable=not progress, desc="assign", dynamic_ncols=True)
     out = Path(out)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name, suffix=".tmp")
     try:

@@ -26,6 +26,7 @@ Modules, each importing only those above it:
 - `align`: unaligned consensus genomes aligned with minimap2 and called, with QC.
 - `variants`: genomes already called: a VCF, Nextclade's results table.
 - `calls`: one entry point reading any of these, its format told by its content.
+- `simulate`: the tree's genotypes written out as genomes, with a sequencing run's damage.
 """
 
 from growformer.data.sarscov2.align import (
@@ -54,6 +55,7 @@ from growformer.data.sarscov2.genome import (
 )
 from growformer.data.sarscov2.genotypes import (
     AMPLICON_LENGTH,
+    GenomeEncoder,
     amplicon_spans,
     genotype_tokens,
     mask_amplicons,
@@ -89,6 +91,7 @@ from growformer.data.sarscov2.mutations import (
     parse_mutation,
     spike_protein,
 )
+from growformer.data.sarscov2.simulate import Damage, damage, genome_sequence
 from growformer.data.sarscov2.splits import (
     SequenceSplit,
     split_by_lineage,
@@ -121,7 +124,9 @@ __all__ = [
     "UNASSIGNED",
     "WHO_LABELS",
     "Aligner",
+    "Damage",
     "GenomeCall",
+    "GenomeEncoder",
     "LabeledSequences",
     "Mutation",
     "SequenceSplit",
@@ -130,11 +135,13 @@ __all__ = [
     "TreeLeaves",
     "amplicon_spans",
     "call_genome",
+    "damage",
     "dealias",
     "decode_tree",
     "default_cache_dir",
     "designation_order",
     "detect_format",
+    "genome_sequence",
     "genotype_tokens",
     "load_tree_leaves",
     "locate_files",

@@ -258,6 +258,12 @@ def genome_encoder(
             f"calling genomes needs a model of task 'sarscov2' with input 'mutations'; this "
             f"one is of task {task['name']!r} with input {info.get('input')!r}"
         )
+    missing = [k for k in ("reference", "reference_sha256", "span") if k not in info]
+    if missing:
+        raise ConfigError(
+            f"the checkpoint's task record lacks {', '.join(missing)} (trained before "
+            "growformer could call genomes): train it again"
+        )
     if reference is None:
         candidates = [Path(info["reference"])]
         if os.environ.get("GROWFORMER_SARSCOV2_DIR"):
