@@ -127,7 +127,6 @@ def main() -> None:
     p.add_argument("--task", choices=["sst2", "sarscov2"], default="sst2")
     p.add_argument("--sst2-dir", default="../shared/data/sst2")
     p.add_argument("--sarscov2-dir", default="../shared/data/sarscov2")
-    p.add_argument("--min-site-count", type=int, default=20)
     p.add_argument("--layers", type=int, default=None, help="depth (default: the task's)")
     p.add_argument("--heads", type=int, nargs="+", default=[1, 2, 4, 8, 12])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -144,7 +143,7 @@ def main() -> None:
         args.layers
         or growformer_base(
             args.task,
-            argparse.Namespace(quick=False, seed=0, sst2_dir="", sarscov2_dir="", min_site_count=0),
+            argparse.Namespace(quick=False, seed=0, sst2_dir="", sarscov2_dir=""),
         )["model"]["n_layers"]
     )
     root = Path(args.out) / f"{args.task}_l{depth}"

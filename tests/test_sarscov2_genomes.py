@@ -55,7 +55,8 @@ def task(sarscov2_dir, cache_dir, seed=0, **options):
 
 @pytest.fixture(scope="module")
 def genotype_task(sarscov2_dir, cache_dir):
-    return task(sarscov2_dir, cache_dir)
+    """The task without its default amplicon-dropout copies: one example per genotype."""
+    return task(sarscov2_dir, cache_dir, augment_copies=0)
 
 
 # --- the mutation input ---------------------------------------------------------------------
@@ -90,8 +91,8 @@ def test_min_count_and_augmentation(sarscov2_dir, cache_dir, genotype_task):
     rare = task(sarscov2_dir, cache_dir, min_count=20)
     assert 3_000 < rare.info["mutations_in_vocabulary"] < 5_000
     assert rare.info["test_unknown_mutations"] > genotype_task.info["test_unknown_mutations"]
-    augmented = task(sarscov2_dir, cache_dir, augment_copies=1, augment_mask=0.3)
-    assert augmented.info["augment_copies"] == 1
+    augmented = task(sarscov2_dir, cache_dir)  # the default: one masked copy of each
+    assert augmented.info["augment_copies"] == 1 and augmented.info["augment_mask"] == 0.2
     # Masked copies add examples (some copies lose nothing and repeat their genome).
     base = genotype_task.info["train_examples"]
     assert base < augmented.info["train_examples"] <= 2 * base

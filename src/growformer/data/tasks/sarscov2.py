@@ -345,7 +345,7 @@ SARSCOV2 = TaskSpec(
         "split": "genotype",
         "test_fraction": 0.2,
         "min_count": 1,
-        "augment_copies": 0,
+        "augment_copies": 1,
         "augment_mask": 0.2,
         "dedup": True,
         "kmer": 1,
