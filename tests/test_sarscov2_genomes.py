@@ -187,7 +187,9 @@ def test_split_options_of_the_task(sarscov2_dir, cache_dir):
     future = task(sarscov2_dir, cache_dir, split="future")
     for t in (lineage, future):
         assert t.info["held_out_lineages"]
-        assert t.info["test_examples_seen_in_training"] == 0  # the split already drops them
+        # The split keeps genotypes apart; a masked training copy may still equal a held-out
+        # genome as the model reads it: such test examples are dropped and counted.
+        assert 0 <= t.info["test_examples_seen_in_training"] < 20
         assert not {tuple(x) for x in t.train.ids} & {tuple(x) for x in t.val.ids}
     top = task(sarscov2_dir, cache_dir, label="lineage", top_lineages=200)
     assert len(top.label_names) == 201 and top.label_names[-1] == sc.OTHER

@@ -70,9 +70,10 @@ def load_task(
     Tasks (see `TASKS`; each spec documents its task and lists its options and defaults):
     "sst2" (GLUE SST-2), "retrieval" and "channels" (synthetic, with a known answer), "lm"
     (Python source files: the stdlib, or `data_dir`), "file" (a user TSV/CSV `data_file`),
-    "sarscov2" (spike proteins of the pangoLEARN lineage tree, labelled by WHO variant or
-    Pango lineage), "fasta" (a user's spike proteins or aligned genomes in `data_file`,
-    labels in `labels_file`), and any added with `register_task`.
+    "sarscov2" (the genomes of the pangoLEARN lineage tree as genome-wide mutations, or
+    their spike proteins, labelled by WHO variant or Pango lineage), "fasta" (a user's
+    spike proteins or aligned genomes in `data_file`, labels in `labels_file`), and any
+    added with `register_task`.
 
     Args:
         name: Task name.
@@ -81,9 +82,9 @@ def load_task(
         labels_file: CSV with columns `id,label` for the FASTA records (fasta).
         seed: Seed for generated data and random splits.
         max_len: Longest classification input (`[CLS]` included); the LM block size. The
-            protein tasks fail rather than truncate sequences longer than this.
-        vocab_size: Target BPE vocabulary size (retrieval, sarscov2 and fasta have residue or
-            k-mer vocabularies).
+            genome and protein tasks fail rather than truncate sequences longer than this.
+        vocab_size: Target BPE vocabulary size (retrieval, sarscov2 and fasta have mutation,
+            residue or k-mer vocabularies).
         options: Task options overriding the defaults.
 
     Returns:

@@ -5,8 +5,11 @@ Input (option ``input``):
 - ``mutations`` (default): a genome is the set of its substitutions against MN908947.3,
   genome-wide, one token per mutation (``C241T``) in genome order; the vocabulary is the
   mutations of at least ``min_count`` training genotypes, rarer or unseen ones are
-  ``[UNK]``. Training examples may be repeated with simulated amplicon dropout
-  (``augment_copies`` copies each, up to ``augment_mask`` of the genome masked).
+  ``[UNK]``. The model's positions are those of the mutations in this list, which the
+  mutation tokens already say; the benchmark trained the WHO model with its position table
+  held at zero to measure what they add. Training genomes are repeated with simulated
+  amplicon dropout (``augment_copies`` copies each, default 1, up to ``augment_mask`` of
+  the genome masked, default 0.2) so that genomes with dropouts are called right.
 - ``spike``: the spike protein alone. It cannot tell a recombinant from its parents: 436 of
   the tree's 555 recombinant samples carry a spike identical to some Omicron sample's.
 
