@@ -116,6 +116,34 @@ def test_mask_amplicons(leaves):
     assert again == (kept, spans)
 
 
+def test_synthetic_recombinants():
+    a = ((300, "T"), (1_000, "A"), (2_000, "G"), (20_000, "C"), (21_000, "T"), (22_000, "A"))
+    b = ((500, "C"), (1_500, "T"), (2_500, "A"), (25_000, "G"), (26_000, "C"), (27_000, "T"))
+    assert sc.recombine(a, b, 10_000) == a[:3] + b[3:]
+    gen = torch.Generator().manual_seed(0)
+    made = sc.synthetic_recombinants([a, b], 20, gen, (269, 29_673), min_each=2)
+    assert made and len(made) <= 20
+    for child in made:
+        # One parent's bases up to a breakpoint, the other's after it, unlike either parent.
+        points = {p for p, _ in a + b} | {p + 1 for p, _ in a + b}
+        assert any(
+            child in (sc.recombine(a, b, point), sc.recombine(b, a, point)) for point in points
+        )
+        assert child not in (a, b)
+    # Parents that differ too little on one side make nothing.
+    assert sc.synthetic_recombinants([a, a], 5, gen, (269, 29_673)) == []
+
+
+def test_recombinants_option(sarscov2_dir, cache_dir, genotype_task):
+    t = task(sarscov2_dir, cache_dir, augment_copies=0, recombinants=500)
+    recombinant = t.label_names.index(sc.RECOMBINANT)
+    base = genotype_task.train.labels.tolist().count(recombinant)
+    assert t.train.labels.tolist().count(recombinant) == base + 500
+    assert t.val.ids == genotype_task.val.ids  # the test side is untouched
+    with pytest.raises(ConfigError, match="label 'who'"):
+        task(sarscov2_dir, cache_dir, label="lineage", recombinants=10)
+
+
 def test_genome_encoder_reads_only_the_trees_span(genotype_task, reference):
     span = tuple(genotype_task.info["span"])
     assert span == (269, 29_673)

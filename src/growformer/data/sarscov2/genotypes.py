@@ -95,6 +95,55 @@ def mask_amplicons(
     return outside_spans(genotype, spans), spans
 
 
+def recombine(
+    first: Sequence[Mutation], second: Sequence[Mutation], breakpoint: int
+) -> tuple[Mutation, ...]:
+    """The genome made of ``first`` before ``breakpoint`` and ``second`` from it on."""
+    return tuple(m for m in first if m[0] < breakpoint) + tuple(
+        m for m in second if m[0] >= breakpoint
+    )
+
+
+def synthetic_recombinants(
+    parents: Sequence[Sequence[Mutation]],
+    count: int,
+    generator: torch.Generator,
+    span: Span,
+    *,
+    min_each: int = 3,
+) -> list[tuple[Mutation, ...]]:
+    """Recombinants of random pairs of ``parents``, one breakpoint each.
+
+    Pango's X lineages are such genomes: one parent's mutations on one side of a breakpoint,
+    the other's on the other side. A model shown only the recombinant lineages designated so
+    far learns those lineages, not what makes a genome a recombinant; genomes made the same
+    way from other parents teach that. A pair only makes a recombinant when each side of the
+    breakpoint tells the parents apart by at least ``min_each`` mutations: two parents of
+    one lineage would only make another genome of that lineage.
+
+    Args:
+        parents: Genotypes to recombine (sorted substitutions).
+        count: Recombinants to make.
+        generator: Source of randomness.
+        span: Where breakpoints may fall (`mutated_span`).
+        min_each: Mutations that must differ between the parents on each side.
+
+    Returns:
+        ``count`` genotypes (fewer when the parents are too alike to make them).
+    """
+    made: list[tuple[Mutation, ...]] = []
+    for _ in range(50 * count):
+        if len(made) == count:
+            break
+        i, j = torch.randint(0, len(parents), (2,), generator=generator).tolist()
+        breakpoint = int(torch.randint(span[0] + 1, span[1], (), generator=generator))
+        a, b = set(parents[i]), set(parents[j])
+        left = sum(m[0] < breakpoint for m in a ^ b)
+        if left >= min_each and len(a ^ b) - left >= min_each:
+            made.append(recombine(parents[i], parents[j], breakpoint))
+    return made
+
+
 @dataclass(frozen=True)
 class GenomeEncoder:
     """A genome as a model trained on the tree's genotypes reads it.

@@ -11,7 +11,8 @@ from pathlib import Path
 from growformer.data.files import read_utf8
 from growformer.errors import DataError
 
-WHO_LABELS: tuple[str, ...] = ("Alpha", "Beta", "Gamma", "Delta", "Omicron", "Recombinant", "Other")
+RECOMBINANT = "Recombinant"
+WHO_LABELS: tuple[str, ...] = ("Alpha", "Beta", "Gamma", "Delta", "Omicron", RECOMBINANT, "Other")
 # De-aliased Pango names whose descendants carry the WHO label (P.1 is B.1.1.28.1, AY is
 # B.1.617.2, BA is B.1.1.529); recombinants (X*) are recognised by name.
 _WHO_ROOTS: tuple[tuple[str, str], ...] = (
@@ -97,7 +98,7 @@ def who_label(full_name: str) -> str:
         The label; prefixes match whole name components (B.1.1.7 is not B.1.1.70).
     """
     if full_name.startswith("X"):
-        return "Recombinant"
+        return RECOMBINANT
     for root, label in _WHO_ROOTS:
         if full_name == root or full_name.startswith(root + "."):
             return label

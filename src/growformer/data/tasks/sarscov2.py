@@ -44,6 +44,7 @@ from growformer.data.sarscov2.genotypes import (
     mask_amplicons,
     mutated_span,
     mutation_tokenizer,
+    synthetic_recombinants,
 )
 from growformer.data.sarscov2.location import REFERENCE_FILE
 from growformer.data.sarscov2.mutations import Mutation
@@ -174,6 +175,13 @@ def _mutation_task(
     min_count = int_option("sarscov2", "min_count", opts["min_count"], 1)
     copies = int_option("sarscov2", "augment_copies", opts["augment_copies"], 0)
     most = fraction_option("sarscov2", "augment_mask", opts["augment_mask"])
+    recombinants = int_option("sarscov2", "recombinants", opts["recombinants"], 0)
+    if recombinants and sarscov2.RECOMBINANT not in label_names:
+        raise ConfigError(
+            f"task 'sarscov2': option recombinants makes genomes of class "
+            f"{sarscov2.RECOMBINANT!r}, which label {info['label']!r} does not have; use "
+            "label 'who'"
+        )
     tokenizer = mutation_tokenizer(
         (genotype_tokens(g, reference) for g, _ in split.train), min_count
     )
@@ -188,6 +196,10 @@ def _mutation_task(
             versions.append(mask_amplicons(genotype, fraction, gen)[0])
         for version in versions:
             train.setdefault((tuple(encoder.ids(version)), index[label]), None)
+    if recombinants:
+        parents = [g for g, label in split.train if label != sarscov2.RECOMBINANT]
+        for genotype in synthetic_recombinants(parents, recombinants, gen, span):
+            train.setdefault((tuple(encoder.ids(genotype)), index[sarscov2.RECOMBINANT]), None)
     seen = {ids for ids, _ in train}
     test: dict[tuple[tuple[int, ...], int], None] = {}
     dropped = 0
@@ -213,6 +225,7 @@ def _mutation_task(
         "min_count": min_count,
         "augment_copies": copies,
         "augment_mask": most,
+        "recombinants": recombinants,
         "mutations_in_vocabulary": tokenizer.vocab_size - 4,
         "train_examples": len(train),
         "test_examples": len(test),
@@ -350,6 +363,7 @@ SARSCOV2 = TaskSpec(
         "min_count": 1,
         "augment_copies": 1,
         "augment_mask": 0.2,
+        "recombinants": 0,
         "dedup": True,
         "kmer": 1,
         "sites": "all",
