@@ -16,6 +16,16 @@ TEXT_COLUMNS: tuple[str, ...] = ("sentence", "text")  # the first one present is
 LABEL_COLUMN = "label"
 
 
+def _existing_file(path: str | Path, what: str) -> Path:
+    """``path``, checked to be a file that exists (a one-line error naming it otherwise)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{what} {path} does not exist")
+    if path.is_dir():
+        raise DataError(f"{what} {path} is a directory, not a file")
+    return path
+
+
 def read_utf8(path: str | Path, what: str = "file") -> str:
     """Read a whole file as UTF-8 (a leading byte-order mark is dropped).
 
@@ -29,11 +39,7 @@ def read_utf8(path: str | Path, what: str = "file") -> str:
     Raises:
         DataError: The file is missing, a directory, unreadable or not UTF-8.
     """
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{what} {path} does not exist")
-    if path.is_dir():
-        raise DataError(f"{what} {path} is a directory, not a file")
+    path = _existing_file(path, what)
     try:
         raw = path.read_bytes()
     except OSError as e:
@@ -70,11 +76,7 @@ def text_lines(path: str | Path, what: str = "file") -> Iterator[tuple[int, str]
         DataError: The file is missing, a directory, unreadable, a corrupt or truncated gzip
             stream, or not UTF-8.
     """
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{what} {path} does not exist")
-    if path.is_dir():
-        raise DataError(f"{what} {path} is a directory, not a file")
+    path = _existing_file(path, what)
     try:
         with path.open("rb") as raw:
             compressed = raw.read(2) == GZIP_MAGIC
