@@ -46,6 +46,7 @@ from lineage_baselines import LogisticRegression, NearestNeighbour
 from growformer import checkpoint
 from growformer.data import TaskData, eval_batches, load_task, read_labeled
 from growformer.evaluation import class_f1, confusion_matrix, eval_mode, macro_f1
+from growformer.training.config import TrainConfig
 
 STATIC_HEADS = 12
 AGREEMENT = 0.12
@@ -137,7 +138,7 @@ def load_sarscov2(args: argparse.Namespace) -> TaskData:
         "sarscov2",
         data_dir=base["data_dir"],
         seed=args.seed,
-        max_len=base["max_len"],
+        max_len=TrainConfig.from_dict(base).max_len,
         options=base["task_options"],
     )
 

@@ -238,9 +238,11 @@ def test_lm_labels_are_inputs_shifted(lm):
 
 
 def test_lm_from_directory(tmp_path):
+    # Real source text, long enough that every file below has some whatever the module's size.
+    source = inspect.getsource(growformer.data.tasks.proteins) * 3
     for i in range(12):
-        write(tmp_path / f"mod{i}.py", inspect.getsource(growformer.data.tasks.proteins)[i * 900 :])
-    write(tmp_path / "notes.txt", inspect.getsource(growformer.data.tasks.proteins))
+        write(tmp_path / f"mod{i}.py", source[i * 900 :])
+    write(tmp_path / "notes.txt", source)
     write(tmp_path / "ignored.md", "not part of the corpus")
     task = load_task(
         "lm", data_dir=tmp_path, max_len=32, vocab_size=400, options={"val_fraction": 0.3}

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from growformer.errors import ArchitectureError
-from growformer.validation import is_int
+from growformer.validation import is_int, key_list
 
 KINDS = ("classifier", "causal_lm")
 FADES = ("linear", "cosine", "exponential")
@@ -309,7 +309,7 @@ def _no_unknown_keys(where: str, d: dict, known: set[str]) -> None:
     unknown = sorted(d.keys() - known)
     if unknown:
         raise ArchitectureError(
-            f"{where} has unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+            f"{where} has unknown field(s) {key_list(unknown)} (known: {key_list(known)})"
         )
 
 

@@ -11,7 +11,18 @@ from a command line (task options) are read from strings with ``strings=True``.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from typing import Any
+
+
+def key_list(keys: Iterable[str]) -> str:
+    """Keys for a one-line message: sorted, comma-separated, each quoted where it is not
+    plain text (a key holding a line break or surrounding spaces would hide or break the
+    message)."""
+    return ", ".join(
+        k if k and k.isprintable() and k.strip() == k and "," not in k else repr(k)
+        for k in sorted(keys)
+    )
 
 
 def is_int(value: Any) -> bool:

@@ -11,7 +11,7 @@ from growformer.arch import Architecture
 from growformer.errors import CheckpointError, ConfigError
 from growformer.events import Event
 from growformer.statistics import MOMENTS, LayerStats
-from growformer.validation import is_finite, is_int, is_number
+from growformer.validation import is_finite, is_int, is_number, key_list
 
 
 class Policy:
@@ -47,7 +47,7 @@ class Policy:
         if unknown:
             known = ", ".join(sorted(self.defaults)) or "none"
             raise ConfigError(
-                f"policy {self.name!r} has no option(s) {', '.join(unknown)} (known: {known})"
+                f"policy {self.name!r} has no option(s) {key_list(unknown)} (known: {known})"
             )
         for key, value in options.items():
             _check_option(self.name, key, value, self.defaults[key])

@@ -19,6 +19,7 @@ from growformer.errors import CheckpointError, ConfigError
 from growformer.events import Event
 from growformer.policies.base import Policy
 from growformer.statistics import LayerStats
+from growformer.validation import key_list
 
 
 class ComposedPolicy(Policy):
@@ -112,7 +113,7 @@ def compose(
     unknown = sorted(options.keys() - set(names))
     if unknown:
         raise ConfigError(
-            f"policy {name!r} takes options per part ({', '.join(names)}), not {', '.join(unknown)}"
+            f"policy {name!r} takes options per part ({', '.join(names)}), not {key_list(unknown)}"
         )
     for part, value in options.items():
         if not isinstance(value, dict):

@@ -13,7 +13,7 @@ from growformer.errors import ConfigError
 from growformer.events import OPS, Event
 from growformer.policies.base import Policy
 from growformer.statistics import LayerStats
-from growformer.validation import is_int
+from growformer.validation import is_int, key_list
 
 
 class ScheduledPolicy(Policy):
@@ -61,7 +61,7 @@ def _parse(i: int, raw: Any) -> Event:
     }
     unknown = sorted(raw.keys() - allowed)
     if unknown:
-        raise ConfigError(f"{where} has unknown field(s) {', '.join(unknown)}")
+        raise ConfigError(f"{where} has unknown field(s) {key_list(unknown)}")
     event = Event(**raw)
     if event.looped_heads is not None:
         event.looped_heads = tuple(event.looped_heads)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from growformer.errors import ConfigError, read_json
-from growformer.validation import is_finite, is_int, is_number
+from growformer.validation import is_finite, is_int, is_number, key_list
 
 # Settings that may differ between a run and its resumption (they do not change the math,
 # or change it only from the resumption on, as the user means to: a fault's handling, a cap).
@@ -220,7 +220,7 @@ def _dataclass_from_dict(cls: type, d: Any, where: str) -> Any:
     unknown = sorted(d.keys() - known)
     if unknown:
         raise ConfigError(
-            f"{where} has unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+            f"{where} has unknown key(s) {key_list(unknown)} (known: {key_list(known)})"
         )
     values = {}
     for key, value in d.items():
@@ -229,7 +229,10 @@ def _dataclass_from_dict(cls: type, d: Any, where: str) -> Any:
             values[key] = _dataclass_from_dict(ModelConfig, value, f"{where}.{key}")
         else:
             values[key] = _check_type(value, hint, f"{where}.{key}")
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ConfigError as e:  # the value checks name the field, not where it was read
+        raise ConfigError(f"{where}: {e}") from e
 
 
 def _check_type(value: Any, hint: Any, where: str) -> Any:
