@@ -270,6 +270,11 @@ def test_assign_calls_genomes_as_the_model_reads_the_tree(
         leaves.names[i]: sc.damage(sc.genome_sequence(leaves.genotypes[i], reference), gen, trim)
         for i in picked
     }
+    # More mutations than the model reads (a transition every 250 nt): called, and said so.
+    many = list(reference)
+    for position in range(300, 29_600, 250):
+        many[position - 1] = {"A": "G", "G": "A", "C": "T", "T": "C"}[many[position - 1]]
+    genomes["many"] = "".join(many)
     genomes["short"] = "ACGT" * 100
     genomes["junk"] = "ACGTJ" * 6000
     path = write_genomes(tmp_path / "genomes.fasta.gz", genomes)
@@ -277,7 +282,7 @@ def test_assign_calls_genomes_as_the_model_reads_the_tree(
     argv = ["assign", str(path), "--checkpoint", str(trained), "--out", str(out)]
     assert main([*argv, "--no-progress"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["genomes"] == 42 and summary["called"] == 40
+    assert summary["genomes"] == 43 and summary["called"] == 41
     assert summary["qc_failed_by_reason"] == {"invalid characters": 1, "too short": 1}
     with out.open(newline="") as f:
         rows = list(csv.DictReader(f))
@@ -293,7 +298,8 @@ def test_assign_calls_genomes_as_the_model_reads_the_tree(
         assert int(row["mutations"]) >= len(leaves.genotypes[i])  # C241T and kin count too
         assert row["model_version"].startswith("growformer ") and "weights" in row["model_version"]
         assert row["data_version"].endswith(leaves.tree_sha256[:12])
-    for row in rows[40:]:
+    assert rows[40]["call"] and "read the first 82 of 118 mutations" in rows[40]["qc_note"]
+    for row in rows[41:]:
         assert row["qc_status"] == sc.QC_FAIL and row["call"] == "" and row["qc_note"]
 
 

@@ -179,7 +179,16 @@ def _call_rows(
 ) -> list[dict[str, Any]]:
     """One row per call, in order; the genomes that passed QC classified in one batch."""
     passed = [i for i, c in enumerate(calls) if c.qc_status != QC_FAIL]
-    ids = {i: encoder.ids(calls[i].substitutions)[: ckpt.model.arch.max_len] for i in passed}
+    ids = {i: encoder.ids(calls[i].substitutions) for i in passed}
+    longest = ckpt.model.arch.max_len
+    for i in passed:
+        if len(ids[i]) > longest:  # said in the row's note, never silent
+            note = (
+                f"read the first {longest - 1} of {len(ids[i]) - 1} mutations (the model's "
+                "longest input)"
+            )
+            calls[i].qc_note = f"{calls[i].qc_note}; {note}" if calls[i].qc_note else note
+            ids[i] = ids[i][:longest]
     probabilities: dict[int, list[float]] = {}
     if passed:
         pad = tokenizer.pad_id

@@ -306,7 +306,8 @@ def _encode_genomes(
     """`growformer evaluate --data GENOMES --labels CSV`: FASTA, VCF or Nextclade genomes.
 
     Genomes that fail QC, and genomes without a label, are not scored: they are counted, by
-    reason, in the facts returned; so are labels without a genome.
+    reason, in the facts returned; so are labels without a genome, and genomes with more
+    mutations than the model reads (scored on their first ones).
     """
     if task["info"].get("input") == "spike":
         return SPIKE_EVAL.encode(tokenizer, task, max_len, data, labels)
@@ -323,7 +324,7 @@ def _encode_genomes(
     targets: list[int] = []
     failed: Counter[str] = Counter()
     names: set[str] = set()
-    total = unlabelled = 0
+    total = unlabelled = truncated = 0
     for call in sarscov2.read_calls(data, Aligner(encoder.reference)):
         total += 1
         names.add(call.name)
@@ -332,7 +333,9 @@ def _encode_genomes(
         elif call.name not in rows:
             unlabelled += 1
         else:
-            ids.append(encoder.ids(call.substitutions)[:max_len])
+            encoded = encoder.ids(call.substitutions)
+            truncated += len(encoded) > max_len
+            ids.append(encoded[:max_len])
             targets.append(index[rows[call.name][0]])
     facts = {
         "genomes": total,
@@ -340,6 +343,7 @@ def _encode_genomes(
         "qc_failed_by_reason": dict(sorted(failed.items())),
         "genomes_without_label": unlabelled,
         "labels_without_genome": len(rows.keys() - names),
+        "genomes_truncated": truncated,  # more mutations than the model's longest input
     }
     return ClassificationData(ids=ids, labels=torch.tensor(targets, dtype=torch.long)), facts
 
