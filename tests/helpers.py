@@ -17,9 +17,11 @@ def arch(kind: str, variant: str, dropout: float = 0.0) -> Architecture:
     """A small architecture: ``uniform``, ``nonuniform`` (per-layer heads and widths),
     ``looped`` (SGT loops), ``empty_layer`` (one layer without heads), ``fading`` (a
     block loop with a head fading out before its removal, and SGT loops in their soft
-    start) or ``compressed`` (what the compression
-    passes leave: keys and values shared by groups of heads, one layer looped over heads
-    that use their groups unevenly, and a factored token embedding)."""
+    start), ``compressed`` (what the compression passes leave: keys and values shared by
+    groups of heads, one layer looped over heads that use their groups unevenly, and a
+    factored token embedding); and the other block families: ``bert`` (post-norm, exact
+    GELU, biases, token types, a pooler on classifiers), ``gpt2`` (pre-norm, tanh GELU,
+    biases) and ``llama`` (RMSNorm, SwiGLU, rotary positions, a looped layer)."""
     layers = {
         "uniform": (LayerSpec(2, 8, 48),) * 2,
         "nonuniform": (LayerSpec(1, 16, 64), LayerSpec(3, 8, 32), LayerSpec(2, 4, 48)),
@@ -34,7 +36,23 @@ def arch(kind: str, variant: str, dropout: float = 0.0) -> Architecture:
             LayerSpec(4, 8, 48, loops=2, looped_heads=(3, 0, 1), kv_heads=2),
             LayerSpec(2, 8, 32, kv_heads=1),
         ),
+        "bert": (LayerSpec(2, 8, 48), LayerSpec(3, 8, 32)),
+        "gpt2": (LayerSpec(2, 8, 48), LayerSpec(1, 16, 32)),
+        "llama": (LayerSpec(3, 8, 48), LayerSpec(2, 8, 48, loops=1, looped_heads=(0,))),
     }[variant]
+    family = {
+        "bert": dict(
+            norm_position="post",
+            attn_bias=True,
+            norm_eps=1e-12,
+            type_vocab_size=2,
+            pooler=kind == "classifier",
+        ),
+        "gpt2": dict(mlp="gelu_tanh", attn_bias=True),
+        "llama": dict(
+            norm="rmsnorm", norm_eps=1e-6, mlp="swiglu", mlp_bias=False, positions="rotary"
+        ),
+    }.get(variant, {})
     return Architecture(
         kind=kind,
         d_model=32,
@@ -44,11 +62,22 @@ def arch(kind: str, variant: str, dropout: float = 0.0) -> Architecture:
         num_labels=3 if kind == "classifier" else None,
         dropout=dropout,
         embed_rank=8 if variant == "compressed" else None,
+        **family,
     )
 
 
 KINDS = ("classifier", "causal_lm")
-VARIANTS = ("uniform", "nonuniform", "looped", "empty_layer", "fading", "compressed")
+VARIANTS = (
+    "uniform",
+    "nonuniform",
+    "looped",
+    "empty_layer",
+    "fading",
+    "compressed",
+    "bert",
+    "gpt2",
+    "llama",
+)
 # Surgery adds and removes heads only where keys and values are not grouped.
 GROWABLE = tuple(v for v in VARIANTS if v != "compressed")
 

@@ -50,9 +50,10 @@ def test_the_logit_probe_changes_nothing_but_gives_the_logit_gradient(kind, vari
         for h in range(attn.heads):
             expected = wk[(h // group) * hd : (h // group + 1) * hd] @ g[h].T
             got = attn.q_proj.weight.grad[h * hd : (h + 1) * hd]
-            if variant not in ("looped", "fading", "compressed"):
+            if variant not in ("looped", "fading", "compressed", "llama"):
                 # Elsewhere the query rows also serve loop passes and block loops, whose
-                # gradients the first pass's form does not hold.
+                # gradients the first pass's form does not hold; with rotary positions
+                # the logits are no single form.
                 torch.testing.assert_close(got, expected, rtol=1e-7, atol=1e-12)
         demand = captured.demand.demands(model)[layer]
         assert demand.normal.shape == (attn.heads,)

@@ -38,7 +38,17 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from growformer import checkpoint, surgery
-from growformer.arch import FADES, KINDS, Architecture, LayerSpec, LoopFade
+from growformer.arch import (
+    FADES,
+    KINDS,
+    MLPS,
+    NORM_POSITIONS,
+    NORMS,
+    POSITIONS,
+    Architecture,
+    LayerSpec,
+    LoopFade,
+)
 from growformer.data.tokenizer import SPECIAL_TOKENS, Tokenizer
 from growformer.errors import SurgeryError
 from growformer.events import INITS, OPS, Event
@@ -104,15 +114,27 @@ def architectures(
     """A valid tiny architecture of one of ``kinds`` (d_model 8-32, 1-3 layers)."""
     kind = draw(st.sampled_from(kinds))
     d_model = draw(st.sampled_from((8, 16, 32)))
+    layers = tuple(draw(st.lists(layer_specs(), min_size=1, max_size=3)))
+    # Rotary positions rotate channel pairs: only with even head widths.
+    even = all(layer.head_dim % 2 == 0 for layer in layers)
+    positions = tuple(p for p in POSITIONS if even or p != "rotary")
     return Architecture(
         kind=kind,
         d_model=d_model,
         vocab_size=VOCAB,
         max_len=draw(st.integers(SEQ, 2 * SEQ)),
-        layers=tuple(draw(st.lists(layer_specs(), min_size=1, max_size=3))),
+        layers=layers,
         num_labels=draw(st.integers(2, 4)) if kind == "classifier" else None,
         dropout=draw(dropouts),
         embed_rank=draw(st.none() | st.integers(1, d_model)),
+        norm=draw(st.sampled_from(NORMS)),
+        norm_position=draw(st.sampled_from(NORM_POSITIONS)),
+        mlp=draw(st.sampled_from(MLPS)),
+        positions=draw(st.sampled_from(positions)),
+        attn_bias=draw(st.booleans()),
+        mlp_bias=draw(st.booleans()),
+        type_vocab_size=draw(st.integers(0, 2)),
+        pooler=kind == "classifier" and draw(st.booleans()),
     )
 
 
@@ -229,6 +251,10 @@ def tally(arch: Architecture) -> None:
         "head loops": any(layer.loops for layer in arch.layers),
         "fading loops": any(layer.fade is not None for layer in arch.layers),
         "block loops": any(layer.block_loops for layer in arch.layers),
+        "post-norm": arch.norm_position == "post",
+        "rotary positions": arch.positions == "rotary",
+        "swiglu": arch.mlp == "swiglu",
+        "attention biases": arch.attn_bias,
     }
     for name, present in features.items():
         if present:
@@ -440,7 +466,8 @@ def snapshot(run: Run) -> dict[str, Slot]:
 def check_carried(before: dict[str, Slot], run: Run, record: Event) -> None:
     """Untouched parameters are the same objects with the same state; the attention
     projections of an added or removed head keep their surviving heads' slices of value,
-    gradient and moments, and give the new head zero gradient and moments."""
+    gradient and moments, and give the new head zero gradient and moments (and zero query,
+    key and value biases; the output bias belongs to no head and stays)."""
     after = dict(run.model.named_parameters())
     assert after.keys() == before.keys()
     prefix = f"transformer.layers.{record.layer}.attn."
@@ -449,7 +476,7 @@ def check_carried(before: dict[str, Slot], run: Run, record: Event) -> None:
         old = before[name]
         state = run.optimizer.state.get(p, {})
         assert state.keys() == old.state.keys(), name
-        if not (resized and name.startswith(prefix)):
+        if not (resized and name.startswith(prefix)) or name.endswith("o_proj.bias"):
             _check_untouched(name, p, old, state)
             continue
         hd = run.model.transformer.layers[record.layer].attn.head_dim
@@ -457,7 +484,7 @@ def check_carried(before: dict[str, Slot], run: Run, record: Event) -> None:
         old_heads, new_heads, fresh = _moved_heads(record, heads_before)
         dim = 1 if name.endswith("o_proj.weight") else 0
         rows = [head_rows(h, hd) for h in (old_heads, new_heads, fresh)]
-        _check_rows(old.value, p.detach(), dim, *rows, fresh_zero=False)
+        _check_rows(old.value, p.detach(), dim, *rows, fresh_zero=name.endswith("bias"))
         assert (p.grad is None) == (old.grad is None), name
         if old.grad is not None:
             _check_rows(old.grad, p.grad, dim, *rows)

@@ -18,6 +18,10 @@ from growformer.validation import is_int, key_list
 
 KINDS = ("classifier", "causal_lm")
 FADES = ("linear", "cosine", "exponential")
+NORMS = ("layernorm", "rmsnorm")
+NORM_POSITIONS = ("pre", "post")
+MLPS = ("gelu", "gelu_tanh", "swiglu")
+POSITIONS = ("learned", "rotary", "none")
 # Decay rate of the "exponential" fade, rescaled to end at exactly 0: the level is at
 # about 8% of its start halfway through.
 _EXP_RATE = 5.0
@@ -132,6 +136,23 @@ class Architecture:
         embed_rank: Width of a factored token embedding (a ``vocab_size x embed_rank``
             table times an ``embed_rank x d_model`` projection); None: one
             ``vocab_size x d_model`` table.
+        norm: ``"layernorm"`` or ``"rmsnorm"`` (no mean subtraction, no bias: Llama).
+        norm_eps: The normalisations' epsilon.
+        norm_position: ``"pre"`` (GPT-2, Llama: ``h + f(norm(h))``, a final norm after
+            the last layer) or ``"post"`` (BERT: ``norm(h + f(h))``, the embeddings
+            normalised, no final norm).
+        mlp: Feed-forward sublayer: ``"gelu"`` (exact GELU, BERT), ``"gelu_tanh"`` (its
+            tanh approximation, GPT-2) or ``"swiglu"`` (``down(silu(gate(x)) * up(x))``,
+            Llama).
+        positions: ``"learned"`` (a position table), ``"rotary"`` (RoPE applied to each
+            head's queries and keys, rotate-half layout; heads stay independent, so they
+            can still be added, removed and looped) or ``"none"``.
+        rope_theta: Base of the rotary frequencies.
+        attn_bias: Biases on the query, key, value and output projections.
+        mlp_bias: Biases on the feed-forward projections.
+        type_vocab_size: Token-type (segment) embeddings, added to the token embeddings
+            (BERT); 0: none.
+        pooler: Classifier only: a tanh dense layer on [CLS] before the classifier (BERT).
     """
 
     kind: str
@@ -142,6 +163,16 @@ class Architecture:
     num_labels: int | None = None
     dropout: float = 0.0
     embed_rank: int | None = None
+    norm: str = "layernorm"
+    norm_eps: float = 1e-5
+    norm_position: str = "pre"
+    mlp: str = "gelu"
+    positions: str = "learned"
+    rope_theta: float = 10000.0
+    attn_bias: bool = False
+    mlp_bias: bool = True
+    type_vocab_size: int = 0
+    pooler: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -199,17 +230,55 @@ class Architecture:
             raise ArchitectureError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.embed_rank is not None:
             _positive_int("embed_rank", self.embed_rank)
+        self._validate_family()
         if not self.layers:
             raise ArchitectureError("an architecture needs at least one layer")
         for i, layer in enumerate(self.layers):
             _validate_layer(i, layer)
 
+    def _validate_family(self) -> None:
+        for name, allowed in (
+            ("norm", NORMS),
+            ("norm_position", NORM_POSITIONS),
+            ("mlp", MLPS),
+            ("positions", POSITIONS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ArchitectureError(
+                    f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
+                )
+        for name in ("norm_eps", "rope_theta"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ArchitectureError(f"{name} must be a positive number, got {value!r}")
+        for name in ("attn_bias", "mlp_bias", "pooler"):
+            if not isinstance(getattr(self, name), bool):
+                raise ArchitectureError(
+                    f"{name} must be true or false, got {getattr(self, name)!r}"
+                )
+        if not is_int(self.type_vocab_size) or self.type_vocab_size < 0:
+            raise ArchitectureError(
+                f"type_vocab_size must be an integer >= 0, got {self.type_vocab_size!r}"
+            )
+        if self.pooler and self.kind != "classifier":
+            raise ArchitectureError("pooler is only allowed for kind 'classifier'")
+        if self.positions == "rotary":
+            odd = sorted({layer.head_dim for layer in self.layers if layer.head_dim % 2})
+            if odd:
+                raise ArchitectureError(
+                    f"rotary positions need even head widths, got head_dim {odd[0]}"
+                )
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict; ``embed_rank``, ``block_loops``, fades and ``kv_heads`` only
-        where set, so files of models without them read as before."""
+        """JSON-ready dict; ``embed_rank``, the block-family fields, ``block_loops``, fades
+        and ``kv_heads`` only where they differ from the default, so files of models
+        without them read as before."""
         d = asdict(self)
         if d["embed_rank"] is None:
             del d["embed_rank"]
+        for f in fields(self):
+            if f.name in FAMILY_FIELDS and d[f.name] == f.default:
+                del d[f.name]
         layers = []
         for layer in d["layers"]:
             layer["looped_heads"] = list(layer["looped_heads"])
@@ -266,6 +335,22 @@ class Architecture:
             return cls.from_json(text)
         except ArchitectureError as e:
             raise ArchitectureError(f"{p}: {e}") from None
+
+
+FAMILY_FIELDS = (
+    "norm",
+    "norm_eps",
+    "norm_position",
+    "mlp",
+    "positions",
+    "rope_theta",
+    "attn_bias",
+    "mlp_bias",
+    "type_vocab_size",
+    "pooler",
+)
+"""The fields of :class:`Architecture` that choose a model family's block design (the
+defaults: growformer's own GPT-2-style block)."""
 
 
 def layer_from_dict(i: int, layer: Any) -> LayerSpec:

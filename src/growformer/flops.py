@@ -7,7 +7,8 @@ and values; scores and mixing still run once per query head). Attention scores a
 mixing are counted over all ``seq`` keys (what the kernels compute), head loops over the
 heads they really compute (every head during a soft start, the looped heads and the
 key/value heads they use after it), block loops as whole extra passes of their layer,
-a factored token embedding by its projection (table lookups are free).
+a factored token embedding by its projection (table lookups are free), a SwiGLU
+feed-forward by its three matrices.
 Norms, softmax, the soft start's head weights and the expansion of shared keys and
 values to their query heads are not counted.
 """
@@ -21,11 +22,13 @@ from growformer.arch import Architecture, LayerSpec
 COMPONENTS = ("attention", "head_loops", "ffn", "block_loops")
 
 
-def layer_components(d_model: int, layer: LayerSpec, seq: int) -> dict[str, int]:
+def layer_components(
+    d_model: int, layer: LayerSpec, seq: int, *, mlp: str = "gelu"
+) -> dict[str, int]:
     """Forward FLOPs of one layer for one token of a ``seq``-long sequence, by component.
 
     ``block_loops`` is the cost of the extra passes of the whole layer (its attention,
-    head loops and feed-forward again).
+    head loops and feed-forward again); ``mlp`` is the architecture's feed-forward kind.
     """
     attention = _attn_flops(d_model, layer.attn_dim, layer.kv_dim, seq)
     if layer.fade is not None:
@@ -35,7 +38,7 @@ def layer_components(d_model: int, layer: LayerSpec, seq: int) -> dict[str, int]
         loop_width = len(layer.looped_heads) * layer.head_dim
         loop_kv_width = len(loop_kv_heads) * layer.head_dim
     head_loops = layer.loops * _attn_flops(d_model, loop_width, loop_kv_width, seq)
-    ffn = 2 * 2 * d_model * layer.ffn_dim
+    ffn = 2 * (3 if mlp == "swiglu" else 2) * d_model * layer.ffn_dim
     block_loops = layer.block_loops * (attention + head_loops + ffn)
     return {
         "attention": attention,
@@ -45,9 +48,9 @@ def layer_components(d_model: int, layer: LayerSpec, seq: int) -> dict[str, int]
     }
 
 
-def layer_forward_flops(d_model: int, layer: LayerSpec, seq: int) -> int:
+def layer_forward_flops(d_model: int, layer: LayerSpec, seq: int, *, mlp: str = "gelu") -> int:
     """Forward FLOPs of one layer for one token of a ``seq``-long sequence."""
-    return sum(layer_components(d_model, layer, seq).values())
+    return sum(layer_components(d_model, layer, seq, mlp=mlp).values())
 
 
 def _attn_flops(d_model: int, width: int, kv_width: int, seq: int) -> int:
@@ -58,7 +61,9 @@ def _attn_flops(d_model: int, width: int, kv_width: int, seq: int) -> int:
 
 def forward_flops(arch: Architecture, batch: int, seq: int) -> int:
     """Forward FLOPs of the whole model on a (batch, seq) input."""
-    per_token = sum(layer_forward_flops(arch.d_model, layer, seq) for layer in arch.layers)
+    per_token = sum(
+        layer_forward_flops(arch.d_model, layer, seq, mlp=arch.mlp) for layer in arch.layers
+    )
     if arch.embed_rank:
         per_token += 2 * arch.embed_rank * arch.d_model
     if arch.kind == "causal_lm":

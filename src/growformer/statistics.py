@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from growformer.model import Block, ElasticModel, split_heads
+from growformer.model.rotary import rotary_angles
 
 MOMENTS = "moments"
 ENTROPY = "entropy"
@@ -95,7 +96,7 @@ def capture_inputs(
 
     def hook(i: int, block: Block, hidden_states: Tensor) -> None:
         with torch.no_grad():
-            capture.add(i, block.ln_1(hidden_states), attention_mask)
+            capture.add(i, block.attn_input(hidden_states), attention_mask)
 
     handles = [
         block.register_forward_pre_hook(lambda module, args, i=i: hook(i, module, args[0]))
@@ -276,6 +277,7 @@ def attention_entropy(
     *,
     causal: bool,
     all_rows: bool = False,
+    qk: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """Per sequence and head, the Shannon entropy of attention rows over log(valid keys).
 
@@ -291,6 +293,9 @@ def attention_entropy(
         key_mask: (batch, seq) True for real tokens (None: all real).
         causal: Whether queries see only earlier keys.
         all_rows: Average over every real query row instead of one.
+        qk: The layer's (batch, heads, seq, head_dim) queries and keys (keys repeated per
+            query head) where the logits are not ``z wq^T wk z^T`` alone (projection
+            biases, rotary positions): the scores are taken from them.
 
     Returns:
         (batch, heads) normalised entropies in [0, 1].
@@ -305,19 +310,24 @@ def attention_entropy(
     pos = torch.arange(t, device=z.device)
     scale = 1 / math.sqrt(head_dim)
     if all_rows:
-        q = torch.einsum("btd,hed->bhte", z, wq)
-        k = torch.einsum("btd,hed->bhte", z, wk)
-        scores = q @ k.transpose(-1, -2) * scale  # (b, h, query, key)
+        if qk is None:
+            qk = (torch.einsum("btd,hed->bhte", z, wq), torch.einsum("btd,hed->bhte", z, wk))
+        scores = qk[0].float() @ qk[1].float().transpose(-1, -2) * scale  # (b, h, query, key)
         keys = real[:, None, None, :]
         if causal:
             keys = keys & (pos[None, :] <= pos[:, None])
     else:
-        # One query row: fold its query into the key projection, so the scores cost
-        # seq * d_model per head instead of projecting every key.
         row = (pos * real).argmax(-1) if causal else torch.zeros_like(real[:, 0], dtype=torch.long)
-        q = torch.einsum("bd,hed->bhe", z[torch.arange(b, device=z.device), row], wq)
-        u = torch.einsum("bhe,hed->bhd", q, wk)
-        scores = torch.einsum("btd,bhd->bht", z, u)[:, :, None, :] * scale  # (b, h, 1, key)
+        batch = torch.arange(b, device=z.device)
+        if qk is None:
+            # One query row: fold its query into the key projection, so the scores cost
+            # seq * d_model per head instead of projecting every key.
+            q = torch.einsum("bd,hed->bhe", z[batch, row], wq)
+            u = torch.einsum("bhe,hed->bhd", q, wk)
+            scores = torch.einsum("btd,bhd->bht", z, u)[:, :, None, :] * scale  # (b, h, 1, key)
+        else:
+            q = qk[0].float()[batch, :, row]  # (b, h, head_dim)
+            scores = torch.einsum("bhe,bhte->bht", q, qk[1].float())[:, :, None, :] * scale
         keys = real[:, None, None, :]
         if causal:
             keys = keys & (pos <= row[:, None])[:, None, None, :]
@@ -329,6 +339,21 @@ def attention_entropy(
         return normalised[:, :, 0]
     rows = real[:, None, :].float()
     return (normalised * rows).sum(-1) / rows.sum(-1).clamp_min(1)
+
+
+def _queries_keys(block: Block, z: Tensor) -> tuple[Tensor, Tensor] | None:
+    """The layer's queries and keys (keys per query head) on its attention input ``z``, for
+    a layer whose logits are more than the bilinear form (biases, rotary positions); None
+    for one whose logits it gives exactly."""
+    attn = block.attn
+    if attn.rope_theta is None and attn.q_proj.bias is None:
+        return None
+    angles = None
+    if attn.rope_theta is not None:
+        positions = torch.arange(z.shape[1], device=z.device)
+        angles = rotary_angles(positions, attn.head_dim, attn.rope_theta)
+    q, k, _ = attn.project(z, angles=angles)
+    return q, k.repeat_interleave(attn.heads // max(attn.kv_heads, 1), 1)
 
 
 class EntropyCapture:
@@ -356,14 +381,16 @@ class EntropyCapture:
         """
         attn = block.attn
         with torch.no_grad():
+            z = block.attn_input(h)
             e = attention_entropy(
-                block.ln_1(h),
+                z,
                 attn.q_proj.weight,
                 attn.k_proj.weight,
                 attn.head_dim,
                 mask,
                 causal=causal,
                 all_rows=self.all_rows,
+                qk=_queries_keys(block, z),
             ).sum(0)
         self.sums[layer] = e if self.sums[layer] is None else self.sums[layer] + e
         self.sequences[layer] += h.shape[0]

@@ -343,12 +343,28 @@ def _rebuild(
     keep: Tensor,
     extra: Tensor | None = None,
 ) -> None:
-    """Replace ``linear.weight`` by its slices ``keep`` along ``dim``, then ``extra``.
+    """Replace ``linear.weight`` by its slices ``keep`` along ``dim``, then ``extra``; with
+    ``dim`` 0 (output rows), its bias too, new rows' biases at zero.
 
-    The gradient and every optimizer state tensor shaped like the weight get the same
+    The gradient and every optimizer state tensor shaped like a parameter get the same
     slicing, with zeros where ``extra`` is new; scalar state (Adam's step) is kept.
     """
-    old = linear.weight
+    _rebuild_param(linear, "weight", optimizer, dim, keep, extra)
+    if dim == 0 and linear.bias is not None:
+        new_rows = None if extra is None else extra.new_zeros(extra.shape[0])
+        _rebuild_param(linear, "bias", optimizer, 0, keep, new_rows)
+    linear.out_features, linear.in_features = linear.weight.shape
+
+
+def _rebuild_param(
+    module: nn.Module,
+    name: str,
+    optimizer: torch.optim.Optimizer | None,
+    dim: int,
+    keep: Tensor,
+    extra: Tensor | None,
+) -> None:
+    old = getattr(module, name)
 
     def reshape(t: Tensor, new_part: Tensor | None) -> Tensor:
         kept = t.index_select(dim, keep)
@@ -360,8 +376,7 @@ def _rebuild(
         new.grad = reshape(old.grad, zeros)
     if optimizer is not None:
         _swap_in_optimizer(optimizer, old, new, lambda t: reshape(t, zeros))
-    linear.weight = new
-    linear.out_features, linear.in_features = new.shape
+    setattr(module, name, new)
 
 
 def _swap_in_optimizer(optimizer: torch.optim.Optimizer, old: Tensor, new: Tensor, carry) -> None:

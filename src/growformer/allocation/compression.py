@@ -91,13 +91,15 @@ def truncate_heads(model: ElasticModel, layer: int, heads: Iterable[int], rank: 
         rank: Rows kept per head; at or above the head dimension nothing changes.
 
     Raises:
-        ConfigError: The layer shares keys and values between heads.
+        ConfigError: The layer shares keys and values between heads, or its logits are not
+            the query-key product alone (see :func:`_factorable`).
     """
     attn = model.transformer.layers[layer].attn
     hd = attn.head_dim
     if rank >= hd:
         return
     _ungrouped(model, layer)
+    _factorable(model)
     q, k, v, o = (attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight, attn.o_proj.weight)
     for h in heads:
         wq, wk, wv, wo = _head_factors(q, k, v, o, h, hd, rank)
@@ -124,7 +126,8 @@ def compress_head_dim(model: ElasticModel, ranks: Sequence[int]) -> ElasticModel
         ranks: New head dimension per layer.
 
     Raises:
-        ConfigError: Wrong number of ranks or a rank below 1.
+        ConfigError: Wrong number of ranks or a rank below 1, or a model whose logits are
+            not the query-key product alone (see :func:`_factorable`).
     """
     arch = model.arch
     if len(ranks) != arch.n_layers:
@@ -136,6 +139,8 @@ def compress_head_dim(model: ElasticModel, ranks: Sequence[int]) -> ElasticModel
         replace(layer, head_dim=min(r, layer.head_dim))
         for layer, r in zip(arch.layers, ranks, strict=True)
     )
+    if new_layers != arch.layers:
+        _factorable(model)
     new = build_model(replace(arch, layers=new_layers))
     state = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
@@ -156,6 +161,23 @@ def compress_head_dim(model: ElasticModel, ranks: Sequence[int]) -> ElasticModel
     new.load_state_dict(state)
     new.train(model.training)
     return new
+
+
+def _factorable(model: ElasticModel) -> None:
+    """Raise :class:`ConfigError` unless every head's logits are ``x W_Q^T W_K x'`` alone,
+    the product whose truncated SVD cuts the head dimension."""
+    arch = model.arch
+    if arch.positions == "rotary":
+        raise ConfigError(
+            "cannot cut the head dimension of a model with rotary positions: the rotation "
+            "between queries and keys changes with the position, so no single query-key "
+            "product has an SVD to truncate"
+        )
+    if arch.attn_bias:
+        raise ConfigError(
+            "cannot cut the head dimension of a model with attention biases (attn_bias): "
+            "the query and key biases add terms the query-key product does not hold"
+        )
 
 
 def _ungrouped(model: ElasticModel, layer: int) -> None:
@@ -200,10 +222,11 @@ def group_kv(model: ElasticModel, kv_heads: Sequence[int | None]) -> ElasticMode
             continue
         prefix = _prefix(new, new.transformer.layers[i].attn)
         for name in ("k_proj", "v_proj"):
-            key = prefix + f"{name}.weight"
-            # (groups, heads per group, head_dim, d_model): a group is consecutive heads.
-            w = split_heads(state[key], layer.head_dim).unflatten(0, (g, layer.heads // g))
-            state[key] = w.mean(1).reshape(g * layer.head_dim, -1)
+            for part in ("weight", "bias") if arch.attn_bias else ("weight",):
+                key = prefix + f"{name}.{part}"
+                # (groups, heads per group, head_dim, ...): a group is consecutive heads.
+                w = split_heads(state[key], layer.head_dim).unflatten(0, (g, layer.heads // g))
+                state[key] = w.mean(1).reshape(g * layer.head_dim, *w.shape[3:])
     new.load_state_dict(state)
     new.train(model.training)
     return new

@@ -1,7 +1,8 @@
 """Elastic transformer modules: attention, blocks, backbone and task heads."""
 
 from growformer.model.attention import ElasticAttention, KVCache, head_rows, split_heads
-from growformer.model.block import MLP, Block
+from growformer.model.block import Block
+from growformer.model.feedforward import MLP, GatedMLP
 from growformer.model.transformer import (
     ATTN_INITS,
     MODELS,
@@ -23,6 +24,7 @@ __all__ = [
     "ElasticForSequenceClassification",
     "ElasticModel",
     "ElasticTransformer",
+    "GatedMLP",
     "KVCache",
     "ModelOutput",
     "build_model",

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from growformer.model.rotary import apply_rotary
+
 
 class ElasticAttention(nn.Module):
     """Scaled dot-product attention with ``heads`` heads of width ``head_dim``.
@@ -26,6 +28,12 @@ class ElasticAttention(nn.Module):
         dropout: Dropout on attention probabilities and on the output.
         kv_heads: Number of key/value heads, a divisor of ``heads``; None gives every
             query head its own.
+        bias: Biases on the four projections (the query, key and value biases belong to
+            their heads like the weights' rows; the output bias to the layer).
+        rope_theta: With rotary positions, the base of their frequencies: each head's
+            queries and keys are rotated by their positions (see
+            :mod:`growformer.model.rotary`; the angles come with every call). None: no
+            rotation.
     """
 
     def __init__(
@@ -36,12 +44,15 @@ class ElasticAttention(nn.Module):
         head_dim: int,
         dropout: float = 0.0,
         kv_heads: int | None = None,
+        bias: bool = False,
+        rope_theta: float | None = None,
     ) -> None:
         super().__init__()
         if kv_heads is not None and not (0 < kv_heads <= heads and heads % kv_heads == 0):
             raise ValueError(f"kv_heads={kv_heads} must be a divisor of heads={heads}")
         self.head_dim = head_dim
         self.dropout = dropout
+        self.rope_theta = rope_theta
         # Kept apart from the shapes: kv_heads == heads is still a grouped layer, whose
         # structure surgery leaves alone.
         self.grouped = kv_heads is not None
@@ -49,10 +60,10 @@ class ElasticAttention(nn.Module):
         with warnings.catch_warnings():
             # A layer pruned to zero heads has empty projections; that is intended.
             warnings.filterwarnings("ignore", "Initializing zero-element tensors")
-            self.q_proj = nn.Linear(d_model, heads * head_dim, bias=False)
-            self.k_proj = nn.Linear(d_model, kv_dim, bias=False)
-            self.v_proj = nn.Linear(d_model, kv_dim, bias=False)
-            self.o_proj = nn.Linear(heads * head_dim, d_model, bias=False)
+            self.q_proj = nn.Linear(d_model, heads * head_dim, bias=bias)
+            self.k_proj = nn.Linear(d_model, kv_dim, bias=bias)
+            self.v_proj = nn.Linear(d_model, kv_dim, bias=bias)
+            self.o_proj = nn.Linear(heads * head_dim, d_model, bias=bias)
         self.resid_drop = nn.Dropout(dropout)
 
     @property
@@ -94,6 +105,7 @@ class ElasticAttention(nn.Module):
         kv_rows: Tensor | None = None,
         kv_index: Tensor | None = None,
         logit_bias: Tensor | None = None,
+        angles: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         """Attend and project back to the residual width.
 
@@ -116,18 +128,11 @@ class ElasticAttention(nn.Module):
             logit_bias: (batch, heads, seq, seq) added to the attention logits (a
                 measurement: a zero bias whose gradient is the loss's gradient on the
                 logits); not with a cache.
+            angles: With rotary positions, the (cos, sin) of the input's positions (see
+                :func:`growformer.model.rotary.rotary_angles`).
         """
-        wq, wk, wv, wo = (p.weight for p in (self.q_proj, self.k_proj, self.v_proj, self.o_proj))
-        if rows is not None:
-            kv_rows = rows if kv_rows is None else kv_rows
-            wq, wk, wv, wo = wq[rows], wk[kv_rows], wv[kv_rows], wo[:, rows]
-        # One matrix product for the three projections: fewer, wider products run faster
-        # than three narrow ones, which matters most for the narrow loop passes.
-        q, k, v = F.linear(hidden_states, torch.cat((wq, wk, wv))).split(
-            (wq.shape[0], wk.shape[0], wv.shape[0]), dim=-1
-        )
+        q, k, v = self.project(hidden_states, rows, kv_rows, angles)
         b, t, _ = hidden_states.shape
-        q, k, v = (x.view(b, t, -1, self.head_dim).transpose(1, 2) for x in (q, k, v))
         if cache is not None:
             k, v = cache.extend(k, v)
             past = k.shape[2] - t
@@ -163,7 +168,40 @@ class ElasticAttention(nn.Module):
         if head_weights is not None:
             y = y * head_weights.view(1, -1, 1, 1)
         y = y.transpose(1, 2).reshape(b, t, -1)
-        return self.resid_drop(F.linear(y, wo))
+        wo = self.o_proj.weight if rows is None else self.o_proj.weight[:, rows]
+        return self.resid_drop(F.linear(y, wo, self.o_proj.bias))
+
+    def project(
+        self,
+        hidden_states: Tensor,
+        rows: Tensor | None = None,
+        kv_rows: Tensor | None = None,
+        angles: tuple[Tensor, Tensor] | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys and values, (batch, heads, seq, head_dim) each, rotated by
+        ``angles`` with rotary positions (``rows``, ``kv_rows``: see :meth:`forward`)."""
+        projs = (self.q_proj, self.k_proj, self.v_proj)
+        weights = [p.weight for p in projs]
+        biases = [p.bias for p in projs]
+        if rows is not None:
+            kv_rows = rows if kv_rows is None else kv_rows
+            picks = (rows, kv_rows, kv_rows)
+            weights = [w[r] for w, r in zip(weights, picks, strict=True)]
+            if biases[0] is not None:
+                biases = [bias[r] for bias, r in zip(biases, picks, strict=True)]
+        # One matrix product for the three projections: fewer, wider products run faster
+        # than three narrow ones, which matters most for the narrow loop passes.
+        bias = None if biases[0] is None else torch.cat(biases)
+        q, k, v = F.linear(hidden_states, torch.cat(weights), bias).split(
+            [w.shape[0] for w in weights], dim=-1
+        )
+        b, t, _ = hidden_states.shape
+        q, k, v = (x.view(b, t, -1, self.head_dim).transpose(1, 2) for x in (q, k, v))
+        if self.rope_theta is not None:
+            if angles is None:
+                raise ValueError("rotary attention needs the angles of the input's positions")
+            q, k = apply_rotary(q, *angles), apply_rotary(k, *angles)
+        return q, k, v
 
 
 def _causal(queries: int, keys: int, device: torch.device) -> Tensor:

@@ -1,4 +1,5 @@
-"""Pre-norm transformer block: attention (with optional looped passes) and feed-forward."""
+"""Transformer block: attention (with optional looped passes) and feed-forward, pre- or
+post-norm."""
 
 from __future__ import annotations
 
@@ -7,34 +8,16 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from growformer.arch import HeadFade, LayerSpec, LoopFade
+from growformer.arch import Architecture, HeadFade, LayerSpec, LoopFade
 from growformer.model.attention import ElasticAttention, KVCache
-
-
-class MLP(nn.Module):
-    """Two-layer GELU feed-forward sublayer.
-
-    Args:
-        d_model: Width of the residual stream.
-        ffn_dim: Hidden width.
-        dropout: Dropout on the output.
-    """
-
-    def __init__(self, *, d_model: int, ffn_dim: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.fc_in = nn.Linear(d_model, ffn_dim)
-        self.act = nn.GELU()
-        self.fc_out = nn.Linear(ffn_dim, d_model)
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, hidden_states: Tensor) -> Tensor:
-        return self.drop(self.fc_out(self.act(self.fc_in(hidden_states))))
+from growformer.model.feedforward import feed_forward, norm
 
 
 class Block(nn.Module):
     """One layer: ``h + attn(ln(h))``, then ``loops`` extra passes of the looped heads
     through the same projections (SGT), then ``h + mlp(ln(h))``; all of it run
-    ``1 + block_loops`` times.
+    ``1 + block_loops`` times. Post-norm (``arch.norm_position``) moves each norm after
+    its residual sum: ``ln(h + attn(h))``.
 
     During a loop's soft start (``fade``) the loop passes run every head, the heads outside
     ``looped_heads`` weighted by ``loop_fade_level``; afterwards they compute only the
@@ -49,23 +32,28 @@ class Block(nn.Module):
     logits.
 
     Args:
-        d_model: Width of the residual stream.
+        arch: The model's architecture: width, dropout and block family.
         spec: The layer's shape.
-        dropout: Dropout probability.
     """
 
-    def __init__(self, *, d_model: int, spec: LayerSpec, dropout: float = 0.0) -> None:
+    def __init__(self, *, arch: Architecture, spec: LayerSpec) -> None:
         super().__init__()
-        self.ln_1 = nn.LayerNorm(d_model)
+        d_model, dropout = arch.d_model, arch.dropout
+        self.post_norm = arch.norm_position == "post"
+        self.ln_1 = norm(arch.norm, d_model, arch.norm_eps)
         self.attn = ElasticAttention(
             d_model=d_model,
             heads=spec.heads,
             head_dim=spec.head_dim,
             dropout=dropout,
             kv_heads=spec.kv_heads,
+            bias=arch.attn_bias,
+            rope_theta=arch.rope_theta if arch.positions == "rotary" else None,
         )
-        self.ln_2 = nn.LayerNorm(d_model)
-        self.mlp = MLP(d_model=d_model, ffn_dim=spec.ffn_dim, dropout=dropout)
+        self.ln_2 = norm(arch.norm, d_model, arch.norm_eps)
+        self.mlp = feed_forward(
+            arch.mlp, d_model=d_model, ffn_dim=spec.ffn_dim, dropout=dropout, bias=arch.mlp_bias
+        )
         self.block_loops = spec.block_loops
         self.fade: LoopFade | None = None
         self.set_loops(spec.loops, spec.looped_heads, spec.fade)
@@ -143,7 +131,7 @@ class Block(nn.Module):
         return LayerSpec(
             heads=self.attn.heads,
             head_dim=self.attn.head_dim,
-            ffn_dim=self.mlp.fc_in.out_features,
+            ffn_dim=self.mlp.ffn_dim,
             loops=self.loops,
             looped_heads=self.looped_heads,
             block_loops=self.block_loops,
@@ -152,16 +140,28 @@ class Block(nn.Module):
             kv_heads=self.attn.kv_heads if self.attn.grouped else None,
         )
 
+    def attn_input(self, hidden_states: Tensor) -> Tensor:
+        """What the attention sublayer reads of the block's input: its norm (pre-norm) or
+        the input itself (post-norm)."""
+        return hidden_states if self.post_norm else self.ln_1(hidden_states)
+
+    def _residual(self, h: Tensor, update: Tensor, ln: nn.Module) -> Tensor:
+        return ln(h + update) if self.post_norm else h + update
+
     def forward(
         self,
         hidden_states: Tensor,
         attn_mask: Tensor | None,
         is_causal: bool,
         cache: KVCache | None = None,
+        angles: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
+        """The layer on (batch, seq, d_model) ``hidden_states``; ``angles``: the rotary
+        (cos, sin) of the input's positions for this layer's head width (see
+        :class:`ElasticAttention`)."""
         h = hidden_states
         for i in range(1 + self.block_loops):
-            h = self._pass(h, attn_mask, is_causal, cache, first=i == 0)
+            h = self._pass(h, attn_mask, is_causal, cache, angles, first=i == 0)
         return h
 
     def _pass(
@@ -170,27 +170,30 @@ class Block(nn.Module):
         attn_mask: Tensor | None,
         is_causal: bool,
         cache: KVCache | None,
+        angles: tuple[Tensor, Tensor] | None,
         first: bool,
     ) -> Tensor:
         if self.attn.heads:
-            x = self.ln_1(h)
+            x = self.attn_input(h)
             probe = self.logit_probe if first else None
-            h = h + self.attn(
+            update = self.attn(
                 x,
                 attn_mask,
                 is_causal,
                 head_weights=self._head_weights(),
                 cache=cache,
                 logit_bias=None if probe is None else probe(x),
+                angles=angles,
             )
+            h = self._residual(h, update, self.ln_1)
             rows, kv_rows, kv_index = self.loop_rows, self.loop_kv_rows, self.loop_kv_index
             weights = None
             if self.fade is not None:
                 rows = kv_rows = kv_index = None
                 weights = self.loop_kept + (1 - self.loop_kept) * self.loop_fade_level
             for _ in range(self.loops):
-                h = h + self.attn(
-                    self.ln_1(h),
+                update = self.attn(
+                    self.attn_input(h),
                     attn_mask,
                     is_causal,
                     rows=rows,
@@ -198,5 +201,13 @@ class Block(nn.Module):
                     cache=cache,
                     kv_rows=kv_rows,
                     kv_index=kv_index,
+                    angles=angles,
                 )
-        return h + self.mlp(self.ln_2(h))
+                h = self._residual(h, update, self.ln_1)
+        elif self.post_norm or self.attn.o_proj.bias is not None:
+            # Attention without heads still adds its output bias, and post-norm still
+            # normalises: the function that a head added with a zero output starts from.
+            bias = self.attn.o_proj.bias
+            h = self._residual(h, torch.zeros_like(h) if bias is None else bias, self.ln_1)
+        x = h if self.post_norm else self.ln_2(h)
+        return self._residual(h, self.mlp(x), self.ln_2)

@@ -12,6 +12,8 @@ from torch import Tensor, nn
 from growformer.arch import Architecture
 from growformer.model.attention import KVCache
 from growformer.model.block import Block
+from growformer.model.feedforward import norm
+from growformer.model.rotary import rotary_angles
 
 
 @dataclass
@@ -28,7 +30,9 @@ class ModelOutput:
 
 
 class ElasticTransformer(nn.Module):
-    """Token + position embeddings, a stack of :class:`Block` of per-layer shapes, final norm.
+    """Token embeddings (plus learned positions ``pos_emb`` and token types ``type_emb``
+    where the architecture has them), a stack of :class:`Block` of per-layer shapes, and a
+    final norm ``ln_f`` (pre-norm) or a norm of the embeddings ``ln_emb`` (post-norm).
 
     With ``arch.embed_rank`` the token embedding is factored: a narrow table ``tok_emb``
     and a projection ``tok_proj`` up to ``d_model``.
@@ -40,14 +44,20 @@ class ElasticTransformer(nn.Module):
     def __init__(self, arch: Architecture) -> None:
         super().__init__()
         rank = arch.embed_rank
+        self.max_len = arch.max_len
+        self.rope_theta = arch.rope_theta if arch.positions == "rotary" else None
         self.tok_emb = nn.Embedding(arch.vocab_size, rank or arch.d_model)
         self.tok_proj = nn.Linear(rank, arch.d_model, bias=False) if rank else nn.Identity()
-        self.pos_emb = nn.Embedding(arch.max_len, arch.d_model)
+        if arch.positions == "learned":
+            self.pos_emb = nn.Embedding(arch.max_len, arch.d_model)
+        if arch.type_vocab_size:
+            self.type_emb = nn.Embedding(arch.type_vocab_size, arch.d_model)
+        if arch.norm_position == "post":
+            self.ln_emb = norm(arch.norm, arch.d_model, arch.norm_eps)
         self.drop = nn.Dropout(arch.dropout)
-        self.layers = nn.ModuleList(
-            Block(d_model=arch.d_model, spec=spec, dropout=arch.dropout) for spec in arch.layers
-        )
-        self.ln_f = nn.LayerNorm(arch.d_model)
+        self.layers = nn.ModuleList(Block(arch=arch, spec=spec) for spec in arch.layers)
+        if arch.norm_position == "pre":
+            self.ln_f = norm(arch.norm, arch.d_model, arch.norm_eps)
 
     def forward(
         self,
@@ -56,6 +66,7 @@ class ElasticTransformer(nn.Module):
         is_causal: bool = False,
         cache: KVCache | None = None,
         position_ids: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
     ) -> Tensor:
         """Return the final hidden states (batch, seq, d_model).
 
@@ -68,6 +79,8 @@ class ElasticTransformer(nn.Module):
                 only); this pass's are appended.
             position_ids: (batch, seq) position of each token; None counts from 0 (or from
                 the cached length). Left-padded rows start their real tokens at 0.
+            token_type_ids: (batch, seq) segment of each token, with token-type
+                embeddings; None: segment 0 everywhere.
         """
         past, t = 0, input_ids.shape[1]
         if cache is not None:
@@ -80,20 +93,32 @@ class ElasticTransformer(nn.Module):
                 f"attention_mask covers {attention_mask.shape[1]} positions, but there are "
                 f"{past} cached and {t} new ones"
             )
-        if past + t > self.pos_emb.num_embeddings:
-            raise ValueError(
-                f"sequence length {past + t} exceeds max_len {self.pos_emb.num_embeddings}"
-            )
+        if past + t > self.max_len:
+            raise ValueError(f"sequence length {past + t} exceeds max_len {self.max_len}")
         pos = position_ids
         if pos is None:
             pos = torch.arange(past, past + t, device=input_ids.device)
-        h = self.drop(self.tok_proj(self.tok_emb(input_ids)) + self.pos_emb(pos))
+        h = self.tok_proj(self.tok_emb(input_ids))
+        if hasattr(self, "pos_emb"):
+            h = h + self.pos_emb(pos)
+        if hasattr(self, "type_emb"):
+            if token_type_ids is None:
+                h = h + self.type_emb.weight[0]
+            else:
+                h = h + self.type_emb(token_type_ids)
+        if hasattr(self, "ln_emb"):
+            h = self.ln_emb(h)
+        h = self.drop(h)
         mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+        angles: dict[int, tuple[Tensor, Tensor]] = {}
         for block in self.layers:
-            h = block(h, mask, is_causal, cache)
+            head_dim = block.attn.head_dim
+            if self.rope_theta is not None and head_dim not in angles:
+                angles[head_dim] = rotary_angles(pos, head_dim, self.rope_theta)
+            h = block(h, mask, is_causal, cache, angles.get(head_dim))
         if cache is not None:
             cache.finish(t)
-        return self.ln_f(h)
+        return self.ln_f(h) if hasattr(self, "ln_f") else h
 
 
 class ElasticModel(nn.Module):
@@ -140,7 +165,7 @@ class ElasticModel(nn.Module):
             else:
                 nn.init.normal_(p, 0.0, std)
         if attn_init == "reference":
-            d_model = self.transformer.ln_f.normalized_shape[0]
+            d_model = self._base.d_model
             for block in self.transformer.layers:
                 a = block.attn
                 for proj in (a.q_proj, a.k_proj, a.v_proj):
@@ -152,20 +177,30 @@ class ElasticModel(nn.Module):
 
 
 class ElasticForSequenceClassification(ElasticModel):
-    """Bidirectional encoder with a linear classifier on the [CLS] (first) position."""
+    """Bidirectional encoder with a linear classifier on the [CLS] (first) position (after
+    a tanh dense ``pooler`` where the architecture has one, as BERT)."""
 
     kind = "classifier"
 
     def __init__(self, arch: Architecture, attn_init: str = "gpt2") -> None:
         super().__init__(arch)
+        self.pooler = (
+            nn.Sequential(nn.Linear(arch.d_model, arch.d_model), nn.Tanh())
+            if arch.pooler
+            else nn.Identity()
+        )
         self.classifier = nn.Linear(arch.d_model, arch.num_labels)
         self.init_weights(attn_init)
 
     def forward(
-        self, input_ids: Tensor, attention_mask: Tensor | None = None, labels: Tensor | None = None
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
     ) -> ModelOutput:
-        hidden_states = self.transformer(input_ids, attention_mask)
-        logits = self.classifier(hidden_states[:, 0])
+        hidden_states = self.transformer(input_ids, attention_mask, token_type_ids=token_type_ids)
+        logits = self.classifier(self.pooler(hidden_states[:, 0]))
         loss = None if labels is None else F.cross_entropy(logits, labels)
         return ModelOutput(logits=logits, loss=loss)
 

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from growformer.arch import FAMILY_FIELDS
 from growformer.errors import ConfigError, read_json
 from growformer.validation import is_finite, is_int, is_number, key_list
 
@@ -34,6 +35,10 @@ PRECISIONS = ("fp32", "bf16")
 ON_NONFINITE = ("stop", "skip")
 
 
+MODEL_FAMILY_FIELDS = tuple(f for f in FAMILY_FIELDS if f not in ("type_vocab_size", "pooler"))
+"""The block-family fields of :class:`ModelConfig`, passed on to the architecture."""
+
+
 @dataclass
 class ModelConfig:
     """Initial model shape (a policy may change it while training).
@@ -53,6 +58,10 @@ class ModelConfig:
             :meth:`ElasticModel.init_weights`); default: the policy's choice.
         embed_rank: Factored token embedding of this width (see :class:`Architecture`);
             None: a full ``vocab x d_model`` table.
+        norm, norm_eps, norm_position, mlp, positions, rope_theta, attn_bias, mlp_bias:
+            The block family (see :class:`Architecture`); the defaults are growformer's
+            GPT-2-style block. Llama-style: ``norm: rmsnorm, mlp: swiglu, positions:
+            rotary, mlp_bias: false``.
     """
 
     d_model: int = 128
@@ -64,6 +73,14 @@ class ModelConfig:
     layers: list[dict[str, Any]] | None = None
     attn_init: str | None = None
     embed_rank: int | None = None
+    norm: str = "layernorm"
+    norm_eps: float = 1e-5
+    norm_position: str = "pre"
+    mlp: str = "gelu"
+    positions: str = "learned"
+    rope_theta: float = 10000.0
+    attn_bias: bool = False
+    mlp_bias: bool = True
 
 
 @dataclass

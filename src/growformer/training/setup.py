@@ -12,7 +12,7 @@ from growformer.arch import Architecture, layer_from_dict
 from growformer.data import TaskData, load_task
 from growformer.errors import ArchitectureError, ConfigError, DataError
 from growformer.model import ElasticModel
-from growformer.training.config import TrainConfig
+from growformer.training.config import MODEL_FAMILY_FIELDS, TrainConfig
 
 
 def build_arch(cfg: TrainConfig, data: TaskData) -> Architecture:
@@ -32,6 +32,7 @@ def build_arch(cfg: TrainConfig, data: TaskData) -> Architecture:
             num_labels=data.num_labels,
             dropout=m.dropout,
             embed_rank=m.embed_rank,
+            **{name: getattr(m, name) for name in MODEL_FAMILY_FIELDS},
         )
     except (TypeError, ArchitectureError) as e:
         raise ConfigError(f"invalid model configuration: {e}") from None
