@@ -4,6 +4,7 @@ from growformer.arch import Architecture, LayerSpec
 from growformer.checkpoint import load
 from growformer.evaluation import evaluate
 from growformer.events import Event
+from growformer.hf.convert import from_hf, to_hf
 from growformer.hf.files import register_on_import
 from growformer.model import ElasticForCausalLM, ElasticForSequenceClassification, build_model
 from growformer.policies import Policy, register_policy
@@ -26,7 +27,9 @@ __all__ = [
     "__version__",
     "build_model",
     "evaluate",
+    "from_hf",
     "load",
     "register_policy",
+    "to_hf",
     "train",
 ]
