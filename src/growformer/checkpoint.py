@@ -38,6 +38,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from growformer.arch import Architecture
+from growformer.data.tokenizer import Tokenizer
 from growformer.errors import ArchitectureError, CheckpointError, DataError, read_json
 from growformer.fsutil import atomic_write_text
 from growformer.hf.files import (
@@ -146,9 +147,10 @@ def save(
     save_file(_contiguous(model.state_dict()), tmp / "model.safetensors", metadata={"format": "pt"})
     _write_json(tmp / "architecture.json", model.arch.to_dict())
     _write_json(tmp / TRAIN_CONFIG, config)
-    _write_json(tmp / "config.json", model_config(model.arch, task.get("label_names")))
-    (tmp / "tokenizer.json").write_text(transformers_tokenizer(tokenizer_json, model.arch))
-    _write_json(tmp / "tokenizer_config.json", tokenizer_config(model.arch))
+    tokenizer = Tokenizer.from_json(tokenizer_json)
+    _write_json(tmp / "config.json", model_config(model.arch, task.get("label_names"), tokenizer))
+    (tmp / "tokenizer.json").write_text(transformers_tokenizer(tokenizer, model.arch))
+    _write_json(tmp / "tokenizer_config.json", tokenizer_config(model.arch, tokenizer))
     _write_json(tmp / "task.json", task)
     _save_optimizer(tmp, optimizer)
     rng = {"torch_cpu": torch.get_rng_state()}

@@ -33,6 +33,7 @@ from growformer.errors import ConfigError, ExportError, GrowformerError, read_js
 from growformer.evaluation import evaluate
 from growformer.flops import layer_components
 from growformer.fsutil import atomic_write_text
+from growformer.hf.convert import import_checkpoint
 from growformer.report import write_report
 from growformer.training.config import PRECISIONS, TrainConfig, read_config
 from growformer.training.loop import train
@@ -53,6 +54,7 @@ OVERRIDES = (
     "data_dir",
     "data_file",
     "labels_file",
+    "init",
     "decay_steps",
     "tensorboard",
 )
@@ -95,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--labels", dest="labels_file", help="CSV id,label for the records of a FASTA --data"
     )
+    t.add_argument(
+        "--init",
+        help="start from this checkpoint (e.g. written by growformer import): its weights, "
+        "structure and tokenizer",
+    )
     t.add_argument("--data-dir", help="directory of the task's files")
     t.add_argument("--batch-size", type=int, help="sequences per step")
     t.add_argument("--lr", type=float, help="peak learning rate")
@@ -112,6 +119,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="also log to DIR/tensorboard for TensorBoard (needs the tensorboard extra)",
     )
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    m = sub.add_parser(
+        "import",
+        help="turn a transformers model directory (BERT/MiniLM, GPT-2, Llama) into a "
+        "growformer checkpoint with its tokenizer, for train --init",
+    )
+    m.add_argument("source", help="directory with config.json, model.safetensors, tokenizer.json")
+    m.add_argument("--out", required=True, help="run directory to write")
+    m.add_argument(
+        "--num-labels",
+        type=int,
+        help="classes of the new classifier of an encoder without one (default 2)",
+    )
 
     e = sub.add_parser("evaluate", help="evaluate a checkpoint on a data file; prints JSON")
     e.add_argument("--checkpoint", required=True, help="run directory or checkpoint directory")
@@ -217,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             "compress": _compress,
             "report": _report,
             "export": _export,
+            "import": _import,
         }
         return commands[args.command](args)
     except (GrowformerError, OSError) as e:
@@ -347,6 +368,20 @@ def _measured_data(ckpt: checkpoint.Checkpoint, args: argparse.Namespace) -> Any
     if facts:
         print(f"growformer: data {args.data}: {json.dumps(facts)}", file=sys.stderr)
     return data
+
+
+def _import(args: argparse.Namespace) -> int:
+    saved = import_checkpoint(args.source, args.out, num_labels=args.num_labels)
+    ckpt = checkpoint.load(saved)
+    arch, info = ckpt.model.arch, ckpt.task["info"]
+    heads = [layer.heads for layer in arch.layers]
+    print(
+        f"imported {info['model_type']} from {info['source']}: {arch.kind}, "
+        f"{ckpt.model.num_params():,} parameters, heads {heads}; new: "
+        f"{', '.join(info['new_parameters']) or 'nothing'}"
+    )
+    print(f"wrote {saved}; fine-tune it with: growformer train --init {args.out} ...")
+    return 0
 
 
 def _info(args: argparse.Namespace) -> int:

@@ -1,8 +1,10 @@
-"""Tokenizer: a thin wrapper over Hugging Face `tokenizers` with fixed special-token ids."""
+"""Tokenizer: a thin wrapper over Hugging Face `tokenizers`, with the special tokens found by
+their role."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
@@ -12,25 +14,72 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 from growformer.errors import ConfigError, DataError
 
 SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[CLS]", "[EOS]", "[UNK]")
+"""The special tokens of the tokenizers growformer trains, at ids 0-3."""
+# Where a tokenizer comes from elsewhere (a pretrained model's), each role is the first of
+# these tokens its vocabulary holds: growformer's names, then BERT's, Llama's and GPT-2's.
+ROLE_CANDIDATES: dict[str, tuple[str, ...]] = {
+    "pad": ("[PAD]", "<pad>", "<|endoftext|>", "</s>"),
+    "cls": ("[CLS]", "<s>", "<|endoftext|>"),
+    "eos": ("[EOS]", "[SEP]", "</s>", "<|endoftext|>"),
+    "unk": ("[UNK]", "<unk>"),
+}
+SEP = "[SEP]"
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """The token playing each role (``unk`` None where the vocabulary has none: byte-level
+    BPE needs none); ``sep``: BERT's separator, which closes a classifier's input after
+    the text where the vocabulary has one."""
+
+    pad: str
+    cls: str
+    eos: str
+    unk: str | None
+    sep: str | None
+
+    @classmethod
+    def of(cls, tok: tokenizers.Tokenizer) -> SpecialTokens:
+        """The roles in ``tok``'s vocabulary (see ``ROLE_CANDIDATES``).
+
+        Raises:
+            DataError: No token of the vocabulary can play a required role.
+        """
+        found: dict[str, str | None] = {}
+        for role, candidates in ROLE_CANDIDATES.items():
+            found[role] = next((t for t in candidates if tok.token_to_id(t) is not None), None)
+            if found[role] is None and role != "unk":
+                raise DataError(
+                    f"tokenizer has no {role} token (looked for {', '.join(candidates)})"
+                )
+        sep = SEP if found["eos"] == SEP else None
+        return cls(sep=sep, **found)  # type: ignore[arg-type]
+
+
 # Every byte must be in the vocabulary, so a BPE vocabulary smaller than this cannot exist.
 MIN_BPE_VOCAB = len(SPECIAL_TOKENS) + len(pre_tokenizers.ByteLevel.alphabet())
 
 
 class Tokenizer:
-    """Text <-> token ids, with `[PAD]`=0, `[CLS]`=1, `[EOS]`=2, `[UNK]`=3.
+    """Text <-> token ids, with a padding, a [CLS], an end-of-sequence and (where the
+    vocabulary has one) an unknown token: growformer's own tokenizers have `[PAD]`=0,
+    `[CLS]`=1, `[EOS]`=2, `[UNK]`=3; a pretrained model's keeps its ids, its tokens found
+    by role (`SpecialTokens.of`).
 
     Special tokens are only ever inserted by id: a literal "[CLS]" in user text is encoded as
     ordinary text, so data cannot forge control tokens.
 
     Args:
-        tok: A `tokenizers.Tokenizer` whose vocabulary starts with the special tokens.
+        tok: A `tokenizers.Tokenizer` (its post-processor unused: growformer inserts the
+            special tokens itself).
     """
 
     def __init__(self, tok: tokenizers.Tokenizer) -> None:
-        for want, token in enumerate(SPECIAL_TOKENS):
-            got = tok.token_to_id(token)
-            if got != want:
-                raise DataError(f"tokenizer has {token} at id {got}, expected {want}")
+        self.special = SpecialTokens.of(tok)
+        # growformer pads, truncates and inserts special tokens itself: a pretrained
+        # tokenizer's own settings for them would change the ids.
+        tok.no_padding()
+        tok.no_truncation()
         # Not part of the serialized JSON, so it is set here for every construction path.
         tok.encode_special_tokens = True
         self._tok = tok
@@ -86,25 +135,33 @@ class Tokenizer:
         tok.add_special_tokens(list(SPECIAL_TOKENS))
         return cls(tok)
 
-    @property
+    @cached_property
     def pad_id(self) -> int:
-        """Id of `[PAD]`."""
-        return SPECIAL_TOKENS.index("[PAD]")
+        """Id of the padding token."""
+        return self._tok.token_to_id(self.special.pad)
 
-    @property
+    @cached_property
     def cls_id(self) -> int:
-        """Id of `[CLS]`."""
-        return SPECIAL_TOKENS.index("[CLS]")
+        """Id of the [CLS] token, first in a classifier's input."""
+        return self._tok.token_to_id(self.special.cls)
 
-    @property
+    @cached_property
     def eos_id(self) -> int:
-        """Id of `[EOS]`."""
-        return SPECIAL_TOKENS.index("[EOS]")
+        """Id of the end-of-sequence token (between a language model's documents)."""
+        return self._tok.token_to_id(self.special.eos)
 
-    @property
+    @cached_property
     def unk_id(self) -> int:
-        """Id of `[UNK]`: a word a word-level vocabulary does not hold."""
-        return SPECIAL_TOKENS.index("[UNK]")
+        """Id of the unknown token: a word a word-level vocabulary does not hold."""
+        if self.special.unk is None:
+            raise DataError("this tokenizer has no unknown token")
+        return self._tok.token_to_id(self.special.unk)
+
+    @cached_property
+    def _cls_suffix(self) -> list[int]:
+        """What closes a classifier's input: [SEP] for BERT-family vocabularies, nothing
+        for growformer's."""
+        return [] if self.special.sep is None else [self._tok.token_to_id(self.special.sep)]
 
     @property
     def vocab_size(self) -> int:
@@ -116,15 +173,19 @@ class Tokenizer:
 
         Args:
             texts: Texts to encode.
-            add_cls: Prepend `[CLS]` to every sequence.
-            max_len: Keep at most this many ids per sequence, `[CLS]` included; None keeps all.
+            add_cls: Classifier input: `[CLS]` first (and `[SEP]` last where the vocabulary
+                is BERT's, kept when the text is cut).
+            max_len: Keep at most this many ids per sequence, special tokens included; None
+                keeps all.
 
         Returns:
             One list of ids per text.
         """
         prefix = [self.cls_id] if add_cls else []
+        suffix = self._cls_suffix if add_cls else []
+        room = None if max_len is None else max(0, max_len - len(prefix) - len(suffix))
         return [
-            (prefix + enc.ids)[:max_len]
+            (prefix + enc.ids[:room] + suffix)[:max_len]
             for enc in self._tok.encode_batch(texts, add_special_tokens=False)
         ]
 

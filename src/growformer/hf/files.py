@@ -28,7 +28,7 @@ import tokenizers
 from tokenizers import processors
 
 from growformer.arch import Architecture
-from growformer.data.tokenizer import SPECIAL_TOKENS
+from growformer.data.tokenizer import Tokenizer
 from growformer.errors import DataError
 from growformer.version import __version__
 
@@ -44,12 +44,15 @@ MISSING_TRANSFORMERS = (
 )
 
 
-def model_config(arch: Architecture, label_names: list[str] | None) -> dict[str, Any]:
+def model_config(
+    arch: Architecture, label_names: list[str] | None, tokenizer: Tokenizer
+) -> dict[str, Any]:
     """The transformers ``config.json`` of a model (read by :class:`GrowformerConfig`).
 
     Args:
         arch: The model's architecture.
         label_names: Class ``i`` is ``label_names[i]`` (classifiers), else None.
+        tokenizer: The model's tokenizer (its padding and end-of-sequence ids).
 
     Returns:
         The JSON-ready configuration.
@@ -58,7 +61,7 @@ def model_config(arch: Architecture, label_names: list[str] | None) -> dict[str,
         "model_type": MODEL_TYPE,
         "architectures": [HF_CLASSES[arch.kind]],
         "architecture": arch.to_dict(),
-        "pad_token_id": SPECIAL_TOKENS.index("[PAD]"),
+        "pad_token_id": tokenizer.pad_id,
         "growformer_version": __version__,
     }
     if arch.kind == "classifier":
@@ -66,11 +69,11 @@ def model_config(arch: Architecture, label_names: list[str] | None) -> dict[str,
         config["id2label"] = dict(enumerate(names))
         config["label2id"] = {name: i for i, name in enumerate(names)}
     else:
-        config["eos_token_id"] = SPECIAL_TOKENS.index("[EOS]")
+        config["eos_token_id"] = tokenizer.eos_id
     return config
 
 
-def tokenizer_config(arch: Architecture) -> dict[str, Any]:
+def tokenizer_config(arch: Architecture, tokenizer: Tokenizer) -> dict[str, Any]:
     """The transformers ``tokenizer_config.json`` that encodes text as growformer does.
 
     With :func:`transformers_tokenizer` it makes ``AutoTokenizer`` give the ids of
@@ -81,17 +84,20 @@ def tokenizer_config(arch: Architecture) -> dict[str, Any]:
 
     Args:
         arch: The model's architecture.
+        tokenizer: The model's tokenizer (the tokens of its roles).
 
     Returns:
         The JSON-ready tokenizer configuration.
     """
-    pad, cls, eos, unk = SPECIAL_TOKENS
+    special = tokenizer.special
+    roles = {"cls_token": special.cls, "eos_token": special.eos, "pad_token": special.pad}
+    if special.unk is not None:
+        roles["unk_token"] = special.unk
+    if special.sep is not None:
+        roles["sep_token"] = special.sep
     return {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "cls_token": cls,
-        "eos_token": eos,
-        "pad_token": pad,
-        "unk_token": unk,
+        **roles,
         "split_special_tokens": True,
         "model_max_length": arch.max_len,
         # A language model continues after the last token: its prompts pad on the left.
@@ -102,17 +108,20 @@ def tokenizer_config(arch: Architecture) -> dict[str, Any]:
     }
 
 
-def transformers_tokenizer(tokenizer_json: str, arch: Architecture) -> str:
-    """A checkpoint's ``tokenizer.json``: growformer's tokenizer (``tokenizer_json``, see
-    :meth:`growformer.data.Tokenizer.to_json`) with, for classifiers, the template that
-    makes transformers put ``[CLS]`` first (growformer inserts it itself, by id)."""
+def transformers_tokenizer(tokenizer: Tokenizer, arch: Architecture) -> str:
+    """A checkpoint's ``tokenizer.json``: growformer's tokenizer with, for classifiers, the
+    template that makes transformers insert what growformer inserts itself, by id:
+    ``[CLS]`` first (and ``[SEP]`` last where the vocabulary is BERT's)."""
     if arch.kind != "classifier":
-        return tokenizer_json
-    tok = tokenizers.Tokenizer.from_str(tokenizer_json)
-    cls = SPECIAL_TOKENS[1]
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{cls} $A", pair=f"{cls} $A $B:1", special_tokens=[(cls, 1)]
-    )
+        return tokenizer.to_json()
+    tok = tokenizers.Tokenizer.from_str(tokenizer.to_json())
+    cls, sep = tokenizer.special.cls, tokenizer.special.sep
+    ids = [(cls, tokenizer.cls_id)]
+    single, pair = f"{cls} $A", f"{cls} $A $B:1"
+    if sep is not None:
+        ids.append((sep, tok.token_to_id(sep)))
+        single, pair = f"{single} {sep}", f"{cls} $A {sep} $B:1 {sep}:1"
+    tok.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=ids)
     return tok.to_str()
 
 

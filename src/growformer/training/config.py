@@ -110,6 +110,10 @@ class TrainConfig:
         data_dir: Directory of the task's files.
         data_file: User TSV/CSV file (task ``file``) or FASTA file (task ``fasta``).
         labels_file: CSV ``id,label`` for the FASTA records (task ``fasta``).
+        init: A checkpoint to start from instead of a new model (run or checkpoint
+            directory, e.g. one ``growformer import`` wrote): its weights, structure and
+            tokenizer (text tasks encode with it); the policy changes the structure from
+            there. ``model`` and ``vocab_size`` are then unused.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         precision: ``fp32``, or ``bf16``: the training forward pass under bfloat16
             autocast (weights, optimizer and evaluation stay float32).
@@ -150,6 +154,7 @@ class TrainConfig:
     data_dir: str | None = None
     data_file: str | None = None
     labels_file: str | None = None
+    init: str | None = None
     device: str = "auto"
     precision: str = "fp32"
     compile: bool = False

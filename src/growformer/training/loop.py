@@ -46,7 +46,13 @@ from growformer.training.runtime import (
     resolve_device,
     stop_requests,
 )
-from growformer.training.setup import build_arch, lr_at, make_optimizer, task_data
+from growformer.training.setup import (
+    build_arch,
+    initial_model,
+    lr_at,
+    make_optimizer,
+    task_data,
+)
 from growformer.validation import is_int, is_number
 
 
@@ -126,6 +132,9 @@ class Trainer:
         self.structure = StructuralStep(self.policy, budget)
         if ckpt is not None:
             self.model = ckpt.model
+        elif cfg.init is not None:
+            self.model = initial_model(cfg, self.data)
+            budget.check_initial(self.model.arch)
         else:
             arch = self.policy.initial_arch(build_arch(cfg, self.data))
             attn_init = cfg.model.attn_init or self.policy.attn_init

@@ -9,7 +9,7 @@ import torch
 
 from growformer import checkpoint
 from growformer.arch import Architecture, layer_from_dict
-from growformer.data import TaskData, load_task
+from growformer.data import TaskData, Tokenizer, load_task
 from growformer.errors import ArchitectureError, ConfigError, DataError
 from growformer.model import ElasticModel
 from growformer.training.config import MODEL_FAMILY_FIELDS, TrainConfig
@@ -59,13 +59,41 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
 
 
+def initial_model(cfg: TrainConfig, data: TaskData) -> ElasticModel:
+    """The model of ``cfg.init``, checked to fit ``data``.
+
+    Raises:
+        ConfigError: It is of another kind, has another number of classes, or reads fewer
+            positions than the task's inputs.
+    """
+    init = checkpoint.load(cfg.init)
+    arch = init.model.arch
+    kind = "classifier" if data.kind == "classification" else "causal_lm"
+    if arch.kind != kind:
+        raise ConfigError(f"init {cfg.init} is a {arch.kind}, task {cfg.task} needs a {kind}")
+    if arch.num_labels != data.num_labels:
+        raise ConfigError(
+            f"init {cfg.init} classifies into {arch.num_labels} classes, task {cfg.task} has "
+            f"{data.num_labels} (import it with --num-labels {data.num_labels})"
+        )
+    if data.max_len > arch.max_len:
+        raise ConfigError(
+            f"init {cfg.init} reads at most {arch.max_len} positions; set max_len to at most that"
+        )
+    return init.model
+
+
 @torch.no_grad()
 def task_data(cfg: TrainConfig, ckpt: checkpoint.Checkpoint | None = None) -> TaskData:
-    """The task ``cfg`` trains on; with ``ckpt``, checked to be the data it was trained on.
+    """The task ``cfg`` trains on (encoded with ``cfg.init``'s tokenizer when it starts
+    from a checkpoint); with ``ckpt``, checked to be the data it was trained on.
 
     Raises:
         DataError: The data (hence the tokenizer trained on them) differ from ``ckpt``'s.
     """
+    tokenizer = None
+    if cfg.init is not None:
+        tokenizer = Tokenizer.from_json(checkpoint.load(cfg.init).tokenizer_json)
     data = load_task(
         cfg.task,
         data_dir=cfg.data_dir,
@@ -75,6 +103,7 @@ def task_data(cfg: TrainConfig, ckpt: checkpoint.Checkpoint | None = None) -> Ta
         max_len=cfg.max_len,
         vocab_size=cfg.vocab_size,
         options=cfg.task_options,
+        tokenizer=tokenizer,
     )
     if ckpt is not None and ckpt.tokenizer_json != data.tokenizer.to_json():
         raise DataError(

@@ -178,8 +178,10 @@ def classification_task(
     vocab_size: int,
     sources: tuple[str, str],
     info: dict[str, Any],
+    tokenizer: Tokenizer | None = None,
 ) -> TaskData:
-    """A text classification task: a BPE tokenizer trained on `train`, both splits encoded.
+    """A text classification task: a BPE tokenizer trained on `train` (or the one given),
+    both splits encoded.
 
     Args:
         name: Task name.
@@ -190,6 +192,7 @@ def classification_task(
         vocab_size: Target BPE vocabulary size.
         sources: What error messages call the training and the validation data.
         info: The task's `info`.
+        tokenizer: Encode with this tokenizer (a pretrained model's) instead.
 
     Returns:
         The task.
@@ -199,7 +202,7 @@ def classification_task(
     """
     if len(label_names) < 2:
         raise DataError(f"{sources[0]} has a single label {label_names!r}; need at least two")
-    tokenizer = Tokenizer.train(train[0], vocab_size)
+    tokenizer = tokenizer or Tokenizer.train(train[0], vocab_size)
     return TaskData(
         name=name,
         kind="classification",

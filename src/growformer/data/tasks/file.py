@@ -29,6 +29,7 @@ def _load(request: TaskRequest) -> TaskData:
             vocab_size=vocab_size,
             sources=(source, f"data file {val_file}"),
             info={"source": str(data_file), "val_file": str(val_file)},
+            tokenizer=request.tokenizer,
         )
     val_fraction = fraction_option("file", "val_fraction", opts["val_fraction"])
     n = len(texts)
@@ -48,9 +49,15 @@ def _load(request: TaskRequest) -> TaskData:
         vocab_size=vocab_size,
         sources=(source, source),
         info={"source": str(data_file), "val_rows": len(val_idx)},
+        tokenizer=request.tokenizer,
     )
 
 
-FILE = TaskSpec(load=_load, options={"val_fraction": 0.1, "val_file": None}, files=("data_file",))
+FILE = TaskSpec(
+    load=_load,
+    options={"val_fraction": 0.1, "val_file": None},
+    files=("data_file",),
+    takes_tokenizer=True,
+)
 """A labelled table in `data_file` (a `sentence` or `text` column and a `label` column);
 `val_fraction` of its rows are held out, or `val_file` is the validation table."""

@@ -73,7 +73,7 @@ def _load(request: TaskRequest) -> TaskData:
                 f"LM corpus {root} has no {split} files ({len(docs)} files read; "
                 f"raise max_chars or adjust val_fraction)"
             )
-    tokenizer = Tokenizer.train([text for _, text in train], vocab_size)
+    tokenizer = request.tokenizer or Tokenizer.train([text for _, text in train], vocab_size)
     return TaskData(
         name="lm",
         kind="lm",
@@ -94,7 +94,10 @@ def _load(request: TaskRequest) -> TaskData:
 
 
 LM = TaskSpec(
-    load=_load, options={"max_chars": 4_000_000, "val_fraction": 0.05}, files=("data_dir",)
+    load=_load,
+    options={"max_chars": 4_000_000, "val_fraction": 0.05},
+    files=("data_dir",),
+    takes_tokenizer=True,
 )
 """The `.py` files of the Python standard library (tests and site-packages left out), or the
 `.py` and `.txt` files under `data_dir`, up to `max_chars` characters, split by file."""

@@ -8,6 +8,7 @@ from typing import Any
 from growformer.data.tasks import file, lm, proteins, sarscov2, sst2, synthetic
 from growformer.data.tasks.common import int_option
 from growformer.data.tasks.spec import FILE_INPUTS, TaskData, TaskRequest, TaskSpec
+from growformer.data.tokenizer import Tokenizer
 from growformer.errors import ConfigError
 
 TASKS: dict[str, TaskSpec] = {
@@ -64,6 +65,7 @@ def load_task(
     max_len: int = 128,
     vocab_size: int = 8000,
     options: dict[str, Any] | None = None,
+    tokenizer: Tokenizer | None = None,
 ) -> TaskData:
     """Load, tokenize and split a task.
 
@@ -86,6 +88,8 @@ def load_task(
         vocab_size: Target BPE vocabulary size (retrieval, sarscov2 and fasta have mutation,
             residue or k-mer vocabularies).
         options: Task options overriding the defaults.
+        tokenizer: Encode with this tokenizer instead of training one (a pretrained
+            model's); text tasks only (sst2, file, lm).
 
     Returns:
         The task, with its tokenizer trained on the training split only.
@@ -112,6 +116,12 @@ def load_task(
         raise ConfigError(f"task '{name}' takes no data file (got {data_file}); use task 'file'")
     if labels_file is not None and "labels_file" not in spec.files:
         raise ConfigError(f"task '{name}' takes no labels file (got {labels_file}); use 'fasta'")
+    if tokenizer is not None and not spec.takes_tokenizer:
+        raise ConfigError(
+            f"task '{name}' builds a vocabulary of its own: it cannot encode with a "
+            "pretrained model's tokenizer (text tasks can: "
+            f"{', '.join(sorted(n for n, s in TASKS.items() if s.takes_tokenizer))})"
+        )
     max_len = int_option(name, "max_len", max_len, 2)
     request = TaskRequest(
         name=name,
@@ -122,5 +132,6 @@ def load_task(
         data_dir=data_dir,
         data_file=data_file,
         labels_file=labels_file,
+        tokenizer=tokenizer,
     )
     return spec.load(request)

@@ -60,6 +60,8 @@ class TaskRequest:
         data_dir: Directory of the task's files (always None unless the task reads one).
         data_file: The task's data file (always None unless the task reads one).
         labels_file: The task's labels file (always None unless the task reads one).
+        tokenizer: A tokenizer to encode with instead of training one (a pretrained
+            model's); only for tasks whose spec says ``takes_tokenizer``.
     """
 
     name: str
@@ -70,6 +72,7 @@ class TaskRequest:
     data_dir: str | Path | None = None
     data_file: str | Path | None = None
     labels_file: str | Path | None = None
+    tokenizer: Tokenizer | None = None
 
 
 @dataclass(frozen=True)
@@ -105,9 +108,13 @@ class TaskSpec:
             rejects the others.
         evaluate: How `growformer evaluate` reads new data of the task; None (the default)
             reads a labelled text table for a classifier and plain text for a language model.
+        takes_tokenizer: The task encodes text with any tokenizer it is given (a pretrained
+            model's) instead of training its own; tasks with a vocabulary of their own
+            (mutations, residues, symbols) refuse one.
     """
 
     load: Callable[[TaskRequest], TaskData]
     options: Mapping[str, Any] = field(default_factory=dict)
     files: Collection[str] = ()
     evaluate: EvalFormat | None = None
+    takes_tokenizer: bool = False

@@ -39,6 +39,7 @@ def _load(request: TaskRequest) -> TaskData:
         vocab_size=vocab_size,
         sources=sources,
         info={"source": str(data_dir) if data_dir is not None else "huggingface:glue/sst2"},
+        tokenizer=request.tokenizer,
     )
 
 
@@ -59,7 +60,9 @@ def _sst2_from_hub() -> tuple[tuple[list[str], list[str]], tuple[list[str], list
     return split("train"), split("validation")
 
 
-SST2 = TaskSpec(load=_load, options={"train_limit": None}, files=("data_dir",))
+SST2 = TaskSpec(
+    load=_load, options={"train_limit": None}, files=("data_dir",), takes_tokenizer=True
+)
 """GLUE SST-2 (binary sentiment) from `train.tsv` and `dev.tsv` in `data_dir`, else in
 $GROWFORMER_SST2_DIR, else from Hugging Face `datasets`. Option `train_limit`: use only the
 first that many training sentences."""

@@ -25,10 +25,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from growformer import checkpoint
+from growformer.data.tokenizer import Tokenizer
 from growformer.errors import ConfigError, read_json
 from growformer.hf.convert import bert, gpt2, llama
 from growformer.hf.convert.common import Family
 from growformer.model import ElasticModel, build_model
+from growformer.training.config import TrainConfig
 
 FAMILIES: dict[str, Family] = {
     "bert": bert.FAMILY,
@@ -150,4 +153,57 @@ def _read(source: Any) -> tuple[dict[str, Any], Callable[[], dict[str, Tensor]]]
         }
     raise ConfigError(
         f"cannot import a {type(source).__name__}: pass a transformers model or a directory"
+    )
+
+
+def import_checkpoint(
+    source: str | Path, out: str | Path, *, num_labels: int | None = None
+) -> Path:
+    """Convert the transformers model directory ``source`` into a growformer run directory
+    ``out`` holding one checkpoint (step 0) with the source's tokenizer, ready for
+    ``growformer train --init OUT`` (and for ``info``, ``evaluate``, ``export``).
+
+    Raises:
+        ConfigError: What `from_hf` refuses, a source without ``tokenizer.json``, or an
+            ``out`` that already holds a run.
+    """
+    source, out = Path(source), Path(out)
+    if (out / "checkpoints").exists():
+        raise ConfigError(f"{out} already holds a run: choose another --out")
+    imported = from_hf(source, num_labels=num_labels)
+    tokenizer_file = source / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        raise ConfigError(
+            f"no tokenizer.json in {source}: growformer keeps the source model's tokenizer "
+            "(a fast tokenizer's file)"
+        )
+    tokenizer = Tokenizer.from_json(tokenizer_file.read_text(encoding="utf-8"))
+    model, arch = imported.model, imported.model.arch
+    if tokenizer.vocab_size > arch.vocab_size:
+        raise ConfigError(
+            f"{source}: the tokenizer has {tokenizer.vocab_size} tokens, the model's table "
+            f"{arch.vocab_size}"
+        )
+    classifier = arch.kind == "classifier"
+    labels = imported.source_config.get("id2label") or {}
+    names = [str(labels.get(str(i), labels.get(i, i))) for i in range(arch.num_labels or 0)]
+    return checkpoint.save(
+        out,
+        step=0,
+        model=model,
+        optimizer=torch.optim.AdamW(model.parameters()),
+        config=TrainConfig().to_dict(),
+        tokenizer_json=tokenizer.to_json(),
+        task={
+            "name": "imported",
+            "kind": "classification" if classifier else "lm",
+            "label_names": names if classifier else None,
+            "max_len": arch.max_len,
+            "info": {
+                "source": str(source.resolve()),
+                "model_type": imported.family,
+                "new_parameters": imported.new_parameters,
+            },
+        },
+        trainer_state={"step": 0},
     )
