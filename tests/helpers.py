@@ -3,11 +3,15 @@ task of a user's own (``load_toy``)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
+from growformer import checkpoint
 from growformer.arch import Architecture, HeadFade, LayerSpec, LoopFade
 from growformer.data import ClassificationData, TaskData, TaskRequest, Tokenizer
 from growformer.data.tasks.common import int_option
+from growformer.training.config import TrainConfig
 
 VOCAB = 61
 MAX_LEN = 24
@@ -112,3 +116,26 @@ def load_toy(request: TaskRequest) -> TaskData:
         return ClassificationData(ids, (words[:, 0] == 1).long())
 
     return TaskData("toy", "classification", make(n), make(64), tokenizer, 2, ["no", "yes"], 7)
+
+
+def save_checkpoint(directory: Path, model: torch.nn.Module, label_names: list[str]) -> Path:
+    """A growformer checkpoint of ``model`` as the trainer writes it, with a word-level
+    tokenizer of the shared vocabulary (``label_names``: a classifier's classes)."""
+    words = Tokenizer.word_level([f"w{i}" for i in range(VOCAB - 4)])
+    classifier = model.kind == "classifier"
+    return checkpoint.save(
+        directory,
+        step=0,
+        model=model,
+        optimizer=torch.optim.AdamW(model.parameters()),
+        config=TrainConfig().to_dict(),
+        tokenizer_json=words.to_json(),
+        task={
+            "name": "file" if classifier else "lm",
+            "kind": "classification" if classifier else "lm",
+            "label_names": label_names if classifier else None,
+            "max_len": MAX_LEN,
+            "info": {},
+        },
+        trainer_state={"step": 0},
+    )

@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("transformers", minversion="5")
 
 import torch
-from helpers import KINDS, MAX_LEN, VARIANTS, VOCAB, arch, batch
+from helpers import KINDS, MAX_LEN, VARIANTS, arch, batch, save_checkpoint
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -62,25 +62,7 @@ EDGE_TEXTS = [
 
 
 def _save(directory: Path, model: torch.nn.Module) -> Path:
-    """A growformer checkpoint of ``model``, as the trainer writes it."""
-    words = Tokenizer.word_level([f"w{i}" for i in range(VOCAB - 4)])
-    classifier = model.kind == "classifier"
-    return checkpoint.save(
-        directory,
-        step=0,
-        model=model,
-        optimizer=torch.optim.AdamW(model.parameters()),
-        config=TrainConfig().to_dict(),
-        tokenizer_json=words.to_json(),
-        task={
-            "name": "file" if classifier else "lm",
-            "kind": "classification" if classifier else "lm",
-            "label_names": LABELS if classifier else None,
-            "max_len": MAX_LEN,
-            "info": {},
-        },
-        trainer_state={"step": 0},
-    )
+    return save_checkpoint(directory, model, LABELS)
 
 
 def _loaded(auto: type, directory: Path) -> torch.nn.Module:

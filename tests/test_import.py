@@ -15,12 +15,13 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from helpers import save_checkpoint  # noqa: E402
+
 from growformer import checkpoint, surgery  # noqa: E402
 from growformer.cli import main  # noqa: E402
 from growformer.data import Tokenizer, load_task  # noqa: E402
 from growformer.errors import ConfigError, DataError  # noqa: E402
 from growformer.hf.convert import from_hf, to_hf  # noqa: E402
-from growformer.training.config import TrainConfig  # noqa: E402
 
 VOCAB, SEQ, TOL = 50, 12, 1e-5
 
@@ -179,23 +180,7 @@ def test_remove_heads_then_save_and_reload(name, tmp_path):
     else:
         with pytest.raises(ConfigError, match="heads span the width"):
             to_hf(model, family, tmp_path / "hf")
-    words = Tokenizer.word_level([f"w{i}" for i in range(VOCAB - 4)])
-    classifier = model.kind == "classifier"
-    saved = checkpoint.save(
-        tmp_path / "run",
-        step=0,
-        model=model,
-        optimizer=torch.optim.AdamW(model.parameters()),
-        config=TrainConfig().to_dict(),
-        tokenizer_json=words.to_json(),
-        task={
-            "name": "imported",
-            "kind": "classification" if classifier else "lm",
-            "label_names": ["a", "b", "c"] if classifier else None,
-            "info": {},
-        },
-        trainer_state={"step": 0},
-    )
+    saved = save_checkpoint(tmp_path / "run", model, ["a", "b", "c"])
     reloaded = checkpoint.load(saved).model.eval()
     assert (_logits(reloaded, True) - expected).abs().max().item() <= TOL
 

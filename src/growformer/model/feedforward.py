@@ -39,7 +39,7 @@ class MLP(nn.Module):
         return self.drop(self.fc_out(self.act(self.fc_in(hidden_states))))
 
 
-class GatedMLP(nn.Module):
+class GatedMLP(MLP):
     """SwiGLU feed-forward sublayer (Llama): ``fc_out(silu(gate(x)) * fc_in(x))``.
 
     Args:
@@ -52,16 +52,9 @@ class GatedMLP(nn.Module):
     def __init__(
         self, *, d_model: int, ffn_dim: int, dropout: float = 0.0, bias: bool = False
     ) -> None:
-        super().__init__()
+        super().__init__(d_model=d_model, ffn_dim=ffn_dim, dropout=dropout, bias=bias)
         self.gate = nn.Linear(d_model, ffn_dim, bias=bias)
-        self.fc_in = nn.Linear(d_model, ffn_dim, bias=bias)
         self.act = nn.SiLU()
-        self.fc_out = nn.Linear(ffn_dim, d_model, bias=bias)
-        self.drop = nn.Dropout(dropout)
-
-    @property
-    def ffn_dim(self) -> int:
-        return self.fc_in.out_features
 
     def forward(self, hidden_states: Tensor) -> Tensor:
         gated = self.act(self.gate(hidden_states)) * self.fc_in(hidden_states)

@@ -59,9 +59,9 @@ class ModelConfig:
         embed_rank: Factored token embedding of this width (see :class:`Architecture`);
             None: a full ``vocab x d_model`` table.
         norm, norm_eps, norm_position, mlp, positions, rope_theta, attn_bias, mlp_bias:
-            The block family (see :class:`Architecture`); the defaults are growformer's
-            GPT-2-style block. Llama-style: ``norm: rmsnorm, mlp: swiglu, positions:
-            rotary, mlp_bias: false``.
+            The block family (see :class:`Architecture`); None takes the architecture's
+            default, growformer's GPT-2-style block. Llama-style: ``norm: rmsnorm, mlp:
+            swiglu, positions: rotary, mlp_bias: false``.
     """
 
     d_model: int = 128
@@ -73,14 +73,14 @@ class ModelConfig:
     layers: list[dict[str, Any]] | None = None
     attn_init: str | None = None
     embed_rank: int | None = None
-    norm: str = "layernorm"
-    norm_eps: float = 1e-5
-    norm_position: str = "pre"
-    mlp: str = "gelu"
-    positions: str = "learned"
-    rope_theta: float = 10000.0
-    attn_bias: bool = False
-    mlp_bias: bool = True
+    norm: str | None = None
+    norm_eps: float | None = None
+    norm_position: str | None = None
+    mlp: str | None = None
+    positions: str | None = None
+    rope_theta: float | None = None
+    attn_bias: bool | None = None
+    mlp_bias: bool | None = None
 
 
 @dataclass

@@ -32,7 +32,7 @@ def build_arch(cfg: TrainConfig, data: TaskData) -> Architecture:
             num_labels=data.num_labels,
             dropout=m.dropout,
             embed_rank=m.embed_rank,
-            **{name: getattr(m, name) for name in MODEL_FAMILY_FIELDS},
+            **{n: getattr(m, n) for n in MODEL_FAMILY_FIELDS if getattr(m, n) is not None},
         )
     except (TypeError, ArchitectureError) as e:
         raise ConfigError(f"invalid model configuration: {e}") from None
