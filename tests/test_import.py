@@ -369,3 +369,62 @@ def test_init_refuses_a_model_that_does_not_fit(tiny_bert_dir, sst2_dir, tmp_pat
     assert "classifies into 3 classes, task file has 2 (import it with --num-labels 2)" in err
     assert main(["import", str(tiny_bert_dir), "--out", str(out)]) == 2
     assert "already holds a run" in capsys.readouterr().err
+
+
+def test_sgt_loops_the_heads_of_an_imported_language_model(minilm_dir, tmp_path):
+    """An imported GPT-2 fine-tuned with ``--init`` on the LM task: SGT loops its
+    high-entropy heads (here with MiniLM's WordPiece tokenizer, whose size the model takes)."""
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        n_layer=2,
+        n_embd=32,
+        n_head=4,
+        vocab_size=30522,
+        n_positions=64,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    source = tmp_path / "gpt2"
+    transformers.GPT2LMHeadModel(config).save_pretrained(source)
+    shutil.copy(Path(minilm_dir) / "tokenizer.json", source / "tokenizer.json")
+    assert main(["import", str(source), "--out", str(tmp_path / "imported")]) == 0
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    text = "the model grows a head when the data asks for one and loops it when it helps . "
+    for i in range(8):
+        (corpus / f"doc{i}.txt").write_text(text * (20 + i))
+    options = {"warmup": 4, "window": 4, "top_layers": 1, "stat_steps": 2}
+    cfg = tmp_path / "config.json"
+    cfg.write_text(
+        json.dumps(
+            {
+                "task": "lm",
+                "data_dir": str(corpus),
+                "max_len": 32,
+                "batch_size": 4,
+                "lr": 1e-4,
+                "warmup_steps": 1,
+                "device": "cpu",
+                "policy": "sgt",
+                "policy_options": options,
+                "task_options": {"val_fraction": 0.25},
+            }
+        )
+    )
+    run = tmp_path / "run"
+    args = [
+        "train",
+        "--config",
+        str(cfg),
+        "--init",
+        str(tmp_path / "imported"),
+        "--steps",
+        "12",
+        "--out",
+        str(run),
+        "--no-progress",
+    ]
+    assert main(args) == 0
+    layers = checkpoint.load(run).model.arch.layers
+    assert any(layer.loops for layer in layers)
+    assert [layer.heads for layer in layers] == [4, 4]
