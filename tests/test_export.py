@@ -35,7 +35,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 
 LABELS = ("neg", "neutral", "pos")
-LM_VARIANTS = ("looped", "compressed")
+LM_VARIANTS = ("looped", "compressed", "llama")
 # Non-uniform heads and head dimensions, SGT loops over some heads, a block loop: the
 # acceptance case, trained for real by the CLI test.
 TRAIN_CONFIG = {
@@ -66,8 +66,9 @@ TRAIN_CONFIG = {
 
 
 # Every variant as a classifier (the kind that pads); as a language model, the variants
-# whose attention calls differ (a loop over a subset of heads, grouped keys and values):
-# the rest of the block code is shared by both kinds, and each export costs ~4 s of CPU.
+# whose attention calls differ (a loop over a subset of heads, grouped keys and values,
+# rotary positions under a causal mask): the rest of the block code is shared by both
+# kinds, and each export costs ~4 s of CPU.
 CASES = [("classifier", v) for v in VARIANTS] + [("causal_lm", v) for v in LM_VARIANTS]
 
 
