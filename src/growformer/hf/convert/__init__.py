@@ -88,13 +88,12 @@ def from_hf(source: Any, *, num_labels: int | None = None) -> Imported:
     arch, state = family.to_growformer(config, tensors, num_labels=num_labels)
     model = build_model(arch)
     expected = model.state_dict()
-    new = sorted(expected.keys() - state.keys())
     unknown = sorted(state.keys() - expected.keys())
     if unknown:
         raise ConfigError(f"{model_type} conversion made unknown tensors {unknown[:3]}")
-    for name in set(family.may_be_new):
-        if name in new:
-            state[name] = expected[name]
+    # Parameters the source may lack keep the initialisation build_model gave them.
+    new = [n for n in sorted(expected.keys() - state.keys()) if n in family.may_be_new]
+    state.update({n: expected[n] for n in new})
     missing = sorted(expected.keys() - state.keys())
     if missing:
         raise ConfigError(f"{model_type} conversion left out {missing[:3]}")
@@ -105,7 +104,7 @@ def from_hf(source: Any, *, num_labels: int | None = None) -> Imported:
                 f"configuration asks for {tuple(expected[name].shape)}"
             )
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
-    return Imported(model.eval(), model_type, config, [n for n in new if n in family.may_be_new])
+    return Imported(model.eval(), model_type, config, new)
 
 
 def to_hf(model: ElasticModel, family: str, out: str | Path) -> Path:
