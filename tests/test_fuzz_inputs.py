@@ -33,7 +33,8 @@ from growformer.data import load_task, read_fasta_labels, read_labeled
 from growformer.errors import GrowformerError
 from growformer.policies import POLICIES, make_policy
 from growformer.report import write_report
-from growformer.training.config import TrainConfig, read_config
+from growformer.training.config import TrainConfig
+from growformer.training.config_files import read_config
 from growformer.training.loop import Trainer, train
 from growformer.training.setup import make_optimizer
 

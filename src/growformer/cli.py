@@ -35,7 +35,8 @@ from growformer.flops import layer_components
 from growformer.fsutil import atomic_write_text
 from growformer.hf.convert import import_checkpoint
 from growformer.report import write_report
-from growformer.training.config import PRECISIONS, TrainConfig, read_config
+from growformer.training.config import PRECISIONS, TrainConfig
+from growformer.training.config_files import apply_overrides, dump_config, read_config
 from growformer.training.loop import train
 from growformer.training.runtime import TrainingStopped
 from growformer.training.setup import task_data
@@ -67,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model; writes DIR/summary.json")
-    t.add_argument("--out", required=True, help="run directory")
+    t.add_argument("--out", help="run directory (required unless --print-config)")
     t.add_argument(
         "--task",
         help="sst2, sarscov2, retrieval, channels, lm, file or fasta (default: sst2; file "
@@ -87,7 +88,22 @@ def build_parser() -> argparse.ArgumentParser:
         "split one schedule over several runs with --resume",
     )
     t.add_argument("--seed", type=int, help="random seed")
-    t.add_argument("--config", help="JSON configuration file (flags override it)")
+    t.add_argument("--config", help="YAML or JSON configuration file (flags override it)")
+    t.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set any configuration key, dotted into sections (model.d_model=256, "
+        "policy_options.growth_ratio=0.2); VALUE is read as JSON, else as text; applied "
+        "after --config and the flags; repeatable",
+    )
+    t.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved configuration as YAML and exit without training",
+    )
     t.add_argument("--resume", action="store_true", help="continue from DIR's newest checkpoint")
     t.add_argument(
         "--data",
@@ -249,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    if args.out is None and (args.resume or not args.print_config):
+        raise ConfigError("train needs --out DIR, the run directory")
     base: dict[str, Any] = {}
     if args.resume:
         base = checkpoint.read_config(args.out)
@@ -257,7 +275,10 @@ def _train(args: argparse.Namespace) -> int:
     flags = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None}
     if "data_file" in flags and "task" not in flags and "task" not in base:
         flags["task"] = "fasta" if "labels_file" in flags else "file"
-    cfg = TrainConfig.from_dict({**base, **flags})
+    cfg = TrainConfig.from_dict(apply_overrides({**base, **flags}, args.overrides))
+    if args.print_config:
+        print(dump_config(cfg), end="")
+        return 0
     summary = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
     if Ranks.from_env().main:
         print(_outcome(summary, Path(args.out)), file=sys.stderr)

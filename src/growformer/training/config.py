@@ -1,17 +1,16 @@
 """What a training run is configured by: :class:`TrainConfig` and :class:`ModelConfig`,
-read from JSON with one-line errors naming the bad key, and which settings a resumed run
-may change."""
+built from dicts with one-line errors naming the bad key, and which settings a resumed run
+may change (files and overrides: :mod:`growformer.training.config_files`)."""
 
 from __future__ import annotations
 
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 from growformer.arch import FAMILY_FIELDS
-from growformer.errors import ConfigError, read_json
+from growformer.errors import ConfigError
 from growformer.validation import is_finite, is_int, is_number, key_list
 
 # Settings that may differ between a run and its resumption (they do not change the math,
@@ -209,17 +208,6 @@ class TrainConfig:
     def from_dict(cls, d: Any) -> TrainConfig:
         """Build from a (possibly partial) dict, naming the first bad key."""
         return _dataclass_from_dict(cls, d, "config")
-
-
-def read_config(path: str | Path) -> dict[str, Any]:
-    """The keys a JSON configuration file sets, validated against :class:`TrainConfig`."""
-    p = Path(path)
-    d = read_json(p, "config file")
-    try:
-        TrainConfig.from_dict(d)
-    except ConfigError as e:
-        raise ConfigError(f"{p}: {e}") from None
-    return d
 
 
 def check_resumable(saved: dict[str, Any], cfg: TrainConfig) -> None:

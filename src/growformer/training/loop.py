@@ -35,10 +35,12 @@ from growformer.distributed import DistributedError, Ranks
 from growformer.errors import CheckpointError, ConfigError, DivergenceError
 from growformer.evaluation import evaluate
 from growformer.flops import train_step_flops, without_loops
+from growformer.fsutil import atomic_write_text
 from growformer.model import ATTN_INITS, build_model
 from growformer.policies import Policy, make_policy
 from growformer.structure import Budget, StructuralStep, layer_statistics, probe_loss
 from growformer.training.config import TrainConfig, check_resumable
+from growformer.training.config_files import RUN_CONFIG, dump_config
 from growformer.training.rundir import RunLogs
 from growformer.training.runtime import (
     TrainingStopped,
@@ -118,6 +120,8 @@ class Trainer:
                 f"batch_size {cfg.batch_size} (the global batch) does not split evenly over "
                 f"{self.ranks.world} ranks"
             )
+        if self.ranks.main:  # what the run was started with, readable and re-runnable
+            atomic_write_text(self.out / RUN_CONFIG, dump_config(cfg))
         self.device = self.ranks.device(resolve_device(cfg.device))
         if self.device.type == "cpu":
             keep_freed_memory()
