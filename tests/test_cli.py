@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -98,9 +99,60 @@ def test_train_says_what_the_run_became(files, tmp_path, capsys):
 
 def test_evaluate_prints_json(run, files, capsys):
     for target in (run, run / "checkpoints" / "step_00000005"):
-        assert main(["evaluate", "--checkpoint", str(target), "--data", str(files["dev"])]) == 0
+        assert main(["evaluate", str(target), "--data", str(files["dev"])]) == 0
         result = json.loads(capsys.readouterr().out)
         assert result["n"] == 60 and 0 <= result["accuracy"] <= 1 and result["loss"] > 0
+
+
+def test_the_older_checkpoint_flag_gives_the_same_result(run, files, capsys):
+    dev = ["--data", str(files["dev"])]
+    assert main(["evaluate", str(run), *dev]) == 0
+    positional = json.loads(capsys.readouterr().out)
+    assert main(["evaluate", "--checkpoint", str(run), *dev]) == 0
+    assert json.loads(capsys.readouterr().out) == positional
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["evaluate", "--data", "x.tsv"], "evaluate needs a CHECKPOINT"),
+        (["evaluate", "a", "--checkpoint", "b", "--data", "x"], "give the checkpoint once"),
+        (["assign", "genomes.fasta", "--out", "c.csv"], "assign takes CHECKPOINT GENOMES"),
+        (["assign", "a", "b", "--checkpoint", "c", "--out", "c.csv"], "GENOMES alone"),
+    ],
+)
+def test_checkpoint_arguments_given_wrongly(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_version_and_one_line_per_command(capsys):
+    from growformer import __version__
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"growformer {__version__}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "growformer.cli", "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "100"},
+    )
+    listing = proc.stdout.split("positional arguments:")[1].split("options:")[0]
+    commands = [line.split()[0] for line in listing.splitlines()[2:] if line.strip()]
+    assert commands == [
+        "train",
+        "import",
+        "evaluate",
+        "assign",
+        "info",
+        "plan",
+        "analyze",
+        "compress",
+        "report",
+        "export",
+    ]  # each on a line of its own: no help text wraps onto a second line
 
 
 def test_info(run, capsys):
@@ -202,7 +254,7 @@ def test_truncated_checkpoint(run, files, tmp_path, capsys):
     weights = ckpt / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     for args in (
-        ["evaluate", "--checkpoint", str(ckpt), "--data", str(files["dev"])],
+        ["evaluate", str(ckpt), "--data", str(files["dev"])],
         ["info", str(ckpt)],
     ):
         assert "model.safetensors is truncated" in _error(args, capsys)
@@ -257,7 +309,7 @@ def test_crash_while_saving_keeps_the_previous_checkpoint(run, tmp_path, monkeyp
 
 def test_evaluate_with_unknown_label(run, tmp_path, capsys):
     path = _write(tmp_path / "d.tsv", "sentence\tlabel\nfine film\t1\nawful\tmaybe\n")
-    line = _error(["evaluate", "--checkpoint", str(run), "--data", str(path)], capsys)
+    line = _error(["evaluate", str(run), "--data", str(path)], capsys)
     assert "maybe" in line and str(path) in line
 
 
@@ -283,12 +335,14 @@ def test_no_traceback_from_the_installed_command(files, tmp_path):
 
 
 def test_cli_resume_in_two_halves_equals_one_run(tmp_path):
-    """N steps straight vs N/2, stop, --resume, N/2 more: same weights and events.jsonl."""
+    """N steps straight vs N/2, stop, --resume, N/2 more: same weights and events.jsonl
+    (the configuration a YAML file)."""
+    import yaml
     from test_train import _files, config
 
     cfg = config()
     del cfg["steps"], cfg["decay_steps"]
-    path = _write(tmp_path / "c.json", json.dumps(cfg))
+    path = _write(tmp_path / "c.yaml", yaml.safe_dump(cfg))
     common = ["train", "--config", str(path), "--no-progress"]
     assert main([*common, "--out", str(tmp_path / "straight"), "--steps", "24"]) == 0
     half = [*common, "--out", str(tmp_path / "halves")]
@@ -350,7 +404,7 @@ def test_analyze_then_compress(run, files, tmp_path, capsys):
     assert compressed.model.arch.layers[0].head_dim == 4
     assert compressed.config["model"]["layers"][0]["head_dim"] == 4
     # The written checkpoint holds the measured model: the same metrics when evaluated again.
-    assert main(["evaluate", "--checkpoint", str(out), *dev]) == 0
+    assert main(["evaluate", str(out), *dev]) == 0
     assert json.loads(capsys.readouterr().out) == pytest.approx(report["after"]["metrics"])
     out2 = tmp_path / "t"
     curves_file = str(tmp_path / "a" / "saturation.json")
@@ -372,7 +426,7 @@ def test_analyze_then_compress(run, files, tmp_path, capsys):
     assert report["after"]["params"] < report["before"]["params"]
     compressed = checkpoint.load(out4)
     assert compressed.model.arch.embed_rank == 4 == compressed.config["model"]["embed_rank"]
-    assert main(["evaluate", "--checkpoint", str(out4), *dev]) == 0
+    assert main(["evaluate", str(out4), *dev]) == 0
     assert json.loads(capsys.readouterr().out) == pytest.approx(report["after"]["metrics"])
 
 

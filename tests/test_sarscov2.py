@@ -712,7 +712,7 @@ def test_cli_trains_and_evaluates_on_fasta(spike, tmp_path, capsys):
     assert summary["task"] == "fasta" and "val_macro_f1" in summary["metrics"]
     capsys.readouterr()
 
-    evaluate = ["evaluate", "--checkpoint", str(out), "--data", str(fa)]
+    evaluate = ["evaluate", str(out), "--data", str(fa)]
     assert main([*evaluate, "--labels", str(csv)]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["n"] == 40 and 0 <= result["accuracy"] <= 1 and 0 <= result["macro_f1"] <= 1

@@ -279,7 +279,7 @@ def test_assign_calls_genomes_as_the_model_reads_the_tree(
     genomes["junk"] = "ACGTJ" * 6000
     path = write_genomes(tmp_path / "genomes.fasta.gz", genomes)
     out = tmp_path / "calls.csv"
-    argv = ["assign", str(path), "--checkpoint", str(trained), "--out", str(out)]
+    argv = ["assign", str(trained), str(path), "--out", str(out)]
     assert main([*argv, "--no-progress"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["genomes"] == 43 and summary["called"] == 41
@@ -324,7 +324,7 @@ def test_evaluate_genome_files_counts_what_it_cannot_score(
     fasta = write_genomes(tmp_path / "g.fasta", genomes)
     csv_path = tmp_path / "labels.csv"
     csv_path.write_text("id,label\n" + "".join(f"{k},{v}\n" for k, v in labels.items()))
-    argv = ["evaluate", "--checkpoint", str(trained), "--data", str(fasta)]
+    argv = ["evaluate", str(trained), "--data", str(fasta)]
     assert main([*argv, "--labels", str(csv_path)]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["n"] == 30 and result["genomes"] == 32
@@ -343,7 +343,7 @@ def test_assign_errors(trained, tmp_path, capsys, sarscov2_dir, monkeypatch):
     genomes = write_genomes(tmp_path / "g.fasta", {"a": "ACGT" * 10})
     out = tmp_path / "calls.csv"
     out.write_text("kept\n")
-    base = ["assign", str(genomes), "--checkpoint", str(trained), "--no-progress"]
+    base = ["assign", str(trained), str(genomes), "--no-progress"]
     bad_ref = tmp_path / "ref.fasta"
     bad_ref.write_text(">r\n" + "A" * sc.GENOME_LENGTH + "\n")
     assert main([*base, "--out", str(out), "--reference", str(bad_ref)]) == 2

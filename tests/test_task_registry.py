@@ -53,7 +53,7 @@ def test_a_registered_task_loads_trains_and_evaluates(toy, tmp_path, capsys):
     capsys.readouterr()
     table = tmp_path / "new.tsv"
     table.write_text("sentence\tlabel\nb a c a b c\tyes\na b b c a a\tno\n")
-    assert main(["evaluate", "--checkpoint", str(tmp_path / "run"), "--data", str(table)]) == 0
+    assert main(["evaluate", str(tmp_path / "run"), "--data", str(table)]) == 0
     assert "accuracy" in json.loads(capsys.readouterr().out)
 
 

@@ -40,6 +40,7 @@ from growformer.training.config_files import apply_overrides, dump_config, read_
 from growformer.training.loop import train
 from growformer.training.runtime import TrainingStopped
 from growformer.training.setup import task_data
+from growformer.version import __version__
 
 # Flags that override configuration keys of the same name.
 OVERRIDES = (
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="growformer", description="Transformers that determine their own architecture."
     )
+    parser.add_argument("--version", action="version", version=f"growformer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model; writes DIR/summary.json")
@@ -138,8 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser(
         "import",
-        help="turn a transformers model directory (BERT/MiniLM, GPT-2, Llama) into a "
-        "growformer checkpoint with its tokenizer, for train --init",
+        help="a transformers model -> a checkpoint for train --init",
+        description="Turn a transformers model directory (BERT/MiniLM, GPT-2, Llama) into a "
+        "growformer checkpoint with its tokenizer, for train --init.",
     )
     m.add_argument("source", help="directory with config.json, model.safetensors, tokenizer.json")
     m.add_argument("--out", required=True, help="run directory to write")
@@ -150,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     e = sub.add_parser("evaluate", help="evaluate a checkpoint on a data file; prints JSON")
-    e.add_argument("--checkpoint", required=True, help="run directory or checkpoint directory")
+    e.add_argument("checkpoint", nargs="?", help="run directory or checkpoint directory")
+    _old_checkpoint_flag(e)
     e.add_argument(
         "--data",
         required=True,
@@ -161,10 +165,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser(
         "assign",
-        help="call SARS-CoV-2 lineages of genomes (FASTA, VCF, Nextclade TSV) into a CSV file",
+        help="call SARS-CoV-2 lineages of genomes into a CSV file",
+        description="Call SARS-CoV-2 lineages of genomes (unaligned FASTA, VCF, Nextclade "
+        "TSV) into a CSV file, one row per genome.",
     )
-    g.add_argument("genomes", help="unaligned consensus FASTA (or .gz), VCF or Nextclade TSV")
-    g.add_argument("--checkpoint", required=True, help="run directory or checkpoint directory")
+    g.add_argument(
+        "paths",
+        nargs="+",
+        metavar="CHECKPOINT GENOMES",
+        help="run directory or checkpoint directory; unaligned consensus FASTA (or .gz), VCF "
+        "or Nextclade TSV",
+    )
+    _old_checkpoint_flag(g)
     g.add_argument("--out", required=True, help="CSV file of calls, one row per genome")
     g.add_argument("--reference", help="MN908947.3 FASTA (default: the one trained with)")
     g.add_argument("--batch-size", type=int, default=64)
@@ -174,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("checkpoint", help="run directory or checkpoint directory")
     i.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    p = sub.add_parser("plan", help="per-layer heads and head dimensions for an attention budget")
+    p = sub.add_parser("plan", help="heads and head dimensions per layer for a budget")
     p.add_argument("--budget", type=int, required=True, help="sum over layers of heads x head_dim")
     p.add_argument("--layers", type=int, required=True, help="number of layers")
     p.add_argument("--seq", type=int, required=True, help="sequence length (max_len)")
@@ -187,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--curves", help="saturation.json of growformer analyze (strategy measured)")
     p.add_argument("--out", help="write a config file for growformer train --config")
 
-    a = sub.add_parser("analyze", help="saturation curves: held-out loss vs head dimension kept")
+    a = sub.add_parser("analyze", help="held-out loss against head dimension kept")
     a.add_argument("checkpoint", help="run directory or checkpoint directory")
     a.add_argument("--out", required=True, help="directory for saturation.json and .png")
     _add_eval_data_flags(a)
@@ -196,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser(
         "compress",
-        help="SVD head dimensions, grouped keys/values, factored embedding of a checkpoint",
+        help="SVD head dims, grouped K/V, factored embedding",
     )
     c.add_argument("checkpoint", help="run directory or checkpoint directory")
     c.add_argument("--out", required=True, help="directory for the compressed checkpoint")
@@ -211,11 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--embed-rank", type=int, help="factor the token embedding to this width")
     _add_eval_data_flags(c)
 
-    r = sub.add_parser("report", help="write a run's HTML report (figures and summary)")
+    r = sub.add_parser("report", help="a run's HTML report (figures and summary)")
     r.add_argument("run", help="run directory (with summary.json)")
     r.add_argument("--out", help="directory for index.html and the figures (default: RUN/report)")
 
-    x = sub.add_parser("export", help="export a checkpoint to ONNX and check it with onnxruntime")
+    x = sub.add_parser("export", help="a checkpoint to ONNX, checked with onnxruntime")
     x.add_argument("checkpoint", help="run directory or checkpoint directory")
     x.add_argument("--onnx", required=True, help="ONNX file to write")
     x.add_argument(
@@ -230,6 +242,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _old_checkpoint_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", dest="checkpoint_flag", help="the checkpoint (older form)")
+
+
+def _checkpoint_positional(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Set ``args.checkpoint`` (and ``args.genomes`` of assign) from the positional
+    arguments, or from the older ``--checkpoint`` flag, which these commands still take."""
+    flag = getattr(args, "checkpoint_flag", None)
+    if args.command == "assign":
+        if flag is None and len(args.paths) != 2:
+            parser.error("assign takes CHECKPOINT GENOMES (or GENOMES --checkpoint CHECKPOINT)")
+        if flag is not None and len(args.paths) != 1:
+            parser.error("assign takes GENOMES alone when --checkpoint is given")
+        args.checkpoint, args.genomes = (flag, *args.paths) if flag else args.paths
+        return
+    if flag is not None and args.checkpoint is not None:
+        parser.error(f"{args.command}: give the checkpoint once, not also as --checkpoint")
+    args.checkpoint = args.checkpoint or flag
+    if args.checkpoint is None:
+        parser.error(f"{args.command} needs a CHECKPOINT (run or checkpoint directory)")
+
+
 def _add_eval_data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data",
@@ -241,7 +275,10 @@ def _add_eval_data_flags(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if hasattr(args, "checkpoint_flag"):
+        _checkpoint_positional(parser, args)
     try:
         commands = {
             "train": _train,
