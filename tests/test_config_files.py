@@ -23,7 +23,7 @@ SETTINGS = {
     "policy": "incrt",
     "steps": 30,
     "lr": 0.001,
-    "policy_options": {"growth_ratio": 0.2, "prune_count": "net"},
+    "policy_options": {"growth_ratio": 0.2, "prune_patience": 5},
     "model": {"d_model": 64, "heads": 2, "dropout": 0.1},
 }
 YAML_TEXT = """\
@@ -31,7 +31,7 @@ task: retrieval
 policy: incrt
 steps: 30
 lr: 1e-3  # YAML 1.1 would read this as text
-policy_options: {growth_ratio: 0.2, prune_count: net}
+policy_options: {growth_ratio: 0.2, prune_patience: 5}
 model:
   d_model: 64
   heads: 2
@@ -167,7 +167,7 @@ def test_print_config_resolves_file_flags_and_overrides(tmp_path, capsys):
     assert printed == TrainConfig.from_dict(printed).to_dict()  # every field, a valid file
     assert (printed["steps"], printed["seed"], printed["task"]) == (40, 4, "retrieval")
     assert printed["model"]["d_model"] == 96 and printed["model"]["heads"] == 2
-    assert printed["policy_options"] == {"growth_ratio": 0.3, "prune_count": "net"}
+    assert printed["policy_options"] == {"growth_ratio": 0.3, "prune_patience": 5}
     assert not list(tmp_path.glob("*/"))  # nothing trained
 
 

@@ -78,7 +78,6 @@ def test_initial_structure_and_options():
         {"online_lr": True},
         {"refractory_steps": -1},
         {"prune_fade_steps": 0},
-        {"prune_count": "streak"},
         {"speed": 1},
     ):
         with pytest.raises(ConfigError):
@@ -166,20 +165,6 @@ def test_a_weak_head_fades_out_when_its_measured_contribution_is_small():
     assert (e.op, e.head, e.fade_steps) == ("fade_head", 1, 4)
     assert e.loss_change == pytest.approx(0.004)
     assert len(p.gates[0].directions) == len(scales) == 1
-
-
-@pytest.mark.parametrize(("count", "due_at"), [("consecutive", None), ("net", 25)])
-def test_prune_count_decides_whether_a_head_weak_in_most_checks_is_due(count, due_at):
-    # Head 1 is weak in two checks of every three (patience 3): never three in a row, but
-    # the net count reaches 3 at the fifth check (1, 2, 1, 2, 3).
-    p = _policy(max_heads=2, initial_heads=2, prune_count=count)
-    p.calibrate([_stats([1.0, 1.0])])
-    due = None
-    for k, step in enumerate(range(5, 50, 5)):
-        p.decide(step, _stats([1.0, 1.0 if k % 3 == 2 else 0.0]))
-        if due is None and CONTRIBUTION in p.needs(step + 5):
-            due = step
-    assert due == due_at
 
 
 def test_a_weak_head_that_matters_is_kept_and_counts_as_minimal():

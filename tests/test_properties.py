@@ -2,15 +2,16 @@
 
 Random architectures of both kinds (per-layer heads, head and feed-forward widths, grouped
 keys and values, factored embeddings, SGT loops in or out of their soft start, block
-loops) go through random sequences of structural events between real AdamW steps, driven
+loops) go through random sequences of structural events between real optimizer steps
+(AdamW; and every supported optimizer in a test of its own), driven
 the way the trainer drives them (fades advanced after every step, their ``end_fade``
 requests applied). The invariants:
 
 * the weights have the shapes of ``model.arch``, which follows the event's documented
   effect, and a model rebuilt from it has the same tensors and computes the same function;
 * the optimizer holds exactly the model's parameters, in :func:`make_optimizer`'s order,
-  with state shaped like them; surviving heads keep their weights, moments and gradients,
-  new heads start from zero state;
+  with state laid along them as its layout says; surviving heads keep their weights,
+  gradients and optimizer state bitwise, new heads start from zero state;
 * the events that promise it keep the outputs (within ``TOL``): a function-preserving
   head insertion, and the end of a fade whose level reached 0 (a fade falls from exactly
   1 to exactly 0);
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -53,6 +55,8 @@ from growformer.data.tokenizer import SPECIAL_TOKENS, Tokenizer
 from growformer.errors import SurgeryError
 from growformer.events import INITS, OPS, Event
 from growformer.model import ElasticModel, KVCache, build_model, head_rows
+from growformer.optim import OPTIMIZERS, STATE_LAYOUTS
+from growformer.optim.state import StateLayout
 from growformer.training.config import TrainConfig
 from growformer.training.setup import make_optimizer
 
@@ -262,17 +266,18 @@ def tally(arch: Architecture) -> None:
 
 
 class Run:
-    """A model, its AdamW (two real steps taken) and its step count.
+    """A model, its optimizer (two real steps taken) and its step count.
 
     Args:
         arch: The structure to build.
         seed: Seed of the initialisation and the batch.
+        optimizer: A name of :data:`growformer.optim.OPTIMIZERS`.
     """
 
-    def __init__(self, arch: Architecture, seed: int = 0) -> None:
+    def __init__(self, arch: Architecture, seed: int = 0, optimizer: str = "adamw") -> None:
         torch.manual_seed(seed)
         self.model = build_model(arch)
-        self.optimizer = make_optimizer(self.model, CONFIG)
+        self.optimizer = make_optimizer(self.model, replace(CONFIG, optimizer=optimizer))
         self.batch = _batch(arch, seed)
         self.step = 0
         for _ in range(2):
@@ -435,10 +440,20 @@ def check_optimizer_aligned(model: ElasticModel, optimizer: torch.optim.Optimize
     lists them, and no state of any other tensor or of another shape."""
     assert [[id(p) for p in g["params"]] for g in optimizer.param_groups] == _param_groups(model)
     params = {id(p): p for p in model.parameters()}
+    layouts = STATE_LAYOUTS[type(optimizer).__name__]
     for p, state in optimizer.state.items():
         assert id(p) in params, "state of a tensor that is no longer a parameter"
-        for k in ("exp_avg", "exp_avg_sq"):
-            assert state[k].shape == p.shape, k
+        for k, v in state.items():
+            if v.dim():
+                assert v.shape == _state_shape(p.shape, layouts[k]), k
+
+
+def _state_shape(shape: torch.Size, layout: StateLayout) -> tuple[int, ...]:
+    """The shape of a state tensor of ``layout`` for a parameter of ``shape``."""
+    reduced = {r % len(shape) for r in layout.reduced}
+    return tuple(
+        1 if i in reduced else n for i, n in enumerate(shape) if layout.keepdim or i not in reduced
+    )
 
 
 @dataclass
@@ -488,10 +503,12 @@ def check_carried(before: dict[str, Slot], run: Run, record: Event) -> None:
         assert (p.grad is None) == (old.grad is None), name
         if old.grad is not None:
             _check_rows(old.grad, p.grad, dim, *rows)
+        layouts = STATE_LAYOUTS[type(run.optimizer).__name__]
         for k, v in old.state.items():
-            if v.dim():
-                _check_rows(v, state[k], dim, *rows)
-            else:
+            axis = layouts[k].axis(p.dim(), dim) if v.dim() else None
+            if axis is not None:
+                _check_rows(v, state[k], axis, *rows)
+            else:  # a step count, or a statistic averaged over the cut dimension
                 assert torch.equal(state[k], v), f"{name} {k}"
 
 
@@ -578,6 +595,28 @@ def test_optimizer_state_follows_the_weights(arch, data):
     finale(data, run, check)
     # The moved state is usable: another real step works on every parameter.
     run.train()
+    check_optimizer_aligned(run.model, run.optimizer)
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+@settings(PROFILE, max_examples=15)
+@given(architectures(), st.data())
+def test_every_optimizer_survives_fifty_random_events(optimizer, arch, data):
+    """Each supported optimizer's state (moments, momentum, factored second moments)
+    follows 50 drawn actions (structural events between real steps), then the finale."""
+    run = Run(arch, optimizer=optimizer)
+
+    def check(run: Run, request: Event) -> None:
+        before = snapshot(run)
+        record = apply(run, request)
+        check_optimizer_aligned(run.model, run.optimizer)
+        check_carried(before, run, record)
+
+    drive(data, run, check, max_actions=50)
+    finale(data, run, check)
+    loss = run.model(**run.batch).loss.item()
+    run.train()
+    assert math.isfinite(loss) and math.isfinite(run.model(**run.batch).loss.item())
     check_optimizer_aligned(run.model, run.optimizer)
 
 

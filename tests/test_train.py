@@ -17,9 +17,9 @@ from growformer import checkpoint
 from growformer.errors import ConfigError, DataError
 from growformer.evaluation import macro_f1
 from growformer.hf.files import growformer_tokenizer
+from growformer.optim import lr_at
 from growformer.training.config import TrainConfig
 from growformer.training.loop import train
-from growformer.training.setup import lr_at
 
 EVENTS = [
     {"step": 5, "op": "add_head", "layer": 0, "init": "random"},

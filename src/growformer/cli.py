@@ -154,7 +154,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="evaluate a checkpoint on a data file; prints JSON")
     e.add_argument("checkpoint", nargs="?", help="run directory or checkpoint directory")
-    _old_checkpoint_flag(e)
     e.add_argument(
         "--data",
         required=True,
@@ -176,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run directory or checkpoint directory; unaligned consensus FASTA (or .gz), VCF "
         "or Nextclade TSV",
     )
-    _old_checkpoint_flag(g)
+    for older in (e, g):  # the checkpoint's older form, still taken
+        older.add_argument("--checkpoint", dest="checkpoint_flag", help="the checkpoint")
     g.add_argument("--out", required=True, help="CSV file of calls, one row per genome")
     g.add_argument("--reference", help="MN908947.3 FASTA (default: the one trained with)")
     g.add_argument("--batch-size", type=int, default=64)
@@ -240,10 +240,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--tolerance", type=float, default=1e-3, help="largest logit difference the check allows"
     )
     return parser
-
-
-def _old_checkpoint_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", dest="checkpoint_flag", help="the checkpoint (older form)")
 
 
 def _checkpoint_positional(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

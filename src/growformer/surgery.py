@@ -1,9 +1,10 @@
 """Structural surgery: the only code that changes a model's structure.
 
 Every change rebuilds the affected parameters, carries the optimizer state of every
-surviving slice (Adam/AdamW moments and step, SGD momentum: any state tensor shaped like
-its parameter), gives new slices zero state, keeps the gradient if one is pending, and
-returns an :class:`Event` record. It is safe between two optimizer steps.
+surviving slice (per optimizer, as :mod:`growformer.optim.state` says its state lies along
+the parameter: moments, momentum, factored second moments, step counts), gives new slices
+zero state, keeps the gradient if one is pending, and returns an :class:`Event` record. It
+is safe between two optimizer steps.
 
 A loop's soft start and a head's fade-out are structures that change with the step:
 :func:`advance`, called by the trainer after every optimizer step, sets each fading
@@ -29,6 +30,7 @@ from growformer.errors import ArchitectureError, SurgeryError
 from growformer.events import INITS, Event
 from growformer.model import ElasticModel, build_model, head_rows
 from growformer.model.block import Block
+from growformer.optim.state import carry_state
 
 Surgeon = Callable[[ElasticModel, torch.optim.Optimizer | None, Event], Event]
 
@@ -365,28 +367,23 @@ def _rebuild_param(
     extra: Tensor | None,
 ) -> None:
     old = getattr(module, name)
+    added = 0 if extra is None else extra.shape[dim]
 
-    def reshape(t: Tensor, new_part: Tensor | None) -> Tensor:
-        kept = t.index_select(dim, keep)
-        return kept if new_part is None else torch.cat([kept, new_part.to(t.dtype)], dim)
+    def cut(t: Tensor, axis: int) -> Tensor:
+        """``t`` with the kept slices along ``axis``, then zeros for the new ones."""
+        kept = t.index_select(axis, keep)
+        if not added:
+            return kept
+        shape = list(t.shape)
+        shape[axis] = added
+        return torch.cat([kept, t.new_zeros(shape)], axis)
 
-    zeros = None if extra is None else torch.zeros_like(extra)
-    new = nn.Parameter(reshape(old.detach(), extra), requires_grad=old.requires_grad)
+    data = old.detach().index_select(dim, keep)
+    if extra is not None:
+        data = torch.cat([data, extra.to(data.dtype)], dim)
+    new = nn.Parameter(data, requires_grad=old.requires_grad)
     if old.grad is not None:
-        new.grad = reshape(old.grad, zeros)
+        new.grad = cut(old.grad, dim)
     if optimizer is not None:
-        _swap_in_optimizer(optimizer, old, new, lambda t: reshape(t, zeros))
+        carry_state(optimizer, old, new, dim, cut)
     setattr(module, name, new)
-
-
-def _swap_in_optimizer(optimizer: torch.optim.Optimizer, old: Tensor, new: Tensor, carry) -> None:
-    for group in optimizer.param_groups:
-        for i, p in enumerate(group["params"]):
-            if p is old:
-                group["params"][i] = new
-    state = optimizer.state.pop(old, None)
-    if state:
-        optimizer.state[new] = {
-            k: carry(v) if isinstance(v, Tensor) and v.shape == old.shape else v
-            for k, v in state.items()
-        }

@@ -21,6 +21,7 @@ from transformers.trainer_callback import ExportableState
 
 from growformer import statistics
 from growformer.errors import ConfigError
+from growformer.optim.state import check_supported
 from growformer.policies import make_policy
 from growformer.structure import Budget, StructuralStep, probe_loss
 
@@ -124,6 +125,8 @@ class GrowformerCallback(TrainerCallback, ExportableState):
                 f"GrowformerCallback changes the model's structure in one process, but "
                 f"training runs in {args.world_size}"
             )
+        if kwargs.get("optimizer") is not None:
+            check_supported(kwargs["optimizer"])  # before training, not at the first change
         if self.policy.calibration_batches and not self._calibrated:
             self.structure.calibrate(model.elastic, train_dataloader)
             self._calibrated = True

@@ -15,11 +15,8 @@ demand gate, whose heads are grown to learn something new).
 
 A layer whose weakest captured direction stays below the keep threshold for
 ``prune_patience`` checks (with the demand gate: every layer, every ``prune_patience``
-checks until each head is measured necessary) has a head too many. How the checks count
-(``prune_count``): ``consecutive`` (default), a check above the threshold starts the count
-again; ``net``, it takes one off (never below zero), so that a layer weak in most checks
-but not in a row (a pretrained model's, under fine-tuning noise) is still due. Then the
-head whose removal changes the loss on the step's batch least (measured, statistic
+checks until each head is measured necessary) has a head too many: the head whose
+removal changes the loss on the step's batch least (measured, statistic
 ``contribution``) fades out over ``prune_fade_steps`` steps and is then removed, provided
 that change is at most ``prune_max_loss_change`` (relative); heads above it are marked
 necessary. The structure is certified (``converged_step``) once nothing changed for
@@ -76,8 +73,6 @@ from growformer.policies.records import register_record_kind
 from growformer.statistics import CONTRIBUTION, DEMAND, MOMENTS, Demand, LayerStats
 from growformer.validation import is_int
 
-PRUNE_COUNTS = ("consecutive", "net")
-
 
 class IncrtPolicy(Policy):
     """The INCRT growth / pruning / homeostasis policy (see the module docstring)."""
@@ -108,7 +103,6 @@ class IncrtPolicy(Policy):
         "min_refractory": 25,
         "max_refractory": None,
         "prune_patience": 20,
-        "prune_count": "consecutive",
         "grace_checks": None,
         "prune_max_loss_change": 0.01,
         "prune_fade_steps": 50,
@@ -125,7 +119,6 @@ class IncrtPolicy(Policy):
             ("estimator", ("exact", "online")),
             ("threshold_mode", ("calibrated", "relative")),
             ("init", INITS),
-            ("prune_count", PRUNE_COUNTS),
         ):
             if o[key] not in allowed:
                 raise ConfigError(
@@ -360,9 +353,8 @@ class IncrtPolicy(Policy):
                 self._window(gate, need),
             )
         )
-        net = o["prune_count"] == "net"
         gate.low_checks = [
-            0 if needed else n + 1 if weak else max(0, n - 1) if net else 0
+            n + 1 if weak and not needed else 0
             for n, weak, needed in zip(gate.low_checks, reading.weak, gate.needed, strict=True)
         ]
         gate.sufficient = reading.sufficient

@@ -11,6 +11,7 @@ from typing import Any
 
 from growformer.arch import FAMILY_FIELDS
 from growformer.errors import ConfigError
+from growformer.optim import SCHEDULES, check_optimizer
 from growformer.validation import is_finite, is_int, is_number, key_list
 
 # Settings that may differ between a run and its resumption (they do not change the math,
@@ -93,12 +94,19 @@ class TrainConfig:
         seed: Seed of model initialisation, data order and dropout.
         steps: Optimizer steps in total.
         batch_size: Sequences per step.
-        lr: Peak learning rate (AdamW).
-        min_lr_ratio: Final learning rate of the cosine schedule, relative to ``lr``.
+        lr: Peak learning rate.
+        min_lr_ratio: Final learning rate of the schedule, relative to ``lr``.
         warmup_steps: Linear warm-up length.
-        decay_steps: Step at which the cosine decay ends (default: ``steps``); set it to
+        decay_steps: Step at which the decay ends (default: ``steps``); set it to
             train in several sessions along one schedule.
-        weight_decay: AdamW weight decay on matrices (not on biases, norms).
+        weight_decay: Weight decay on matrices (not on biases, norms).
+        optimizer: ``adamw``, ``adam``, ``sgd``, ``adafactor`` or ``lion`` (see
+            :mod:`growformer.optim`; its state follows every structural change).
+        optimizer_options: The optimizer's other settings (``betas``, ``eps``,
+            ``momentum``, ...), over its defaults.
+        schedule: After the warm-up: ``cosine``, ``linear``, ``constant`` or ``wsd``
+            (warm-up, stable, decay; see :mod:`growformer.optim.schedules`).
+        cooldown_fraction: ``wsd``: the share of the steps after warm-up spent decaying.
         grad_clip: Maximum global gradient norm (0 disables clipping).
         eval_every: Evaluate every this many steps (and at the end).
         checkpoint_every: Checkpoint every this many steps (and at the end).
@@ -143,6 +151,10 @@ class TrainConfig:
     warmup_steps: int = 200
     decay_steps: int | None = None
     weight_decay: float = 0.1
+    optimizer: str = "adamw"
+    optimizer_options: dict[str, Any] = field(default_factory=dict)
+    schedule: str = "cosine"
+    cooldown_fraction: float = 0.2
     grad_clip: float = 1.0
     eval_every: int = 500
     checkpoint_every: int = 500
@@ -198,6 +210,11 @@ class TrainConfig:
             raise ConfigError(
                 f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
             )
+        check_optimizer(self.optimizer, self.optimizer_options)
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"unknown schedule {self.schedule!r} (known: {', '.join(SCHEDULES)})")
+        if not 0 <= self.cooldown_fraction <= 1:
+            raise ConfigError(f"cooldown_fraction must be in [0, 1], got {self.cooldown_fraction}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 

@@ -37,6 +37,7 @@ from growformer.evaluation import evaluate
 from growformer.flops import train_step_flops, without_loops
 from growformer.fsutil import atomic_write_text
 from growformer.model import ATTN_INITS, build_model
+from growformer.optim import lr_at
 from growformer.policies import Policy, make_policy
 from growformer.structure import Budget, StructuralStep, layer_statistics, probe_loss
 from growformer.training.config import TrainConfig, check_resumable
@@ -51,7 +52,6 @@ from growformer.training.runtime import (
 from growformer.training.setup import (
     build_arch,
     initial_model,
-    lr_at,
     make_optimizer,
     task_data,
 )

@@ -1,9 +1,7 @@
-"""The parts a run is built from: its data, initial architecture, optimizer and
-learning-rate schedule."""
+"""The parts a run is built from: its data, initial architecture and optimizer (the
+learning-rate schedule: :mod:`growformer.optim.schedules`)."""
 
 from __future__ import annotations
-
-import math
 
 import torch
 
@@ -12,6 +10,7 @@ from growformer.arch import Architecture, layer_from_dict
 from growformer.data import TaskData, Tokenizer, load_task
 from growformer.errors import ArchitectureError, ConfigError, DataError
 from growformer.model import ElasticModel
+from growformer.optim import build_optimizer
 from growformer.training.config import MODEL_FAMILY_FIELDS, TrainConfig
 
 
@@ -38,25 +37,15 @@ def build_arch(cfg: TrainConfig, data: TaskData) -> Architecture:
         raise ConfigError(f"invalid model configuration: {e}") from None
 
 
-def make_optimizer(model: ElasticModel, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only; parameter order follows the model."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8)
-
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up to ``lr``, then cosine decay to ``lr * min_lr_ratio`` at ``steps``."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    span = max(1, (cfg.decay_steps or cfg.steps) - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
-    floor = cfg.lr * cfg.min_lr_ratio
-    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
+def make_optimizer(model: ElasticModel, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """``cfg``'s optimizer over ``model`` (see :mod:`growformer.optim`)."""
+    return build_optimizer(
+        model,
+        name=cfg.optimizer,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        options=cfg.optimizer_options,
+    )
 
 
 def initial_model(cfg: TrainConfig, data: TaskData) -> ElasticModel:
