@@ -10,48 +10,10 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from growformer.errors import DataError
+from growformer.errors import DataError, existing_file, read_utf8
 
 TEXT_COLUMNS: tuple[str, ...] = ("sentence", "text")  # the first one present is used
 LABEL_COLUMN = "label"
-
-
-def _existing_file(path: str | Path, what: str) -> Path:
-    """``path``, checked to be a file that exists (a one-line error naming it otherwise)."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{what} {path} does not exist")
-    if path.is_dir():
-        raise DataError(f"{what} {path} is a directory, not a file")
-    return path
-
-
-def read_utf8(path: str | Path, what: str = "file") -> str:
-    """Read a whole file as UTF-8 (a leading byte-order mark is dropped).
-
-    Args:
-        path: The file.
-        what: How error messages call the file, e.g. "data file".
-
-    Returns:
-        The contents, possibly empty.
-
-    Raises:
-        DataError: The file is missing, a directory, unreadable or not UTF-8.
-    """
-    path = _existing_file(path, what)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"{what} {path} cannot be read: {e.strerror}") from e
-    try:
-        # utf-8-sig drops the byte-order mark spreadsheet programs put in front of CSV exports.
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise DataError(
-            f"{what} {path} is not UTF-8 text (invalid byte 0x{raw[e.start]:02x} on line {line})"
-        ) from e
 
 
 GZIP_MAGIC = b"\x1f\x8b"  # a gzip stream's first two bytes, whatever the file is called
@@ -76,7 +38,7 @@ def text_lines(path: str | Path, what: str = "file") -> Iterator[tuple[int, str]
         DataError: The file is missing, a directory, unreadable, a corrupt or truncated gzip
             stream, or not UTF-8.
     """
-    path = _existing_file(path, what)
+    path = existing_file(path, what)
     try:
         with path.open("rb") as raw:
             compressed = raw.read(2) == GZIP_MAGIC

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from growformer.errors import ConfigError, read_json
+from growformer.errors import ConfigError, read_json, read_utf8
 from growformer.training.config import TrainConfig
 
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -36,14 +36,9 @@ _Loader.add_implicit_resolver(
 
 
 def _read_yaml(p: Path) -> Any:
+    text = read_utf8(p, "config file", ConfigError)
     try:
-        return yaml.load(p.read_text(encoding="utf-8"), Loader=_Loader)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {p} does not exist") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"config file {p} is not UTF-8 text: {e}") from None
-    except OSError as e:
-        raise ConfigError(f"config file {p} cannot be read: {e.strerror or e}") from None
+        return yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

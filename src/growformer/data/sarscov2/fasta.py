@@ -7,9 +7,8 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from growformer.data.files import read_utf8
 from growformer.data.sarscov2.genome import GENOME_LENGTH, PROTEIN_ALPHABET, spike_of_genome
-from growformer.errors import DataError
+from growformer.errors import DataError, read_utf8
 
 # IUPAC ambiguity codes occur in real consensus genomes; codons holding them translate to X.
 _NUCLEOTIDES = frozenset("ACGTNRYKMSWBDHV-")

@@ -5,8 +5,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-from growformer.data.files import read_utf8
-from growformer.errors import DataError
+from growformer.errors import DataError, read_utf8
 
 GENOME_LENGTH = 29_903  # Wuhan-Hu-1 (MN908947.3); user genomes must be aligned to it
 SPIKE_START = 21_563  # 1-based genome position of the spike gene's first nucleotide

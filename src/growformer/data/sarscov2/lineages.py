@@ -8,8 +8,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from growformer.data.files import read_utf8
-from growformer.errors import DataError
+from growformer.errors import DataError, read_utf8
 
 RECOMBINANT = "Recombinant"
 WHO_LABELS: tuple[str, ...] = ("Alpha", "Beta", "Gamma", "Delta", "Omicron", RECOMBINANT, "Other")

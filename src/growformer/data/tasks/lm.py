@@ -7,11 +7,10 @@ import sysconfig
 import zlib
 from pathlib import Path
 
-from growformer.data.files import read_utf8
 from growformer.data.tasks.common import encode_lm, fraction_option, int_option
 from growformer.data.tasks.spec import TaskData, TaskRequest, TaskSpec
 from growformer.data.tokenizer import Tokenizer
-from growformer.errors import DataError
+from growformer.errors import DataError, read_utf8
 
 # Test suites and installed packages are not representative library code.
 _STDLIB_SKIP_DIRS = frozenset({"site-packages", "test", "tests"})
