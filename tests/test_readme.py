@@ -43,9 +43,30 @@ def test_python_api_example_grows_a_model_on_a_user_table(sst2_dir, tmp_path, mo
     assert (tmp_path / "runs/reviews/summary.json").is_file()
 
 
+def test_callback_example_prints_events_and_logs_csv(tmp_path, monkeypatch, capsys):
+    example = _python_blocks()[1]
+    call = (
+        'TrainConfig(task="sst2", policy="incrt", data_dir="../shared/data/sst2",\n'
+        '                            loggers=["csv"])'
+    )
+    assert call in example
+    small = (
+        'TrainConfig(task="retrieval", policy="incrt", loggers=["csv"], steps=150, '
+        'batch_size=8, task_options={"n_train": 64, "n_val": 16, "k": 2, "seq_len": 8}, '
+        "model=ModelConfig(d_model=32, n_layers=1, head_dim=8, ffn_dim=64))"
+    )
+    monkeypatch.chdir(tmp_path)
+    namespace = {"__name__": "readme", "ModelConfig": ModelConfig}
+    exec(example.replace(call, small), namespace)
+    printed = capsys.readouterr().out.splitlines()
+    events = [json.loads(line) for line in (tmp_path / "runs/sst2/events.jsonl").open()]
+    assert printed == [f"{e['step']} {e['op']} {e['layer']}" for e in events] and printed
+    assert (tmp_path / "runs/sst2/metrics.csv").read_text().startswith("step,name,value")
+
+
 def test_surgery_by_hand_example_keeps_the_architecture_in_sync(capsys):
     namespace: dict = {"__name__": "readme"}
-    exec(_python_blocks()[1], namespace)
+    exec(_python_blocks()[2], namespace)
     model = namespace["model"]
     assert [layer.heads for layer in model.arch.layers] == [2, 0]
     assert capsys.readouterr().out.strip() == str(model.arch)
@@ -64,7 +85,7 @@ def registries() -> Iterator[None]:
 
 
 def test_own_policy_example_grows_to_its_budget_and_logs_its_records(registries, tmp_path):
-    example = _python_blocks()[2]
+    example = _python_blocks()[3]
     call = 'TrainConfig(policy="every_hundred", max_heads_per_layer=6)'
     assert call in example
     # The example's run on a small built-in task with TensorBoard on; the rest as written.

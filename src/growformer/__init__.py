@@ -8,6 +8,8 @@ from growformer.hf.convert import from_hf, to_hf
 from growformer.hf.files import register_on_import
 from growformer.model import ElasticForCausalLM, ElasticForSequenceClassification, build_model
 from growformer.policies import Policy, register_policy
+from growformer.report import CSVLogger, Logger
+from growformer.training.callbacks import Callback
 from growformer.training.config import ModelConfig, TrainConfig
 from growformer.training.loop import train
 from growformer.version import __version__
@@ -17,10 +19,13 @@ register_on_import()
 
 __all__ = [
     "Architecture",
+    "CSVLogger",
+    "Callback",
     "ElasticForCausalLM",
     "ElasticForSequenceClassification",
     "Event",
     "LayerSpec",
+    "Logger",
     "ModelConfig",
     "Policy",
     "TrainConfig",

@@ -9,18 +9,30 @@ line saying so. The trainer writes the report at the end of every run; ``growfor
 RUN`` writes it again.
 
 :class:`TensorBoardLog` writes the same statistics to ``RUN/tensorboard`` as training goes
-(``TrainConfig.tensorboard``).
+(``TrainConfig.tensorboard``), one of the run's loggers (:mod:`~growformer.report.loggers`:
+``TrainConfig.loggers``, or instances passed to :func:`growformer.train`).
 
 Modules: :mod:`~growformer.report.logs` (the run's files, parsed),
 :mod:`~growformer.report.page` (the page and the order of its figures),
 :mod:`~growformer.report.figures` (training and structure),
 :mod:`~growformer.report.policy_figures` (INCRT and SGT statistics),
 :mod:`~growformer.report.plotting` (what the figures share),
-:mod:`~growformer.report.tensorboard`.
+:mod:`~growformer.report.tensorboard`, :mod:`~growformer.report.loggers`.
 """
 
+from growformer.report.loggers import LOGGERS, CSVLogger, Logger, open_logger, register_logger
 from growformer.report.logs import RunRecords, read_run
 from growformer.report.page import write_report
 from growformer.report.tensorboard import TensorBoardLog
 
-__all__ = ["RunRecords", "TensorBoardLog", "read_run", "write_report"]
+__all__ = [
+    "LOGGERS",
+    "CSVLogger",
+    "Logger",
+    "RunRecords",
+    "TensorBoardLog",
+    "open_logger",
+    "read_run",
+    "register_logger",
+    "write_report",
+]

@@ -9,9 +9,10 @@ from growformer.arch import Architecture
 from growformer.errors import ConfigError
 from growformer.events import Event
 from growformer.policies import record_scalars
+from growformer.report.loggers import Logger, register_logger
 
 
-class TensorBoardLog:
+class TensorBoardLog(Logger):
     """Training statistics as TensorBoard scalars and text, written while a run trains.
 
     Tags: ``train/loss``, ``train/lr``; ``val/<metric>``; ``structure/heads/layer_<i>``,
@@ -72,3 +73,6 @@ class TensorBoardLog:
 
     def close(self) -> None:
         self.writer.close()
+
+
+register_logger("tensorboard", lambda run_dir, step: TensorBoardLog(run_dir / "tensorboard", step))

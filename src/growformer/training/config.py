@@ -25,6 +25,7 @@ RESUMABLE_CHANGES = frozenset(
         "log_every",
         "compile",
         "tensorboard",
+        "loggers",
         "on_nonfinite",
         "max_nonfinite_skips",
         "max_params",
@@ -128,6 +129,8 @@ class TrainConfig:
             ``torch.compile``; compiled again after each structural change.
         tensorboard: Also write the training statistics to ``RUN/tensorboard`` for
             TensorBoard (see :class:`growformer.report.TensorBoardLog`).
+        loggers: Loggers of :data:`growformer.report.LOGGERS` to write to while training
+            (``csv``: ``RUN/metrics.csv``; ``tensorboard``, as ``tensorboard: true``).
         on_nonfinite: What a step whose loss or gradient norm is not finite does, before
             its optimizer step: ``"stop"`` the run (:class:`DivergenceError`; the last
             checkpoint stays the newest), or ``"skip"`` the batch (logged in
@@ -170,6 +173,7 @@ class TrainConfig:
     precision: str = "fp32"
     compile: bool = False
     tensorboard: bool = False
+    loggers: list[str] = field(default_factory=list)
     on_nonfinite: str = "stop"
     max_nonfinite_skips: int = 10
     max_params: int | None = None

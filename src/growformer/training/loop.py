@@ -19,7 +19,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,9 @@ from growformer.fsutil import atomic_write_text
 from growformer.model import ATTN_INITS, build_model
 from growformer.optim import lr_at
 from growformer.policies import Policy, make_policy
+from growformer.report import LOGGERS, Logger
 from growformer.structure import Budget, StructuralStep, layer_statistics, probe_loss
+from growformer.training.callbacks import Callback, stop_requested
 from growformer.training.config import TrainConfig, check_resumable
 from growformer.training.config_files import RUN_CONFIG, dump_config
 from growformer.training.rundir import RunLogs
@@ -65,6 +67,8 @@ def train(
     resume: bool = False,
     progress: bool = True,
     policy: Policy | None = None,
+    callbacks: Sequence[Callback] = (),
+    loggers: Sequence[Logger] = (),
 ) -> dict[str, Any]:
     """Train according to ``cfg``, writing logs, checkpoints and ``summary.json`` to ``out``.
 
@@ -78,11 +82,16 @@ def train(
         policy: A structure policy to train with instead of the one ``cfg.policy`` names
             (e.g. an instance of your own :class:`Policy` subclass); ``cfg.policy`` then
             records its ``name``. Pass an equal one again to resume.
+        callbacks: Called at every step, log, evaluation and structural change; any may
+            stop the run (see :mod:`growformer.training.callbacks`).
+        loggers: Loggers of your own (:class:`growformer.report.Logger`), besides those
+            ``cfg.loggers`` names.
 
     Returns:
         The summary written to ``out/summary.json``.
     """
-    return Trainer(cfg, out, resume=resume, policy=policy).run(progress=progress)
+    trainer = Trainer(cfg, out, resume=resume, policy=policy, callbacks=callbacks, loggers=loggers)
+    return trainer.run(progress=progress)
 
 
 class Trainer:
@@ -93,6 +102,8 @@ class Trainer:
         out: Run directory.
         resume: Continue from the newest checkpoint in ``out``.
         policy: A policy instance instead of the one ``cfg.policy`` names (see :func:`train`).
+        callbacks: Callbacks (see :func:`train`).
+        loggers: Logger instances (see :func:`train`).
     """
 
     def __init__(
@@ -102,7 +113,14 @@ class Trainer:
         *,
         resume: bool = False,
         policy: Policy | None = None,
+        callbacks: Sequence[Callback] = (),
+        loggers: Sequence[Logger] = (),
     ) -> None:
+        for name in cfg.loggers:
+            if name not in LOGGERS:
+                raise ConfigError(f"unknown logger {name!r} (known: {', '.join(sorted(LOGGERS))})")
+        self.callbacks, self.loggers = list(callbacks), list(loggers)
+        self.stopped_by: str | None = None
         if policy is not None:
             cfg = replace(cfg, policy=policy.name)
         self.cfg, self.out = cfg, Path(out)
@@ -230,13 +248,18 @@ class Trainer:
             mininterval=0.5 if sys.stderr.isatty() else 30.0,
             dynamic_ncols=True,
         )
-        board = self.logs.tensorboard(
-            cfg.tensorboard, self.state["step"], self.arch, self.model.num_params()
+        loggers = self.logs.open_loggers(
+            [*cfg.loggers, *(["tensorboard"] if cfg.tensorboard else [])],
+            self.loggers,
+            self.state["step"],
+            self.arch,
+            self.model.num_params(),
         )
-        with bar, stop_requests() as stop, self._data_parallel(), board:
+        with bar, stop_requests() as stop, self._data_parallel(), loggers:
             while self.state["step"] < cfg.steps:
                 lr = self.train_step()
                 step = self.state["step"]
+                self._ask("on_step", step, lr)
                 # A signal reaches the ranks at different steps: they stop together.
                 stopping = self.ranks.any(bool(stop))
                 # Skipped batches leave no loss to log (the same on every rank).
@@ -246,16 +269,24 @@ class Trainer:
                     bar.set_postfix(
                         loss=f"{train_loss:.3f}", heads=_heads(self.arch), refresh=False
                     )
-                if step % cfg.eval_every == 0 or step == cfg.steps:
+                evaluated = step % cfg.eval_every == 0 or step == cfg.steps
+                if evaluated:
                     self.evaluate()
-                if step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping:
+                asked = self.ranks.any(self.stopped_by is not None)
+                if asked and not evaluated:
+                    self.evaluate()  # the run ends here: its summary measures this model
+                if step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping or asked:
                     self.save()
                 bar.update(1)
                 if stopping:
                     raise TrainingStopped(step, self.out)
+                if asked:
+                    break
         if not self.metrics:
             self.evaluate(log=False)
         summary = self.summary()
+        if self.stopped_by is not None:
+            summary["stopped_by"] = self.stopped_by
         if self.policy.heldout_batches:
             val = eval_batches(self.data.val, cfg.batch_size, self.pad_id)
             heldout = layer_statistics(
@@ -346,6 +377,8 @@ class Trainer:
         if done.events:
             self.arch = self.model.arch
             self.logs.events(step, done.events, self.arch, self.model.num_params())
+            for record in done.events:
+                self._ask("on_event", step, record.to_dict())
             self.ranks.check_same_structure(self.model)
             self.trained = self.ranks.wrap(self.model)
             if self.compiled is not None:
@@ -395,6 +428,7 @@ class Trainer:
         self.metrics = {f"val_{k}": v for k, v in result.items() if k not in ("n", "tokens")}
         if log:
             self.logs.evaluation(self.state["step"], self.metrics)
+            self._ask("on_evaluate", self.state["step"], dict(self.metrics))
         return self.metrics
 
     def save(self) -> Path | None:
@@ -456,7 +490,14 @@ class Trainer:
         step, params = self.state["step"], self.model.num_params()
         self.logs.train(step, train_loss, lr, self.arch, params)
         self.state["loss_sum"], self.state["loss_n"] = 0.0, 0
+        self._ask("on_log", step, train_loss)
         return train_loss
+
+    def _ask(self, hook: str, step: int, *args: Any) -> None:
+        """Call ``hook`` on the callbacks; keep the first request to stop."""
+        name = stop_requested(self.callbacks, hook, self, step, *args)
+        if name is not None and self.stopped_by is None:
+            self.stopped_by = f"{name}.{hook} at step {step}"
 
     def _wall(self) -> float:
         return self._wall_before + time.perf_counter() - self._started

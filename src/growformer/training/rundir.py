@@ -1,7 +1,7 @@
 """A run directory's logs: ``events.jsonl`` (one structural change a line),
 ``metrics.jsonl`` (training loss and evaluations) and ``stats.jsonl`` (the policy's
-statistics and refused requests), mirrored to TensorBoard while the run trains, then
-``summary.json`` and the report.
+statistics and refused requests), mirrored to the run's loggers (TensorBoard, CSV, your
+own) while it trains, then ``summary.json`` and the report.
 
 A resumed run continues its logs from the line counts its checkpoint saved: lines
 written after the checkpoint are dropped, so that no record appears twice.
@@ -19,7 +19,7 @@ from typing import Any
 from growformer.arch import Architecture
 from growformer.events import Event
 from growformer.fsutil import atomic_write_text
-from growformer.report import TensorBoardLog, write_report
+from growformer.report import Logger, open_logger, write_report
 
 LOGS = ("events", "metrics", "stats")
 
@@ -62,7 +62,7 @@ class RunLogs:
     def __init__(self, out: Path, counts: dict[str, Any], writer: bool) -> None:
         self.out, self.counts, self.writer = out, counts, writer
         self.files = {name: JsonLines(out / f"{name}.jsonl", counts[name], writer) for name in LOGS}
-        self.board: TensorBoardLog | None = None
+        self.loggers: list[Logger] = []
 
     def _write(self, log: str, record: dict[str, Any]) -> None:
         self.files[log].write(record)
@@ -72,9 +72,9 @@ class RunLogs:
         """The structural changes of ``step``, and the structure they left."""
         for record in records:
             self._write("events", record.to_dict())
-        if self.board is not None:
-            self.board.events(step, records)
-            self.board.structure(step, arch, params)
+        for logger in self.loggers:
+            logger.events(step, records)
+            logger.structure(step, arch, params)
 
     def refusal(self, record: dict[str, Any]) -> None:
         """A request the budget refused (stats.jsonl only)."""
@@ -83,19 +83,19 @@ class RunLogs:
     def stats(self, record: dict[str, Any]) -> None:
         """One of the policy's statistics records."""
         self._write("stats", record)
-        if self.board is not None:
-            self.board.stats(record)
+        for logger in self.loggers:
+            logger.stats(record)
 
     def train(self, step: int, loss: float, lr: float, arch: Architecture, params: int) -> None:
         self._write("metrics", {"step": step, "train_loss": loss, "lr": lr})
-        if self.board is not None:
-            self.board.train(step, loss, lr)
-            self.board.structure(step, arch, params)
+        for logger in self.loggers:
+            logger.train(step, loss, lr)
+            logger.structure(step, arch, params)
 
     def evaluation(self, step: int, metrics: dict[str, float]) -> None:
         self._write("metrics", {"step": step, **metrics})
-        if self.board is not None:
-            self.board.evaluation(step, metrics)
+        for logger in self.loggers:
+            logger.evaluation(step, metrics)
 
     def skipped(self, step: int, what: str) -> None:
         """A batch skipped for a non-finite loss or gradient."""
@@ -105,21 +105,31 @@ class RunLogs:
         return self.files["events"].read()
 
     @contextlib.contextmanager
-    def tensorboard(
-        self, enabled: bool, step: int, arch: Architecture, params: int
+    def open_loggers(
+        self,
+        names: list[str],
+        instances: list[Logger],
+        step: int,
+        arch: Architecture,
+        params: int,
     ) -> Iterator[None]:
-        """Around the training loop: TensorBoard's writer (``RUN/tensorboard``) when
-        ``enabled`` on the writing process, starting with the structure trained from."""
-        if not (enabled and self.writer):
+        """Around the training loop: the loggers registered as ``names`` and the
+        ``instances`` given, on the writing process, each told the structure trained from;
+        closed at the end whatever happens."""
+        if not self.writer:
             yield
             return
-        self.board = TensorBoardLog(self.out / "tensorboard", step)
-        self.board.structure(step, arch, params)
         try:
+            for name in names:
+                self.loggers.append(open_logger(name, self.out, step))
+            self.loggers += instances
+            for logger in self.loggers:
+                logger.structure(step, arch, params)
             yield
         finally:
-            self.board.close()
-            self.board = None
+            for logger in self.loggers:
+                logger.close()
+            self.loggers = []
 
     def finish(self, summary: dict[str, Any]) -> None:
         """Write ``summary.json`` and the report (the writing process only). The run is
