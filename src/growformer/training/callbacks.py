@@ -11,29 +11,38 @@ any process's callback asks.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from growformer.training.loop import Trainer
+import torch
+
+
+class Run(Protocol):
+    """What a callback sees of the run (the :class:`~growformer.training.loop.Trainer`)."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    cfg: Any  # the run's TrainConfig
+    state: dict[str, Any]  # counters: "step", "train_flops", "wall_s", ...
+    policy: Any  # the structure policy
 
 
 class Callback:
     """Hooks of a training run; each may return ``True`` to stop it after this step.
 
-    ``trainer`` gives the run's parts: ``trainer.model``, ``trainer.optimizer``,
-    ``trainer.cfg``, ``trainer.state["step"]``, ``trainer.arch``.
+    ``trainer`` gives the run's parts (:class:`Run`): ``trainer.model``,
+    ``trainer.optimizer``, ``trainer.cfg``, ``trainer.state["step"]``, ``trainer.policy``.
     """
 
-    def on_step(self, trainer: Trainer, step: int, lr: float) -> bool | None:
+    def on_step(self, trainer: Run, step: int, lr: float) -> bool | None:
         """After optimizer step ``step`` (1-based) and its structural changes."""
 
-    def on_log(self, trainer: Trainer, step: int, loss: float) -> bool | None:
+    def on_log(self, trainer: Run, step: int, loss: float) -> bool | None:
         """The mean training loss of the steps since the last one (every ``log_every``)."""
 
-    def on_evaluate(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> bool | None:
+    def on_evaluate(self, trainer: Run, step: int, metrics: dict[str, float]) -> bool | None:
         """Validation metrics (``val_loss``, ``val_accuracy``, ...) after ``step``."""
 
-    def on_event(self, trainer: Trainer, step: int, record: dict[str, Any]) -> bool | None:
+    def on_event(self, trainer: Run, step: int, record: dict[str, Any]) -> bool | None:
         """A structural change made at ``step``, as its ``events.jsonl`` record."""
 
 
