@@ -264,14 +264,15 @@ def main() -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, curve in curves.items():
         ax.plot(list(curve), list(curve.values()), marker="o", label=f"{name} (no retraining)")
-    for name in incrts:
-        ax.scatter([rows[name]["heads"]], [rows[name]["accuracy"]], zorder=3, label=name)
+    for i, name in enumerate(incrts):
+        point = ([rows[name]["heads"]], [rows[name]["accuracy"]])
+        ax.scatter(*point, marker="*", s=140, color=f"C{i + 2}", zorder=3, label=name)
     ax.axhline(base["accuracy"], color="gray", ls="--", label="unpruned fine-tune")
     ax.set_xlabel("heads kept (of 72)")
     ax.set_ylabel("SST-2 dev accuracy")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "pretrained_pruning.png", dpi=120)
+    # Below the axes: the option sets make long labels.
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15))
+    fig.savefig(out / "pretrained_pruning.png", dpi=120, bbox_inches="tight")
     save_report(
         out,
         "pretrained_pruning",
