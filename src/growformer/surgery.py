@@ -348,8 +348,9 @@ def _rebuild(
     """Replace ``linear.weight`` by its slices ``keep`` along ``dim``, then ``extra``; with
     ``dim`` 0 (output rows), its bias too, new rows' biases at zero.
 
-    The gradient and every optimizer state tensor shaped like a parameter get the same
-    slicing, with zeros where ``extra`` is new; scalar state (Adam's step) is kept.
+    The gradient gets the same slicing, with zeros where ``extra`` is new; so does every
+    optimizer state tensor that runs along ``dim`` (as :mod:`growformer.optim.state` lays
+    it out), while statistics averaged over ``dim`` and scalars (a step count) are kept.
     """
     _rebuild_param(linear, "weight", optimizer, dim, keep, extra)
     if dim == 0 and linear.bias is not None:
