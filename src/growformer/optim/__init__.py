@@ -28,7 +28,12 @@ from growformer.errors import ConfigError
 from growformer.optim.adafactor import Adafactor
 from growformer.optim.lion import Lion
 from growformer.optim.schedules import SCHEDULES, lr_at, register_schedule
-from growformer.optim.state import STATE_LAYOUTS, check_supported, register_state_layout
+from growformer.optim.state import (
+    STATE_LAYOUTS,
+    StateLayout,
+    check_supported,
+    register_state_layout,
+)
 from growformer.validation import key_list
 
 
@@ -56,10 +61,12 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
 }
 
 
-def register_optimizer(name: str, spec: OptimizerSpec, state: dict[str, Any] | None = None) -> None:
-    """Add an optimizer under ``name``; ``state`` registers its state layout
-    (:func:`~growformer.optim.state.register_state_layout`) unless one is known for its
-    class already."""
+def register_optimizer(
+    name: str, spec: OptimizerSpec, state: dict[str, StateLayout] | None = None
+) -> None:
+    """Add an optimizer under ``name``; ``state``, when given, registers (or replaces) the
+    layout of its class's state (:func:`~growformer.optim.state.register_state_layout`),
+    which surgery needs unless the class is one already known."""
     OPTIMIZERS[name] = spec
     if state is not None:
         register_state_layout(spec.build.__name__, state)

@@ -20,7 +20,14 @@ Modules: :mod:`~growformer.report.logs` (the run's files, parsed),
 :mod:`~growformer.report.tensorboard`, :mod:`~growformer.report.loggers`.
 """
 
-from growformer.report.loggers import LOGGERS, CSVLogger, Logger, open_logger, register_logger
+from growformer.report.loggers import (
+    LOGGERS,
+    CSVLogger,
+    Logger,
+    check_loggers,
+    open_logger,
+    register_logger,
+)
 from growformer.report.logs import RunRecords, read_run
 from growformer.report.page import write_report
 from growformer.report.tensorboard import TensorBoardLog
@@ -31,6 +38,7 @@ __all__ = [
     "Logger",
     "RunRecords",
     "TensorBoardLog",
+    "check_loggers",
     "open_logger",
     "read_run",
     "register_logger",

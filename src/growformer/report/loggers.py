@@ -107,8 +107,14 @@ def register_logger(name: str, make: Callable[[Path, int], Logger]) -> None:
     LOGGERS[name] = make
 
 
+def check_loggers(names: list[str]) -> None:
+    """Refuse a name no logger is registered under, naming the known ones."""
+    for name in names:
+        if name not in LOGGERS:
+            raise ConfigError(f"unknown logger {name!r} (known: {', '.join(sorted(LOGGERS))})")
+
+
 def open_logger(name: str, run_dir: Path, step: int) -> Logger:
     """The logger ``name`` for the run in ``run_dir``, resuming at ``step``."""
-    if name not in LOGGERS:
-        raise ConfigError(f"unknown logger {name!r} (known: {', '.join(sorted(LOGGERS))})")
+    check_loggers([name])
     return LOGGERS[name](run_dir, step)

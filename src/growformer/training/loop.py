@@ -39,7 +39,7 @@ from growformer.fsutil import atomic_write_text
 from growformer.model import ATTN_INITS, build_model
 from growformer.optim import lr_at
 from growformer.policies import Policy, make_policy
-from growformer.report import LOGGERS, Logger
+from growformer.report import Logger, check_loggers
 from growformer.structure import Budget, StructuralStep, layer_statistics, probe_loss
 from growformer.training.callbacks import Callback, stop_requested
 from growformer.training.config import TrainConfig, check_resumable
@@ -116,9 +116,7 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         loggers: Sequence[Logger] = (),
     ) -> None:
-        for name in cfg.loggers:
-            if name not in LOGGERS:
-                raise ConfigError(f"unknown logger {name!r} (known: {', '.join(sorted(LOGGERS))})")
+        check_loggers(cfg.loggers)  # before anything is built or written
         self.callbacks, self.loggers = list(callbacks), list(loggers)
         self.stopped_by: str | None = None
         if policy is not None:
