@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -103,11 +105,23 @@ def test_sst2_from_environment(monkeypatch):
     assert (len(task.train), len(task.val)) == (300, 872)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("datasets") is not None, reason="would go online")
-def test_sst2_without_data_says_what_to_pass(monkeypatch):
+def test_sst2_without_data_or_datasets_says_what_to_pass(monkeypatch):
     monkeypatch.delenv("GROWFORMER_SST2_DIR", raising=False)
-    with pytest.raises(DataError, match="--data-dir DIR"):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as if it were not installed
+    with pytest.raises(DataError, match="`datasets` is not installed: pass --data-dir DIR"):
         load_task("sst2")
+
+
+def test_sst2_offline_without_data_says_what_to_pass(tmp_path):
+    """The hub unreachable (its offline mode, in a process of its own: the setting is read
+    when the libraries are imported)."""
+    pytest.importorskip("datasets")
+    env = {k: v for k, v in os.environ.items() if k != "GROWFORMER_SST2_DIR"}
+    env |= {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path)}
+    code = "from growformer.data import load_task; load_task('sst2')"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "SST-2 could not be downloaded" in last and "pass --data-dir DIR" in last
 
 
 @needs_sst2

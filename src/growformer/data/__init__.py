@@ -3,6 +3,7 @@
 from growformer.data.datasets import BatchStream, ClassificationData, LMData, collate, eval_batches
 from growformer.data.files import label_vocab, read_labeled, read_text
 from growformer.data.sarscov2 import read_fasta_labels
+from growformer.data.streaming import StreamBatches, StreamedData, train_batches
 from growformer.data.tasks import (
     TASKS,
     TaskData,
@@ -21,6 +22,8 @@ __all__ = [
     "BatchStream",
     "ClassificationData",
     "LMData",
+    "StreamBatches",
+    "StreamedData",
     "TaskData",
     "TaskRequest",
     "TaskSpec",
@@ -36,4 +39,5 @@ __all__ = [
     "read_labeled",
     "read_text",
     "register_task",
+    "train_batches",
 ]

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from growformer import checkpoint, statistics
 from growformer.arch import Architecture
-from growformer.data import BatchStream, eval_batches
+from growformer.data import StreamedData, eval_batches, train_batches
 from growformer.distributed import DistributedError, Ranks
 from growformer.errors import CheckpointError, ConfigError, DivergenceError
 from growformer.evaluation import evaluate
@@ -67,6 +67,9 @@ def train(
     resume: bool = False,
     progress: bool = True,
     policy: Policy | None = None,
+    train_data: Any = None,
+    val_data: Any = None,
+    tokenizer: Any = None,
     callbacks: Sequence[Callback] = (),
     loggers: Sequence[Logger] = (),
 ) -> dict[str, Any]:
@@ -82,6 +85,15 @@ def train(
         policy: A structure policy to train with instead of the one ``cfg.policy`` names
             (e.g. an instance of your own :class:`Policy` subclass); ``cfg.policy`` then
             records its ``name``. Pass an equal one again to resume.
+        train_data: Your records instead of the task's files, for task ``file`` (mappings
+            with ``text`` and ``label``) or ``lm`` (``text``): a sequence of them, a torch
+            ``Dataset`` or a ``datasets.Dataset`` (read once and encoded), or any other
+            iterable (streamed through a shuffle buffer, never held; see
+            :mod:`growformer.data.tasks.records`). Pass the same again to resume.
+        val_data: Your validation records (by default a seeded share of held records, or
+            a stream's first ``val_records``).
+        tokenizer: Your tokenizer (a ``tokenizers.Tokenizer`` or a transformers fast
+            tokenizer) instead of a BPE trained on the training texts.
         callbacks: Called at every step, log, evaluation and structural change; any may
             stop the run (see :mod:`growformer.training.callbacks`).
         loggers: Loggers of your own (:class:`growformer.report.Logger`), besides those
@@ -90,7 +102,15 @@ def train(
     Returns:
         The summary written to ``out/summary.json``.
     """
-    trainer = Trainer(cfg, out, resume=resume, policy=policy, callbacks=callbacks, loggers=loggers)
+    trainer = Trainer(
+        cfg,
+        out,
+        resume=resume,
+        policy=policy,
+        data={"train_data": train_data, "val_data": val_data, "tokenizer": tokenizer},
+        callbacks=callbacks,
+        loggers=loggers,
+    )
     return trainer.run(progress=progress)
 
 
@@ -102,6 +122,7 @@ class Trainer:
         out: Run directory.
         resume: Continue from the newest checkpoint in ``out``.
         policy: A policy instance instead of the one ``cfg.policy`` names (see :func:`train`).
+        data: ``train_data``, ``val_data`` and ``tokenizer`` (see :func:`train`).
         callbacks: Callbacks (see :func:`train`).
         loggers: Logger instances (see :func:`train`).
     """
@@ -113,6 +134,7 @@ class Trainer:
         *,
         resume: bool = False,
         policy: Policy | None = None,
+        data: dict[str, Any] | None = None,
         callbacks: Sequence[Callback] = (),
         loggers: Sequence[Logger] = (),
     ) -> None:
@@ -145,7 +167,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
 
-        self.data = task_data(cfg, ckpt)
+        self.data = task_data(cfg, ckpt, **(data or {}))
         self.tokenizer_json = self.data.tokenizer.to_json()
         self.policy = policy or make_policy(cfg.policy, cfg.policy_options)
         budget = Budget(cfg.max_params, cfg.max_heads_per_layer)
@@ -185,7 +207,7 @@ class Trainer:
         if ckpt is not None:
             self._restore(ckpt)
         self.logs = RunLogs(self.out, self.state, self.ranks.main)
-        self.stream = BatchStream(self.data.train, cfg.batch_size, cfg.seed, self.pad_id)
+        self.stream = train_batches(self.data.train, cfg.batch_size, cfg.seed, self.pad_id)
         if ckpt is None:
             self.structure.calibrate(self.model, map(self.stream.batch, itertools.count()))
         self.arch = self.model.arch
@@ -480,7 +502,11 @@ class Trainer:
             ],
             "wall_s": round(self._wall(), 3),
             "device": str(self.device),
-            "data": {"train": len(data.train), "val": len(data.val), "vocab_size": data.vocab_size},
+            "data": {
+                "train": "streamed" if isinstance(data.train, StreamedData) else len(data.train),
+                "val": len(data.val),
+                "vocab_size": data.vocab_size,
+            },
         }
 
     def _log_train_loss(self, lr: float) -> float:

@@ -3,11 +3,14 @@ learning-rate schedule: :mod:`growformer.optim.schedules`)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from growformer import checkpoint
 from growformer.arch import Architecture, layer_from_dict
 from growformer.data import TaskData, Tokenizer, load_task
+from growformer.data.records import as_tokenizer
 from growformer.errors import ArchitectureError, ConfigError, DataError
 from growformer.model import ElasticModel
 from growformer.optim import build_optimizer
@@ -73,14 +76,26 @@ def initial_model(cfg: TrainConfig, data: TaskData) -> ElasticModel:
 
 
 @torch.no_grad()
-def task_data(cfg: TrainConfig, ckpt: checkpoint.Checkpoint | None = None) -> TaskData:
+def task_data(
+    cfg: TrainConfig,
+    ckpt: checkpoint.Checkpoint | None = None,
+    *,
+    train_data: Any = None,
+    val_data: Any = None,
+    tokenizer: Any = None,
+) -> TaskData:
     """The task ``cfg`` trains on (encoded with ``cfg.init``'s tokenizer when it starts
-    from a checkpoint); with ``ckpt``, checked to be the data it was trained on.
+    from a checkpoint, or with ``tokenizer``); with ``ckpt``, checked to be the data it was
+    trained on. ``train_data`` and ``val_data``: your records (see :func:`load_task`).
 
     Raises:
+        ConfigError: Both ``cfg.init`` and ``tokenizer`` are given.
         DataError: The data (hence the tokenizer trained on them) differ from ``ckpt``'s.
     """
-    tokenizer = None
+    if tokenizer is not None:
+        if cfg.init is not None:
+            raise ConfigError("init brings its model's tokenizer: pass init or tokenizer, not both")
+        tokenizer = as_tokenizer(tokenizer)
     if cfg.init is not None:
         tokenizer = Tokenizer.from_json(checkpoint.load(cfg.init).tokenizer_json)
     data = load_task(
@@ -93,6 +108,8 @@ def task_data(cfg: TrainConfig, ckpt: checkpoint.Checkpoint | None = None) -> Ta
         vocab_size=cfg.vocab_size,
         options=cfg.task_options,
         tokenizer=tokenizer,
+        train_data=train_data,
+        val_data=val_data,
     )
     if ckpt is not None and ckpt.tokenizer_json != data.tokenizer.to_json():
         raise DataError(

@@ -100,6 +100,21 @@ def bool_option(task: str, key: str, value: Any) -> bool:
     return b
 
 
+def held_out(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """A seeded split of ``n`` examples: (training indices, validation indices), each in
+    order, validation ``fraction`` of them (at least one, and at least one left to train).
+
+    Args:
+        n: Number of examples, at least 2.
+        fraction: Share held out, in (0, 1).
+        seed: Seed of the draw.
+    """
+    n_val = min(max(1, round(n * fraction)), n - 1)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    # Sorted so both splits keep the data's order; BatchStream shuffles training anyway.
+    return sorted(perm[n_val:]), sorted(perm[:n_val])
+
+
 def encode_classification(
     tokenizer: Tokenizer,
     texts: list[str],

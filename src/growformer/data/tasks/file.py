@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-import torch
-
 from growformer.data.files import label_vocab, read_labeled
-from growformer.data.tasks.common import classification_task, fraction_option, path_option
+from growformer.data.tasks.common import (
+    classification_task,
+    fraction_option,
+    held_out,
+    path_option,
+)
+from growformer.data.tasks.records import RECORD_OPTIONS, records_task
 from growformer.data.tasks.spec import TaskData, TaskRequest, TaskSpec
 from growformer.errors import ConfigError, DataError
 
 
 def _load(request: TaskRequest) -> TaskData:
     """The file task (see `FILE`)."""
+    if request.train_records is not None:
+        return records_task(request, labelled=True)
     data_file, opts, seed = request.data_file, request.options, request.seed
     max_len, vocab_size = request.max_len, request.vocab_size
     if data_file is None:
@@ -35,10 +41,7 @@ def _load(request: TaskRequest) -> TaskData:
     n = len(texts)
     if n < 2:
         raise DataError(f"{source} has too few rows ({n}) to split off a validation set")
-    n_val = min(max(1, round(n * val_fraction)), n - 1)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    # Sorted so both splits keep file order; BatchStream shuffles training anyway.
-    val_idx, train_idx = sorted(perm[:n_val]), sorted(perm[n_val:])
+    train_idx, val_idx = held_out(n, val_fraction, seed)
     return classification_task(
         "file",
         ([texts[i] for i in train_idx], [raw[i] for i in train_idx]),
@@ -55,9 +58,11 @@ def _load(request: TaskRequest) -> TaskData:
 
 FILE = TaskSpec(
     load=_load,
-    options={"val_fraction": 0.1, "val_file": None},
+    options={"val_fraction": 0.1, "val_file": None, **RECORD_OPTIONS},
     files=("data_file",),
     takes_tokenizer=True,
+    takes_records=True,
 )
 """A labelled table in `data_file` (a `sentence` or `text` column and a `label` column);
-`val_fraction` of its rows are held out, or `val_file` is the validation table."""
+`val_fraction` of its rows are held out, or `val_file` is the validation table. Or your
+labelled records (`train(..., train_data=)`, see `growformer.data.tasks.records`)."""

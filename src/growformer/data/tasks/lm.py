@@ -8,6 +8,7 @@ import zlib
 from pathlib import Path
 
 from growformer.data.tasks.common import encode_lm, fraction_option, int_option
+from growformer.data.tasks.records import RECORD_OPTIONS, records_task
 from growformer.data.tasks.spec import TaskData, TaskRequest, TaskSpec
 from growformer.data.tokenizer import Tokenizer
 from growformer.errors import DataError, read_utf8
@@ -56,6 +57,8 @@ def _lm_documents(
 def _load(request: TaskRequest) -> TaskData:
     """The lm task (see `LM`): split by file on a hash of its path, tokenizer trained on the
     training files."""
+    if request.train_records is not None:
+        return records_task(request, labelled=False)
     data_dir, opts = request.data_dir, request.options
     block, vocab_size = request.max_len, request.vocab_size
     max_chars = int_option("lm", "max_chars", opts["max_chars"], 1)
@@ -94,9 +97,12 @@ def _load(request: TaskRequest) -> TaskData:
 
 LM = TaskSpec(
     load=_load,
-    options={"max_chars": 4_000_000, "val_fraction": 0.05},
+    options={"max_chars": 4_000_000, "val_fraction": 0.05, **RECORD_OPTIONS},
     files=("data_dir",),
     takes_tokenizer=True,
+    takes_records=True,
 )
 """The `.py` files of the Python standard library (tests and site-packages left out), or the
-`.py` and `.txt` files under `data_dir`, up to `max_chars` characters, split by file."""
+`.py` and `.txt` files under `data_dir`, up to `max_chars` characters, split by file. Or
+your text records (`train(..., train_data=)`, see `growformer.data.tasks.records`), one
+document each."""

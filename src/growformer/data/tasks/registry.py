@@ -66,6 +66,8 @@ def load_task(
     vocab_size: int = 8000,
     options: dict[str, Any] | None = None,
     tokenizer: Tokenizer | None = None,
+    train_data: Any = None,
+    val_data: Any = None,
 ) -> TaskData:
     """Load, tokenize and split a task.
 
@@ -89,7 +91,10 @@ def load_task(
             residue or k-mer vocabularies).
         options: Task options overriding the defaults.
         tokenizer: Encode with this tokenizer instead of training one (a pretrained
-            model's); text tasks only (sst2, file, lm).
+            model's, or yours); text tasks only (sst2, file, lm).
+        train_data: Your records instead of the task's files: labelled (task "file") or
+            text (task "lm"); held or streamed (see `growformer.data.tasks.records`).
+        val_data: Your validation records (with `train_data`).
 
     Returns:
         The task, with its tokenizer trained on the training split only.
@@ -122,6 +127,16 @@ def load_task(
             "pretrained model's tokenizer (text tasks can: "
             f"{', '.join(sorted(n for n, s in TASKS.items() if s.takes_tokenizer))})"
         )
+    if train_data is None and val_data is not None:
+        raise ConfigError("val_data needs train_data")
+    if train_data is not None:
+        if not spec.takes_records:
+            raise ConfigError(
+                f"task '{name}' reads its own data; your records go to task 'file' (labelled) "
+                "or 'lm' (text)"
+            )
+        if data_dir is not None or data_file is not None:
+            raise ConfigError(f"task '{name}': pass train_data or data files, not both")
     max_len = int_option(name, "max_len", max_len, 2)
     request = TaskRequest(
         name=name,
@@ -133,5 +148,7 @@ def load_task(
         data_file=data_file,
         labels_file=labels_file,
         tokenizer=tokenizer,
+        train_records=train_data,
+        val_records=val_data,
     )
     return spec.load(request)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from growformer.data.datasets import ClassificationData, LMData
+from growformer.data.streaming import StreamedData
 from growformer.data.tokenizer import Tokenizer
 
 # The data inputs of `load_task`; a task names those it reads in `TaskSpec.files`.
@@ -21,7 +22,7 @@ class TaskData:
     Args:
         name: Task name as given to `load_task`.
         kind: "classification" or "lm".
-        train: Training split.
+        train: Training split (streamed: read as training goes).
         val: Validation split.
         tokenizer: Tokenizer fitted on the training split.
         num_labels: Number of classes (None for LM).
@@ -32,7 +33,7 @@ class TaskData:
 
     name: str
     kind: str
-    train: ClassificationData | LMData
+    train: ClassificationData | LMData | StreamedData
     val: ClassificationData | LMData
     tokenizer: Tokenizer
     num_labels: int | None
@@ -61,7 +62,11 @@ class TaskRequest:
         data_file: The task's data file (always None unless the task reads one).
         labels_file: The task's labels file (always None unless the task reads one).
         tokenizer: A tokenizer to encode with instead of training one (a pretrained
-            model's); only for tasks whose spec says ``takes_tokenizer``.
+            model's, or yours); only for tasks whose spec says ``takes_tokenizer``.
+        train_records: Your training records instead of the task's files (see
+            :mod:`growformer.data.tasks.records`); only for tasks whose spec says
+            ``takes_records``.
+        val_records: Your validation records (with ``train_records`` only).
     """
 
     name: str
@@ -73,6 +78,8 @@ class TaskRequest:
     data_file: str | Path | None = None
     labels_file: str | Path | None = None
     tokenizer: Tokenizer | None = None
+    train_records: Any = None
+    val_records: Any = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +118,8 @@ class TaskSpec:
         takes_tokenizer: The task encodes text with any tokenizer it is given (a pretrained
             model's) instead of training its own; tasks with a vocabulary of their own
             (mutations, residues, symbols) refuse one.
+        takes_records: The task reads your records (``train(..., train_data=)``) in place
+            of its files.
     """
 
     load: Callable[[TaskRequest], TaskData]
@@ -118,3 +127,4 @@ class TaskSpec:
     files: Collection[str] = ()
     evaluate: EvalFormat | None = None
     takes_tokenizer: bool = False
+    takes_records: bool = False
