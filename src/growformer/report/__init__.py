@@ -1,4 +1,4 @@
-"""What a run did, for people: an HTML report after training, TensorBoard while it trains.
+"""What a run did, for people: an HTML report after training, loggers while it trains.
 
 :func:`write_report` reads a run directory (``summary.json``, and where present
 ``events.jsonl``, ``metrics.jsonl`` and ``stats.jsonl``) and writes ``RUN/report/index.html``
@@ -17,27 +17,35 @@ Modules: :mod:`~growformer.report.logs` (the run's files, parsed),
 :mod:`~growformer.report.figures` (training and structure),
 :mod:`~growformer.report.policy_figures` (INCRT and SGT statistics),
 :mod:`~growformer.report.plotting` (what the figures share),
-:mod:`~growformer.report.tensorboard`, :mod:`~growformer.report.loggers`.
+:mod:`~growformer.report.loggers` (the logger interface, CSV), and the loggers of
+:mod:`~growformer.report.tensorboard`, :mod:`~growformer.report.wandb_logger` and
+:mod:`~growformer.report.mlflow_logger`.
 """
 
 from growformer.report.loggers import (
     LOGGERS,
     CSVLogger,
     Logger,
+    ScalarLogger,
     check_loggers,
     open_logger,
     register_logger,
 )
 from growformer.report.logs import RunRecords, read_run
+from growformer.report.mlflow_logger import MLflowLogger
 from growformer.report.page import write_report
 from growformer.report.tensorboard import TensorBoardLog
+from growformer.report.wandb_logger import WandbLogger
 
 __all__ = [
     "LOGGERS",
     "CSVLogger",
     "Logger",
+    "MLflowLogger",
     "RunRecords",
+    "ScalarLogger",
     "TensorBoardLog",
+    "WandbLogger",
     "check_loggers",
     "open_logger",
     "read_run",

@@ -2,9 +2,13 @@
 
 A :class:`Logger` receives the training loss, the evaluations, the structure after each
 change, the structural events and the policy's statistics records, on the writing process
-only. Registered by name (``TrainConfig.loggers``): ``tensorboard``
-(:class:`~growformer.report.tensorboard.TensorBoardLog`) and ``csv`` (:class:`CSVLogger`);
-an instance of your own subclass can be passed to :func:`growformer.train` too.
+only. :class:`ScalarLogger` turns them into named scalars (one naming for every backend)
+and the events into text. Registered by name (``TrainConfig.loggers``): ``csv``
+(:class:`CSVLogger`), ``tensorboard``
+(:class:`~growformer.report.tensorboard.TensorBoardLog`), ``wandb``
+(:class:`~growformer.report.wandb_logger.WandbLogger`) and ``mlflow``
+(:class:`~growformer.report.mlflow_logger.MLflowLogger`); an instance of your own subclass
+can be passed to :func:`growformer.train` too.
 
 A resumed run opens its loggers at the step it resumes from: they drop what an earlier
 session logged after that step's checkpoint, since it is logged again.
@@ -20,6 +24,7 @@ from typing import Any
 from growformer.arch import Architecture
 from growformer.errors import ConfigError
 from growformer.events import Event
+from growformer.policies import record_scalars
 
 
 class Logger:
@@ -47,10 +52,60 @@ class Logger:
         """The run is over (or stopped): flush and release files."""
 
 
-class CSVLogger(Logger):
-    """Scalars in ``RUN/metrics.csv``, one row each: ``step,name,value`` (``train/loss``,
-    ``train/lr``, ``val/<metric>``, ``structure/heads_total``, ``structure/params``), a long
-    table that spreadsheet and dataframe tools pivot as they like.
+class ScalarLogger(Logger):
+    """A logger of named scalars and text: subclasses write :meth:`scalars` (and
+    :meth:`text`, which does nothing by default).
+
+    Names: ``train/loss``, ``train/lr``; ``val/<metric>``; ``structure/heads/layer_<i>``,
+    ``structure/loops/layer_<i>``, ``structure/heads_total``, ``structure/params``; the
+    scalars each kind of statistics record registered, e.g.
+    ``incrt/{residual,grow_at,weakest,keep_at}/layer_<i>`` (the certificate's quantities),
+    ``sgt/score/layer_<i>``; a step's structural events as the text ``events``, a line each.
+    """
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        """Write ``values`` at ``step``."""
+        raise NotImplementedError
+
+    def text(self, step: int, name: str, text: str) -> None:
+        """Write the text ``name`` at ``step``."""
+
+    def train(self, step: int, loss: float, lr: float) -> None:
+        self.scalars(step, {"train/loss": loss, "train/lr": lr})
+
+    def evaluation(self, step: int, metrics: dict[str, float]) -> None:
+        self.scalars(step, {f"val/{k.removeprefix('val_')}": v for k, v in metrics.items()})
+
+    def structure(self, step: int, arch: Architecture, params: int) -> None:
+        values: dict[str, float] = {}
+        for i, layer in enumerate(arch.layers):
+            values[f"structure/heads/layer_{i}"] = layer.heads
+            values[f"structure/loops/layer_{i}"] = layer.loops
+        values["structure/heads_total"] = sum(layer.heads for layer in arch.layers)
+        values["structure/params"] = params
+        self.scalars(step, values)
+
+    def events(self, step: int, records: list[Event]) -> None:
+        lines = [
+            f"- {r.op} layer {r.layer}"
+            + ("" if r.head is None else f" head {r.head}")
+            + ("" if r.reason is None else f": {r.reason}")
+            for r in records
+        ]
+        self.text(step, "events", "\n".join(lines))
+
+    def stats(self, record: dict[str, Any]) -> None:
+        """The scalars the record's kind registered
+        (:func:`growformer.policies.register_record_kind`)."""
+        values = record_scalars(record)
+        if values:
+            self.scalars(record["step"], values)
+
+
+class CSVLogger(ScalarLogger):
+    """Scalars in ``RUN/metrics.csv``, one row each: ``step,name,value`` (names as
+    :class:`ScalarLogger`), a long table that spreadsheet and dataframe tools pivot as they
+    like.
 
     Args:
         run_dir: The run directory.
@@ -76,22 +131,9 @@ class CSVLogger(Logger):
         self.writer.writeheader()
         self.writer.writerows(kept)
 
-    def _row(self, step: int, name: str, value: float) -> None:
-        self.writer.writerow({"step": step, "name": name, "value": value})
-
-    def train(self, step: int, loss: float, lr: float) -> None:
-        self._row(step, "train/loss", loss)
-        self._row(step, "train/lr", lr)
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        self.writer.writerows({"step": step, "name": k, "value": v} for k, v in values.items())
         self.file.flush()
-
-    def evaluation(self, step: int, metrics: dict[str, float]) -> None:
-        for name, value in metrics.items():
-            self._row(step, f"val/{name.removeprefix('val_')}", value)
-        self.file.flush()
-
-    def structure(self, step: int, arch: Architecture, params: int) -> None:
-        self._row(step, "structure/heads_total", sum(layer.heads for layer in arch.layers))
-        self._row(step, "structure/params", params)
 
     def close(self) -> None:
         self.file.close()
