@@ -108,7 +108,8 @@ def test_the_csv_logger_drops_rows_an_interrupted_session_logged_after_its_check
 
 
 def test_an_unknown_logger_is_refused_before_training(tmp_path):
-    with pytest.raises(ConfigError, match=r"unknown logger 'wandbx' .*known: csv, tensorboard"):
+    known = "known: csv, mlflow, tensorboard, wandb"
+    with pytest.raises(ConfigError, match=rf"unknown logger 'wandbx' .*{known}"):
         train(TrainConfig.from_dict({**config(), "loggers": ["wandbx"]}), tmp_path)
     assert not (tmp_path / "checkpoints").exists()
 

@@ -91,6 +91,9 @@ class IterDataset(torch.utils.data.IterableDataset):
     def __init__(self, n):
         self.n = n
 
+    def __len__(self):  # allowed on an IterableDataset; it is still streamed
+        return self.n
+
     def __iter__(self):
         return (row(i) for i in range(self.n))
 
@@ -189,11 +192,13 @@ def test_a_stream_counts_records_with_a_label_its_first_records_lacked():
     assert data.info["skipped_records"] == {"label 'mixed' not among neg, pos": 1}
 
 
-def test_integer_labels_and_an_lm_from_records():
-    ints = task(
-        [{"text": r["text"], "label": int(r["label"] == "pos")} for r in map(row, range(50))]
-    )
-    assert ints.label_names == ["0", "1"]
+@pytest.mark.parametrize("kind", [int, torch.tensor, __import__("numpy").int64])
+def test_integer_labels_of_every_kind_and_an_lm_from_records(kind):
+    records = [
+        {"text": r["text"], "label": kind(int(r["label"] == "pos"))} for r in map(row, range(50))
+    ]
+    ints = task(records)
+    assert ints.label_names == ["0", "1"] and not ints.info["skipped_records"]
     held = load_task("lm", max_len=8, vocab_size=300, train_data=[row(i) for i in range(200)])
     assert held.kind == "lm" and len(held.train) > 0 and len(held.val) > 0
     streamed = load_task("lm", max_len=8, vocab_size=300, train_data=Rows(200), val_data=Rows(20))

@@ -15,6 +15,7 @@ of each reason is named in a warning.
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
@@ -45,7 +46,9 @@ def is_streamed(data: object) -> bool:
             f"training data must be records (mappings with 'text' and 'label'), got {what}; "
             "build a datasets.Dataset with Dataset.from_dict for columns"
         )
-    if type(data).__name__ == "IterableDataset":  # torch's and datasets' alike
+    # torch's and datasets' iterable data sets, and their subclasses (torch's base class
+    # has an indexing method that raises).
+    if any(c.__name__ == "IterableDataset" for c in type(data).__mro__):
         return True
     if hasattr(data, "__len__") and hasattr(data, "__getitem__"):
         return False
@@ -79,11 +82,20 @@ def parse(record: object, labelled: bool) -> tuple[str, str | None]:
         return text, None
     if LABEL_COLUMN not in record:
         raise BadRecord(f"no '{LABEL_COLUMN}'")
-    label = record[LABEL_COLUMN]
+    return text, _label_name(record[LABEL_COLUMN])
+
+
+def _label_name(label: object) -> str:
+    """A label as a class name: a non-blank string, or an integer (Python's, NumPy's, or a
+    one-element integer tensor, as a torch ``Dataset`` often gives) as its decimal string."""
+    if hasattr(label, "item") and getattr(label, "ndim", 1) == 0:
+        label = label.item()  # type: ignore[union-attr]
     # bool is an int subclass; True as a class name "True" would surprise.
-    if isinstance(label, bool) or not isinstance(label, str | int) or not str(label).strip():
-        raise BadRecord(f"'{LABEL_COLUMN}' is not a string or an integer ({label!r:.40})")
-    return text, str(label).strip()
+    if isinstance(label, numbers.Integral) and not isinstance(label, bool):
+        return str(int(label))
+    if isinstance(label, str) and label.strip():
+        return label.strip()
+    raise BadRecord(f"'{LABEL_COLUMN}' is not a string or an integer ({label!r:.40})")
 
 
 class Skipped:

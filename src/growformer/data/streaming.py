@@ -76,14 +76,14 @@ class StreamedData:
     def records(self, seed: int, epoch: int) -> Iterator[tuple[str, str | None]]:
         """The good records' (text, label) of one epoch, in its shuffled order."""
         rows = itertools.islice(iter(self.source), self.skip, None)
-        good = good_records(rows, self.label_index is not None, self.skipped)
+        good = good_records(rows, self.label_index is not None, self.skipped, self.skip)
         rng = random.Random(seed * 1_000_003 + epoch)
         for index, text, label in shuffled(good, self.buffer, rng):
             if label is None or self.label_index is None or label in self.label_index:
                 yield text, label
             else:
                 known = ", ".join(self.label_index)
-                self.skipped.add(self.skip + index, f"label {label!r} not among {known}")
+                self.skipped.add(index, f"label {label!r} not among {known}")
 
     def examples(self, seed: int, epoch: int) -> Iterator[tuple[list[int], int]]:
         """One epoch's examples: (ids, class) for a classifier; for a language model, blocks

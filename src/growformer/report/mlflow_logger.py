@@ -49,7 +49,7 @@ class MLflowLogger(ScalarLogger):
         missing = [m for m in ("sqlalchemy", "alembic") if importlib.util.find_spec(m) is None]
         if uri.startswith("sqlite") and missing:
             raise ConfigError(
-                f"MLflow's store {uri} needs {' and '.join(missing)}: pip install -e \".[mlflow]\""
+                f'MLflow\'s store {uri} needs {" and ".join(missing)}: pip install -e ".[mlflow]"'
             )
         self.client = MlflowClient(tracking_uri=uri)
         self._metric = Metric
