@@ -110,7 +110,7 @@ def figure(rows: list[dict], path: Path) -> None:
         ax.text(r["peak_rss_mib"], y, f" {r['peak_rss_mib']:.0f} MiB", va="center")
     ax.set_xlabel("peak resident memory (MiB)")
     ax.set_title("1M records: held in a list vs streamed", fontsize=10)
-    ax.legend(loc="lower center", bbox_to_anchor=(0.5, -0.55), ncol=2, frameon=False)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, -0.38), ncol=2, frameon=False)
     ax.set_xlim(0, max(r["peak_rss_mib"] for r in rows) * 1.25)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)

@@ -89,7 +89,8 @@ class TrainConfig:
     """Everything a training run depends on.
 
     Args:
-        task: A task of :func:`growformer.data.load_task` (``sst2``, ``channels``, ...).
+        task: A task of :func:`growformer.data.load_task` (``sst2``, ``channels``, ...);
+            ``file`` or ``lm`` for records passed to :func:`growformer.train`.
         policy: Structure policy name (``static``, ``scheduled``, ``incrt``, ``sgt``, ...;
             ``a+b`` composes policies).
         seed: Seed of model initialisation, data order and dropout.
