@@ -19,6 +19,7 @@ from growformer.validation import is_finite, is_int, is_number, key_list
 RESUMABLE_CHANGES = frozenset(
     {
         "steps",
+        "grad_accum_steps",
         "eval_every",
         "checkpoint_every",
         "keep_checkpoints",
@@ -95,7 +96,13 @@ class TrainConfig:
             ``a+b`` composes policies).
         seed: Seed of model initialisation, data order and dropout.
         steps: Optimizer steps in total.
-        batch_size: Sequences per step.
+        batch_size: Sequences per optimizer step: the global batch, over every rank and
+            micro-batch.
+        grad_accum_steps: Micro-batches each rank's share of the batch is cut into, their
+            gradients summed before the step (the memory of one micro-batch). The
+            statistics are taken over all of them, so structural decisions do not depend
+            on the cut; without dropout the run is the one of the whole batch (dropout
+            masks are drawn per micro-batch). It may change on resume.
         lr: Peak learning rate.
         min_lr_ratio: Final learning rate of the schedule, relative to ``lr``.
         warmup_steps: Linear warm-up length.
@@ -150,6 +157,7 @@ class TrainConfig:
     seed: int = 0
     steps: int = 2000
     batch_size: int = 64
+    grad_accum_steps: int = 1
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 200
@@ -187,6 +195,7 @@ class TrainConfig:
         for name in (
             "steps",
             "batch_size",
+            "grad_accum_steps",
             "eval_every",
             "checkpoint_every",
             "keep_checkpoints",

@@ -153,10 +153,11 @@ class Trainer:
             )
         self.out.mkdir(parents=True, exist_ok=True)
         self.ranks = Ranks.from_env()
-        if cfg.batch_size % self.ranks.world:
+        parts = self.ranks.world * cfg.grad_accum_steps
+        if cfg.batch_size % parts:
             raise ConfigError(
                 f"batch_size {cfg.batch_size} (the global batch) does not split evenly over "
-                f"{self.ranks.world} ranks"
+                f"{self.ranks.world} rank(s) x {cfg.grad_accum_steps} micro-batch(es)"
             )
         if self.ranks.main:  # what the run was started with, readable and re-runnable
             atomic_write_text(self.out / RUN_CONFIG, dump_config(cfg))
@@ -358,15 +359,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         needs = self.structure.needs(self.state["step"])
-        autocast = torch.autocast(
-            self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"
-        )
-        with (
-            statistics.capture(self.model, batch.get("attention_mask"), needs) as captured,
-            autocast,
-        ):
-            loss = self._step_module(needs)(**batch).loss
-        loss.backward()
+        captured = statistics.Capture(len(self.model.transformer.layers), needs)
+        loss = self._forward_backward(batch, needs, captured)
         # An infinite limit measures the norm and scales by exactly 1.0: nothing clipped.
         limit = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), limit)
@@ -409,6 +403,29 @@ class Trainer:
         for record in done.stats:
             self.logs.stats(record)
         return lr
+
+    def _forward_backward(
+        self, batch: dict[str, torch.Tensor], needs: frozenset[str], captured: statistics.Capture
+    ) -> torch.Tensor:
+        """Gradients of this rank's batch, in ``cfg.grad_accum_steps`` micro-batches of
+        equal size (each loss scaled by their count, so the gradients are the whole
+        batch's mean), their statistics recorded into ``captured``; returns the loss."""
+        parts = self.cfg.grad_accum_steps
+        size = batch["input_ids"].shape[0] // parts
+        autocast = torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"
+        )
+        losses = []
+        for i in range(parts):
+            micro = {k: v[i * size : (i + 1) * size] for k, v in batch.items()}
+            # Data-parallel ranks exchange gradients once, after the last micro-batch.
+            last = i == parts - 1 or not hasattr(self.trained, "no_sync")
+            with contextlib.nullcontext() if last else self.trained.no_sync():
+                with captured.watch(self.model, micro.get("attention_mask")), autocast:
+                    loss = self._step_module(needs)(**micro).loss
+                (loss / parts).backward()
+            losses.append(loss.detach())
+        return torch.stack(losses).mean() if parts > 1 else losses[0]
 
     def _nonfinite(self, loss: float, grad_norm: float) -> None:
         """Skip the batch of a step whose loss or gradient norm is not finite (logged in
