@@ -73,6 +73,7 @@ def test_two_ranks_of_two_micro_batches_train_as_one_process(tmp_path):
     whole = _run(cfg, tmp_path / "whole")
     _torchrun({**cfg, "grad_accum_steps": 2}, tmp_path, tmp_path / "ranks")
     ranks = json.loads((tmp_path / "ranks" / "summary.json").read_text())
+    assert ranks["ranks"] == 2
     _close(whole, ranks)
     one, two = _weights(tmp_path / "whole"), _weights(tmp_path / "ranks")
     assert max((one[k] - two[k]).abs().max().item() for k in one) <= 1e-5

@@ -74,6 +74,7 @@ def test_two_processes_grow_like_one(policy, tmp_path):
     done = _torchrun(cfg, tmp_path, tmp_path / "double")
     assert len(done.stdout.strip().splitlines()) == 1  # rank 0 alone prints the summary
     double = json.loads((tmp_path / "double" / "summary.json").read_text())
+    assert (single["ranks"], double["ranks"]) == (1, 2)
     assert _structure(double["events"]) == _structure(single["events"])
     for a, b in zip(double["events"], single["events"], strict=True):
         assert a["loss_after"] == pytest.approx(b["loss_after"], abs=1e-5)
@@ -196,6 +197,38 @@ def test_one_process_needs_no_torchrun(monkeypatch):
     monkeypatch.setenv("RANK", "x")
     with pytest.raises(ConfigError, match="torchrun environment is incomplete or invalid"):
         Ranks.from_env()
+
+
+@pytest.mark.parametrize("variable", ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"])
+def test_processes_started_without_a_rank_are_refused(variable, monkeypatch):
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv(variable, "1")
+    assert not Ranks.from_env().active  # one process of such a launcher is fine
+    monkeypatch.setenv(variable, "2")
+    with pytest.raises(ConfigError, match=rf"started 2 processes \({variable}\) but not torchrun"):
+        Ranks.from_env()
+
+
+def test_accelerate_launch_grows_like_one_process(tmp_path):
+    """``accelerate launch --multi_gpu`` runs torchrun underneath, on CPU too (``--cpu``
+    alone starts a single process whatever ``--num_processes`` says)."""
+    pytest.importorskip("accelerate")
+    cfg = CONFIGS["incrt"]
+    single = train(TrainConfig.from_dict(cfg), tmp_path / "single", progress=False)
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(cfg))
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
+    launch += ["--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
+    launch += ["--dynamo_backend", "no", "-m", "growformer.cli", "train", "--config", str(path)]
+    launch += ["--out", str(tmp_path / "double"), "--no-progress"]
+    done = subprocess.run(launch, capture_output=True, text=True, env=_env(), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    double = json.loads((tmp_path / "double" / "summary.json").read_text())
+    assert (single["ranks"], double["ranks"]) == (1, 2)
+    assert _structure(double["events"]) == _structure(single["events"])
+    one, two = _weights(tmp_path / "single"), _weights(tmp_path / "double")
+    assert max((one[k] - two[k]).abs().max().item() for k in one) <= 1e-5
 
 
 class _LocalRanks(Ranks):

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from growformer.errors import ConfigError, GrowformerError
 from growformer.model import ElasticModel
+from growformer.validation import int_from
 
 # How long a rank waits for the others at a collective before giving up (a dead peer is
 # usually noticed at once, through its closed connection).
@@ -34,6 +35,15 @@ TIMEOUT = timedelta(minutes=10)
 
 class DistributedError(GrowformerError, RuntimeError):
     """The ranks of a data-parallel run disagree or lost contact with each other."""
+
+
+FOREIGN_LAUNCHERS = {
+    "mpirun": "OMPI_COMM_WORLD_SIZE",
+    "an MPI launcher": "PMI_SIZE",
+    "srun": "SLURM_STEP_NUM_TASKS",  # the tasks of this job step, not of the allocation
+}
+"""Launchers that start several processes without torchrun's variables: the variable that
+says how many."""
 
 
 @dataclass(frozen=True)
@@ -60,8 +70,24 @@ class Ranks:
 
     @classmethod
     def from_env(cls) -> Ranks:
-        """The ranks ``torchrun`` set in the environment (one rank without them)."""
+        """The ranks a launcher set in the environment: ``RANK``, ``WORLD_SIZE`` and
+        ``LOCAL_RANK``, as ``torchrun`` and ``accelerate launch --multi_gpu`` (torchrun
+        underneath, on CPU too) set them, ``MASTER_ADDR`` and ``MASTER_PORT`` read by
+        ``torch.distributed``; one rank without them.
+
+        Raises:
+            ConfigError: The variables are incomplete or not integers, or another launcher
+                (MPI, Slurm's ``srun``) started several processes without them: each would
+                train alone into the same run directory.
+        """
         if "WORLD_SIZE" not in os.environ:
+            for launcher, variable in FOREIGN_LAUNCHERS.items():
+                if int_from(os.environ.get(variable), strings=True) not in (None, 0, 1):
+                    raise ConfigError(
+                        f"{launcher} started {os.environ[variable]} processes ({variable}) "
+                        "but not torchrun's RANK and WORLD_SIZE: each would train alone into "
+                        "the same run; launch with torchrun or accelerate launch --multi_gpu"
+                    )
             return cls()
         try:
             values = {k: int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}

@@ -519,6 +519,7 @@ class Trainer:
             ],
             "wall_s": round(self._wall(), 3),
             "device": str(self.device),
+            "ranks": self.ranks.world,
             "data": {
                 "train": "streamed" if isinstance(data.train, StreamedData) else len(data.train),
                 "val": len(data.val),
