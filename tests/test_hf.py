@@ -471,17 +471,37 @@ def test_callback_refuses_what_it_cannot_run(tmp_path):
         GrowformerCallback("incrt").on_train_begin(args, None, None, model=torch.nn.Linear(2, 2))
 
 
-def test_import_registers_without_importing_transformers(tmp_path):
-    """In a fresh process: ``import growformer`` leaves transformers alone, and the Auto
-    classes know growformer however transformers is imported later."""
-    ckpt = _save(tmp_path, build_model(arch("classifier", "looped")))
-    code = f"""
+IMPORT_ORDERS = {
+    "growformer_first": """
 import sys
 import growformer
 assert "transformers" not in sys.modules
 import transformers.modeling_utils  # imports the Auto configuration half-way through
 from transformers import AutoModelForSequenceClassification
-model = AutoModelForSequenceClassification.from_pretrained({str(ckpt)!r})
+""",
+    "transformers_first": """
+from transformers import AutoModelForSequenceClassification
+import growformer
+""",
+    "config_then_auto_model": """
+import growformer
+from transformers import AutoConfig
+config = AutoConfig.from_pretrained(CKPT)
+from transformers import AutoModelForSequenceClassification
+assert type(AutoModelForSequenceClassification.from_config(config)).__name__.startswith("Grow")
+""",
+}
+
+
+@pytest.mark.parametrize("order", list(IMPORT_ORDERS))
+def test_import_registers_without_importing_transformers(order, tmp_path):
+    """In a fresh process: ``import growformer`` leaves transformers alone, and the Auto
+    classes know growformer whichever is imported first."""
+    ckpt = _save(tmp_path, build_model(arch("classifier", "looped")))
+    code = f"""
+CKPT = {str(ckpt)!r}
+{IMPORT_ORDERS[order]}
+model = AutoModelForSequenceClassification.from_pretrained(CKPT)
 print(type(model).__name__)
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -1,6 +1,5 @@
 """The package's layout: no import circle between its modules (imports inside functions
-included, except the deliberate lazy ones inside ``growformer.hf``), and no module over
-600 lines."""
+included), and no module over 600 lines."""
 
 from __future__ import annotations
 
@@ -47,14 +46,7 @@ def _imports(name: str, path: Path) -> set[str]:
     return found
 
 
-def _lazy_inside_hf(source: str, target: str) -> bool:
-    return source.startswith("growformer.hf.") and target.startswith("growformer.hf.")
-
-
-GRAPH = {
-    name: {t for t in _imports(name, path) if not _lazy_inside_hf(name, t)}
-    for name, path in MODULES.items()
-}
+GRAPH = {name: _imports(name, path) for name, path in MODULES.items()}
 
 
 def _cycle_through(start: str) -> list[str] | None:

@@ -2,7 +2,7 @@
 
 Kept apart from :mod:`growformer.hf.model` because it needs only transformers'
 configuration module: it is registered with ``AutoConfig`` while transformers itself is
-still being imported (see :func:`growformer.hf.files.register_on_import`).
+still being imported (see :mod:`growformer.hf.auto`).
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ class GrowformerConfig(PreTrainedConfig):
     """A growformer model for transformers: its :class:`~growformer.arch.Architecture`
     as a dict, the class names (``id2label``) and the padding id.
 
-    Building one registers the growformer model classes with transformers' Auto model
-    classes (:mod:`growformer.hf.model`), so that ``AutoModelFor*.from_pretrained`` of a
-    growformer directory finds them: the configuration is what transformers reads first.
+    The model classes of :mod:`growformer.hf.model` are registered with transformers'
+    Auto model classes when those are imported (:mod:`growformer.hf.auto`), so that
+    ``AutoModelFor*.from_pretrained`` of a growformer directory finds them.
 
     Args:
         architecture: :meth:`Architecture.to_dict` of the model (None only for the
@@ -49,13 +49,6 @@ class GrowformerConfig(PreTrainedConfig):
     pad_token_id: int | None = 0
     eos_token_id: int | None = None
     growformer_version: str | None = None
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> GrowformerConfig:
-        # Here rather than in __init__ or __post_init__: transformers 5.4 turned its
-        # configurations into dataclasses, and __new__ runs under both kinds.
-        import growformer.hf.model  # noqa: F401  (registers the model classes)
-
-        return super().__new__(cls)
 
     @property
     def vocab_size(self) -> int | None:

@@ -6,22 +6,12 @@ files it holds a ``config.json`` (:func:`model_config`) and a ``tokenizer_config
 puts ``[CLS]`` first as growformer's classifiers expect (:func:`transformers_tokenizer`).
 They are written by :mod:`growformer.checkpoint` whether transformers is installed or not.
 
-``import growformer`` calls :func:`register_on_import`: the growformer configuration is
-registered with ``AutoConfig`` when transformers' auto-configuration module is first
-imported, not before, because importing transformers takes seconds (see
-:mod:`growformer.hf.config` for the model classes, registered when a growformer
-configuration is first built).
+How transformers' Auto classes learn of growformer without growformer importing
+transformers: :mod:`growformer.hf.auto`.
 """
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.util
-import sys
-import warnings
-from collections.abc import Callable
-from importlib.machinery import ModuleSpec
-from types import ModuleType
 from typing import Any
 
 import tokenizers
@@ -38,7 +28,6 @@ HF_CLASSES = {
     "classifier": "GrowformerForSequenceClassification",
     "causal_lm": "GrowformerForCausalLM",
 }
-AUTO_CONFIG_MODULE = "transformers.models.auto.configuration_auto"
 MISSING_TRANSFORMERS = (
     "growformer's Hugging Face integration needs transformers: pip install -e '.[hf]'"
 )
@@ -134,76 +123,3 @@ def growformer_tokenizer(text: str) -> str:
         raise DataError(f"tokenizer JSON is invalid: {str(e).splitlines()[0]}") from None
     tok.post_processor = None
     return tok.to_str()
-
-
-def register_on_import() -> None:
-    """Register growformer with transformers' ``AutoConfig`` once transformers' auto
-    classes are imported (at once if they already are); imports nothing itself."""
-    module = sys.modules.get(AUTO_CONFIG_MODULE)
-    if module is not None:
-        _register(module)
-    elif not any(isinstance(f, _AfterImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, _AfterImport(AUTO_CONFIG_MODULE, _register))
-
-
-def _register(module: ModuleType) -> None:
-    version = getattr(sys.modules.get("transformers"), "__version__", "0")
-    if int(version.split(".")[0]) < 5:
-        return  # growformer.hf.config names the version it needs when it is imported
-    try:
-        from growformer.hf.config import GrowformerConfig
-
-        module.AutoConfig.register(MODEL_TYPE, GrowformerConfig, exist_ok=True)
-    except Exception as e:
-        # This runs inside the user's import of transformers: a failure here must not
-        # break transformers itself.
-        warnings.warn(
-            f"growformer could not register its model type with transformers "
-            f"{version}: {type(e).__name__}: {e}",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-
-
-class _AfterImport(importlib.abc.MetaPathFinder):
-    """Calls ``callback(module)`` right after the module ``name`` is first imported.
-
-    Args:
-        name: Full module name.
-        callback: Called with the module once it has been executed.
-    """
-
-    def __init__(self, name: str, callback: Callable[[ModuleType], None]) -> None:
-        self.name = name
-        self.callback = callback
-
-    def find_spec(
-        self, fullname: str, path: Any = None, target: ModuleType | None = None
-    ) -> ModuleSpec | None:
-        if fullname != self.name:
-            return None
-        # Out of the way first: the search below asks the other finders, not this one.
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(fullname)
-        if spec is not None and spec.loader is not None:
-            spec.loader = _ThenCall(spec.loader, self.callback)
-        return spec
-
-
-class _ThenCall(importlib.abc.Loader):
-    """A module loader that calls ``callback(module)`` after the wrapped loader ran it."""
-
-    def __init__(self, loader: importlib.abc.Loader, callback: Callable[[ModuleType], None]):
-        self.loader = loader
-        self.callback = callback
-
-    def create_module(self, spec: ModuleSpec) -> ModuleType | None:
-        return self.loader.create_module(spec)
-
-    def exec_module(self, module: ModuleType) -> None:
-        self.loader.exec_module(module)
-        self.callback(module)
-
-    def __getattr__(self, name: str) -> Any:
-        # get_source and friends (tracebacks show the module's lines through them).
-        return getattr(self.loader, name)
