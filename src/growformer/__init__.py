@@ -4,8 +4,8 @@ from growformer.arch import Architecture, LayerSpec
 from growformer.checkpoint import load
 from growformer.evaluation import evaluate
 from growformer.events import Event
-from growformer.hf.convert import from_hf, to_hf
 from growformer.hf.auto import register_on_import
+from growformer.hf.convert import from_hf, to_hf
 from growformer.model import ElasticForCausalLM, ElasticForSequenceClassification, build_model
 from growformer.policies import Policy, register_policy
 from growformer.report import CSVLogger, Logger
