@@ -50,6 +50,11 @@ class LMData:
 Data = ClassificationData | LMData
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's shuffle: distinct for every (run seed, epoch) in use."""
+    return seed * 1_000_003 + epoch
+
+
 def collate(data: Data, indices: Tensor | list[int], pad_id: int) -> dict[str, Tensor]:
     """Assemble the examples at `indices` into a batch.
 
@@ -119,7 +124,7 @@ class BatchStream:
             raise ValueError(f"step must be non-negative, got {step}")
         epoch, pos = divmod(step, self.batches_per_epoch)
         if epoch != self._epoch:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            gen = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
             self._perm = torch.randperm(len(self.data), generator=gen)
             self._epoch = epoch
         idx = self._perm[pos * self.batch_size : (pos + 1) * self.batch_size]

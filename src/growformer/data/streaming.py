@@ -23,7 +23,7 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
-from growformer.data.datasets import BatchStream, ClassificationData, Data, collate
+from growformer.data.datasets import BatchStream, ClassificationData, Data, collate, epoch_seed
 from growformer.data.records import Skipped, good_records
 from growformer.data.tokenizer import Tokenizer
 from growformer.errors import DataError
@@ -77,7 +77,7 @@ class StreamedData:
         """The good records' (text, label) of one epoch, in its shuffled order."""
         rows = itertools.islice(iter(self.source), self.skip, None)
         good = good_records(rows, self.label_index is not None, self.skipped, self.skip)
-        rng = random.Random(seed * 1_000_003 + epoch)
+        rng = random.Random(epoch_seed(seed, epoch))
         for index, text, label in shuffled(good, self.buffer, rng):
             if label is None or self.label_index is None or label in self.label_index:
                 yield text, label
@@ -95,7 +95,7 @@ class StreamedData:
             for chunk in _chunks(records, _ENCODE_CHUNK):
                 texts = [text for text, _ in chunk]
                 ids = self.tokenizer.encode(texts, add_cls=True, max_len=self.max_len)
-                yield from zip(ids, (index[str(label)] for _, label in chunk), strict=True)
+                yield from zip(ids, (index[label] for _, label in chunk), strict=True)
             return
         block, tokens = self.max_len, []
         for chunk in _chunks(records, _ENCODE_CHUNK):
