@@ -17,14 +17,31 @@ session logged after that step's checkpoint, since it is logged again.
 from __future__ import annotations
 
 import csv
+import importlib
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from growformer.arch import Architecture
 from growformer.errors import ConfigError
 from growformer.events import Event
 from growformer.policies import record_scalars
+
+
+def optional_package(module: str, what: str, package: str) -> ModuleType:
+    """``module`` of an optional package a logger needs, imported.
+
+    Raises:
+        ConfigError: The package is not installed (the message names the extra to install,
+            which is called as the package is).
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(
+            f'{what} logging needs the {package} package: pip install -e ".[{package}]"'
+        ) from None
 
 
 class Logger:

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from growformer.errors import ConfigError
-from growformer.report.loggers import ScalarLogger, register_logger
+from growformer.report.loggers import ScalarLogger, optional_package, register_logger
 
 
 class MLflowLogger(ScalarLogger):
@@ -37,13 +37,9 @@ class MLflowLogger(ScalarLogger):
     """
 
     def __init__(self, run_dir: str | Path, step: int = 0) -> None:
-        try:
-            from mlflow import MlflowClient
-            from mlflow.entities import Metric, Param
-        except ImportError:
-            raise ConfigError(
-                'MLflow logging needs the mlflow package: pip install -e ".[mlflow]"'
-            ) from None
+        mlflow = optional_package("mlflow", "MLflow", "mlflow")
+        from mlflow.entities import Metric, Param
+
         run_dir = Path(run_dir).resolve()
         uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{run_dir / 'mlflow.db'}"
         missing = [m for m in ("sqlalchemy", "alembic") if importlib.util.find_spec(m) is None]
@@ -51,7 +47,7 @@ class MLflowLogger(ScalarLogger):
             raise ConfigError(
                 f'MLflow\'s store {uri} needs {" and ".join(missing)}: pip install -e ".[mlflow]"'
             )
-        self.client = MlflowClient(tracking_uri=uri)
+        self.client = mlflow.MlflowClient(tracking_uri=uri)
         self._metric = Metric
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME", "growformer")
         experiment = self.client.get_experiment_by_name(name)

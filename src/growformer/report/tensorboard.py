@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from growformer.errors import ConfigError
-from growformer.report.loggers import ScalarLogger, register_logger
+from growformer.report.loggers import ScalarLogger, optional_package, register_logger
 
 
 class TensorBoardLog(ScalarLogger):
@@ -22,13 +21,8 @@ class TensorBoardLog(ScalarLogger):
     """
 
     def __init__(self, log_dir: str | Path, step: int = 0) -> None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise ConfigError(
-                'TensorBoard logging needs the tensorboard package: pip install -e ".[tensorboard]"'
-            ) from None
-        self.writer = SummaryWriter(str(log_dir), purge_step=step or None)
+        board = optional_package("torch.utils.tensorboard", "TensorBoard", "tensorboard")
+        self.writer = board.SummaryWriter(str(log_dir), purge_step=step or None)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         for tag, value in values.items():

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from growformer.errors import ConfigError
-from growformer.report.loggers import ScalarLogger, register_logger
+from growformer.report.loggers import ScalarLogger, optional_package, register_logger
 
 STEP = "trainer/step"
 """The x-axis of every chart: the run's optimizer steps (W&B's own step counts calls)."""
@@ -36,12 +35,7 @@ class WandbLogger(ScalarLogger):
     """
 
     def __init__(self, run_dir: str | Path, step: int = 0) -> None:
-        try:
-            import wandb
-        except ImportError:
-            raise ConfigError(
-                'W&B logging needs the wandb package: pip install -e ".[wandb]"'
-            ) from None
+        wandb = optional_package("wandb", "W&B", "wandb")
         run_dir = Path(run_dir)
         id_file = run_dir / "wandb_run_id"
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
