@@ -59,7 +59,7 @@ def test_the_budget_judges_a_custom_op_by_surgerys_prediction(two_heads_op, monk
 
     monkeypatch.setattr(surgery, "predict", watched)
     step = StructuralStep(_Once({"op": "add_two_heads"}), Budget(max_heads_per_layer=heads + 1))
-    done = step.after_step(model, None, 1, {}, lambda: 0.0)
+    done = step.after_step(model, None, 1, {}, lambda _model: 0.0)
     assert asked == ["add_two_heads"]
     assert done.events == [] and model.arch.layers[0].heads == heads
     assert done.refusals == [
@@ -73,7 +73,7 @@ def test_the_budget_judges_a_custom_op_by_surgerys_prediction(two_heads_op, monk
     ]
     # Within the budget, the same op is applied.
     roomy = StructuralStep(_Once({"op": "add_two_heads"}), Budget(max_heads_per_layer=heads + 2))
-    done = roomy.after_step(model, None, 1, {}, lambda: 0.0)
+    done = roomy.after_step(model, None, 1, {}, lambda _model: 0.0)
     assert [e.op for e in done.events] == ["add_two_heads"]
     assert model.arch.layers[0].heads == heads + 2
 
@@ -84,7 +84,7 @@ def test_a_shrinking_change_is_never_refused():
     step = StructuralStep(_Once({"op": "remove_head"}), Budget(max_params=1))
     policy = step.policy
     policy.decide = lambda s, stats: [Event("remove_head", 0, head=0)] if s == 1 else []
-    done = step.after_step(model, None, 1, {}, lambda: 0.0)
+    done = step.after_step(model, None, 1, {}, lambda _model: 0.0)
     assert [e.op for e in done.events] == ["remove_head"] and not done.refusals
 
 

@@ -11,6 +11,13 @@ Layout of a run directory::
         rng.safetensors  trainer_state.json
         manifest.json                    size and sha256 of every file above
 
+A sharded checkpoint (``checkpoint_format: sharded``) holds the weights and the optimizer
+state in ``torch.distributed.checkpoint``'s files instead of the two ``.safetensors``
+(``.metadata`` and one ``__R_0.distcp`` per rank R that wrote, keys ``model.NAME`` and
+``optimizer.state.INDEX.NAME``), each rank writing its own shards; it is read whole by any
+number of processes (each then takes its shards), so a run resumes on any number of ranks.
+It is not a transformers model directory.
+
 A checkpoint directory is also a Hugging Face transformers model directory: after
 ``import growformer``, ``AutoModelForSequenceClassification.from_pretrained`` (or
 ``AutoModelForCausalLM``) and ``AutoTokenizer.from_pretrained`` read it (see
@@ -33,10 +40,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
+from growformer import fsdp
 from growformer.arch import Architecture
 from growformer.data.tokenizer import Tokenizer
 from growformer.errors import ArchitectureError, CheckpointError, DataError, read_json
@@ -54,6 +66,8 @@ FORMAT = 2
 FORMATS = (1, 2)
 TRAIN_CONFIG = "train_config.json"
 LATEST = "LATEST"
+SHARDS_METADATA = ".metadata"  # torch.distributed.checkpoint's index of the shards
+MODEL_KEYS, OPTIMIZER_KEYS = "model.", "optimizer."
 
 
 @dataclass
@@ -83,7 +97,10 @@ class Checkpoint:
             raise CheckpointError(
                 f"{self.path}: optimizer is {meta.get('type')!r}, not {type(optimizer).__name__}"
             )
-        tensors = _load_tensors(self.path / "optimizer.safetensors")
+        if is_sharded(self.path):
+            tensors = _load_shards(self.path, OPTIMIZER_KEYS)
+        else:
+            tensors = _load_tensors(self.path / "optimizer.safetensors")
         state: dict[int, dict[str, Any]] = {}
         try:
             for key, value in tensors.items():
@@ -134,17 +151,34 @@ def save(
     task: dict[str, Any],
     trainer_state: dict[str, Any],
     keep: int = 2,
-) -> Path:
-    """Write a checkpoint atomically and point ``LATEST`` to it; keep the ``keep`` newest."""
+    sharded: bool = False,
+) -> Path | None:
+    """Write a checkpoint atomically and point ``LATEST`` to it; keep the ``keep`` newest.
+
+    Rank 0 writes, or every rank when ``sharded`` and ``model`` is sharded over the ranks
+    (each its own shards; rank 0 the rest). Returns the directory (None on other ranks).
+    """
+    collective = sharded and fsdp.is_sharded(model)
+    main = not collective or dist.get_rank() == 0
     root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:08d}"
     final = root / name
-    tmp = root / f".tmp-{name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-
-    save_file(_contiguous(model.state_dict()), tmp / "model.safetensors", metadata={"format": "pt"})
+    # The ranks write into one directory: its name must not depend on the process.
+    tmp = root / (f".tmp-{name}" if collective else f".tmp-{name}-{os.getpid()}")
+    if main:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    if sharded:
+        if collective:
+            dist.barrier()  # the directory exists
+        _save_shards(tmp, model, optimizer, collective)
+    if not main:
+        dist.barrier()  # rank 0 has put the checkpoint in place
+        return None
+    if not sharded:
+        weights = _contiguous(model.state_dict())
+        save_file(weights, tmp / "model.safetensors", metadata={"format": "pt"})
     _write_json(tmp / "architecture.json", model.arch.to_dict())
     _write_json(tmp / TRAIN_CONFIG, config)
     tokenizer = Tokenizer.from_json(tokenizer_json)
@@ -152,7 +186,7 @@ def save(
     (tmp / "tokenizer.json").write_text(transformers_tokenizer(tokenizer, model.arch))
     _write_json(tmp / "tokenizer_config.json", tokenizer_config(model.arch, tokenizer))
     _write_json(tmp / "task.json", task)
-    _save_optimizer(tmp, optimizer)
+    _save_optimizer(tmp, optimizer, tensors=not sharded)
     rng = {"torch_cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
@@ -172,6 +206,8 @@ def save(
     _fsync(root)
     atomic_write_text(root / LATEST, name + "\n")
     _prune(root, keep, current=name)
+    if collective:
+        dist.barrier()
     return final
 
 
@@ -237,8 +273,13 @@ def load(path: str | Path) -> Checkpoint:
     # than the file holds is refused before anything of its size is allocated.
     with torch.device("meta"):
         expected = build_model(arch).state_dict()
-    tensors = _load_tensors(ckpt_dir / "model.safetensors")
-    _check_weights(ckpt_dir / "model.safetensors", tensors, expected)
+    if is_sharded(ckpt_dir):
+        where = ckpt_dir / SHARDS_METADATA
+        tensors = _load_shards(ckpt_dir, MODEL_KEYS, expected)
+    else:
+        where = ckpt_dir / "model.safetensors"
+        tensors = _load_tensors(where)
+    _check_weights(where, tensors, expected)
     model = build_model(arch)
     model.load_state_dict(tensors)
     try:
@@ -275,9 +316,10 @@ def load_weights(model: ElasticModel, path: str | Path) -> None:
 
 
 def _check_weights(
-    path: str | Path, tensors: dict[str, Tensor], expected: dict[str, Tensor]
+    path: str | Path, tensors: dict[str, Tensor], expected: dict[str, Tensor], values: bool = True
 ) -> None:
-    """Refuse weights that are missing, extra, of another shape or dtype, or not finite."""
+    """Refuse weights that are missing, extra, of another shape or dtype, or (with
+    ``values``) not finite."""
     for name, ref in expected.items():
         if name not in tensors:
             raise CheckpointError(f"{path}: tensor {name} is missing")
@@ -291,7 +333,7 @@ def _check_weights(
             raise CheckpointError(
                 f"{path}: tensor {name} has dtype {got.dtype}, expected {ref.dtype}"
             )
-        if got.is_floating_point() and not torch.isfinite(got).all():
+        if values and got.is_floating_point() and not torch.isfinite(got).all():
             raise CheckpointError(f"{path}: tensor {name} holds NaN or infinite values")
     extra = sorted(tensors.keys() - expected.keys())
     if extra:
@@ -302,19 +344,78 @@ def _train_config_name(manifest: dict[str, Any]) -> str:
     return "config.json" if manifest.get("format") == 1 else TRAIN_CONFIG
 
 
-def _save_optimizer(directory: Path, optimizer: torch.optim.Optimizer) -> None:
+def _optimizer_tensors(sd: dict[str, Any]) -> dict[str, Tensor]:
+    """The tensors of an optimizer's ``state_dict()``, by ``state.INDEX.NAME``."""
+    return {
+        f"state.{idx}.{name}": value
+        for idx, values in sd["state"].items()
+        for name, value in values.items()
+        if isinstance(value, Tensor)
+    }
+
+
+def _save_optimizer(directory: Path, optimizer: torch.optim.Optimizer, tensors: bool) -> None:
+    """``optimizer.json`` (type, groups, the state that is not tensors) and, with
+    ``tensors``, ``optimizer.safetensors``."""
     sd = optimizer.state_dict()
-    tensors: dict[str, Tensor] = {}
     plain: dict[str, dict[str, Any]] = {}
     for idx, values in sd["state"].items():
         for name, value in values.items():
-            if isinstance(value, Tensor):
-                tensors[f"state.{idx}.{name}"] = value.contiguous()
-            else:
+            if not isinstance(value, Tensor):
                 plain.setdefault(str(idx), {})[name] = value
-    save_file(tensors, directory / "optimizer.safetensors")
+    if tensors:
+        state = {k: v.contiguous() for k, v in _optimizer_tensors(sd).items()}
+        save_file(state, directory / "optimizer.safetensors")
     meta = {"type": type(optimizer).__name__, "param_groups": sd["param_groups"], "state": plain}
     _write_json(directory / "optimizer.json", meta)
+
+
+def is_sharded(ckpt_dir: Path) -> bool:
+    """Whether the checkpoint in ``ckpt_dir`` holds its tensors in shards."""
+    return (ckpt_dir / SHARDS_METADATA).is_file()
+
+
+def _save_shards(
+    directory: Path, model: ElasticModel, optimizer: torch.optim.Optimizer, collective: bool
+) -> None:
+    """Write the weights and optimizer tensors through ``torch.distributed.checkpoint``
+    (with ``collective``, every rank its shards of a sharded model, as a collective)."""
+    tensors = {MODEL_KEYS + k: v for k, v in model.state_dict().items()}
+    optimizer_tensors = _optimizer_tensors(optimizer.state_dict())
+    tensors |= {OPTIMIZER_KEYS + k: v for k, v in optimizer_tensors.items()}
+    dcp.save(tensors, checkpoint_id=directory, no_dist=not collective)
+
+
+def _load_shards(
+    ckpt_dir: Path, prefix: str, expected: dict[str, Tensor] | None = None
+) -> dict[str, Tensor]:
+    """The whole tensors of a sharded checkpoint whose keys start with ``prefix`` (which
+    is cut off), read by this process alone. With ``expected``, their names and shapes are
+    checked first, before anything is allocated."""
+    where = ckpt_dir / SHARDS_METADATA
+    try:
+        reader = FileSystemReader(ckpt_dir)
+        stored = reader.read_metadata().state_dict_metadata
+    except Exception as e:
+        raise CheckpointError(f"cannot read {where}: {e}") from None
+    found = {
+        key[len(prefix) :]: info
+        for key, info in stored.items()
+        if key.startswith(prefix) and isinstance(info, TensorStorageMetadata)
+    }
+    if expected is not None:
+        shapes = {
+            k: torch.empty(i.size, dtype=i.properties.dtype, device="meta")
+            for k, i in found.items()
+        }
+        _check_weights(where, shapes, expected, values=False)
+    template = {prefix + k: torch.empty(i.size, dtype=i.properties.dtype) for k, i in found.items()}
+    try:
+        dcp.load(template, storage_reader=reader, no_dist=True)
+    except Exception as e:
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot read the shards in {ckpt_dir}: {reason}") from None
+    return {k[len(prefix) :]: v for k, v in template.items()}
 
 
 def _load_tensors(path: Path) -> dict[str, Tensor]:

@@ -151,11 +151,15 @@ class Ranks:
 
     def any(self, flag: bool) -> bool:
         """Whether ``flag`` is set on any rank."""
+        return bool(self.most(int(flag)))
+
+    def most(self, value: int) -> int:
+        """The largest of an integer over the ranks."""
         if not self.active:
-            return flag
-        t = torch.tensor([int(flag)], device=self._collective_device())
+            return value
+        t = torch.tensor([value], device=self._collective_device())
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
+        return int(t.item())
 
     def check_same_structure(self, model: ElasticModel) -> None:
         """Raise :class:`DistributedError` unless every rank's architecture and parameter

@@ -19,7 +19,13 @@ from growformer.model import ElasticModel
 
 
 def evaluate(
-    model: ElasticModel, data: Any, *, batch_size: int, pad_id: int, ranks: Ranks | None = None
+    model: ElasticModel,
+    data: Any,
+    *,
+    batch_size: int,
+    pad_id: int,
+    ranks: Ranks | None = None,
+    lockstep: bool = False,
 ) -> dict[str, float]:
     """Loss, accuracy and macro-F1 (classification) or perplexity (LM) over all of ``data``.
 
@@ -31,6 +37,9 @@ def evaluate(
         ranks: Data-parallel ranks that share the work: each evaluates every
             ``world``-th batch and the sums are added up over the ranks, so that every
             rank returns the metrics of all of ``data``. None: this process does it all.
+        lockstep: Every rank runs as many forward passes as the busiest (a sharded model
+            gathers its weights in every pass, from all ranks): the others repeat a batch
+            and drop its result.
     """
     ranks = ranks or Ranks()
     device = next(model.parameters()).device
@@ -38,11 +47,13 @@ def evaluate(
     # confusion[label, prediction], for accuracy and per-class F1 (empty for language models).
     classes = model.arch.num_labels or 0
     confusion = torch.zeros(classes, classes, dtype=torch.long)
+    passes = 0
     with eval_mode(model):
         batches = eval_batches(data, batch_size, pad_id)
         for batch in itertools.islice(batches, ranks.rank, None, ranks.world):
             batch = {k: v.to(device) for k, v in batch.items()}
             logits = model(batch["input_ids"], batch.get("attention_mask")).logits
+            passes += 1
             labels = batch["labels"]
             n += batch["input_ids"].shape[0]
             loss_sum += F.cross_entropy(
@@ -51,6 +62,11 @@ def evaluate(
             count += labels.numel()
             if model.kind == "classifier":
                 confusion += confusion_matrix(labels.cpu(), logits.argmax(-1).cpu(), classes)
+        if lockstep and ranks.active:
+            spare = next(iter(eval_batches(data, batch_size, pad_id)))
+            spare = {k: v.to(device) for k, v in spare.items()}
+            for _ in range(ranks.most(passes) - passes):
+                model(spare["input_ids"], spare.get("attention_mask"))
     if ranks.active:
         sums = torch.tensor([loss_sum, count, n], dtype=torch.float64, device=device)
         confusion = confusion.to(device)

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from growformer.fsdp import full
 from growformer.model import Block, ElasticModel, split_heads
 from growformer.model.rotary import rotary_angles
 
@@ -203,8 +204,8 @@ def _demand(model: ElasticModel, layer: int, halves: Tensor) -> Demand:
     attn = model.transformer.layers[layer].attn
     h, hd = attn.heads, attn.head_dim
     g = halves.to(attn.q_proj.weight.device, torch.float64) / math.sqrt(hd)
-    u = _span(attn.q_proj.weight.detach().to(torch.float64).view(h, hd, -1))
-    v = _span(keys_per_head(attn.k_proj.weight.detach().to(torch.float64), h, hd))
+    u = _span(full(attn.q_proj.weight).detach().to(torch.float64).view(h, hd, -1))
+    v = _span(keys_per_head(full(attn.k_proj.weight).detach().to(torch.float64), h, hd))
     # (I - U U^T) G (I - V V^T), without forming the d x d projections.
     g = g - u @ (u.transpose(1, 2) @ g)
     normal = g - (g @ v) @ v.transpose(1, 2)
@@ -232,8 +233,8 @@ def query_key_forms(model: ElasticModel, layer: int) -> Tensor:
     """(heads, d, d) antisymmetric parts of the layer's per-head query-key forms."""
     attn = model.transformer.layers[layer].attn
     h, hd = attn.heads, attn.head_dim
-    wq = attn.q_proj.weight.detach().to(torch.float64).view(h, hd, -1)
-    wk = keys_per_head(attn.k_proj.weight.detach().to(torch.float64), h, hd)
+    wq = full(attn.q_proj.weight).detach().to(torch.float64).view(h, hd, -1)
+    wk = keys_per_head(full(attn.k_proj.weight).detach().to(torch.float64), h, hd)
     # Scores are z_i^T (W_q^T W_k) z_j with PyTorch's (out, in) weight layout.
     m = wq.transpose(1, 2) @ wk
     return (m - m.transpose(1, 2)) / 2

@@ -24,6 +24,7 @@ from growformer.arch import Architecture
 from growformer.errors import ConfigError, SurgeryError
 from growformer.evaluation import eval_mode
 from growformer.events import Event
+from growformer.fsdp import Sharding
 from growformer.model import ElasticModel, build_model
 from growformer.policies import Policy
 from growformer.policies.records import register_record_kind
@@ -74,11 +75,16 @@ class StepRecords:
     """What one structural step did, for the trainer's logs.
 
     Args:
+        model: The model to train on from now on: the one given, or with sharding, the
+            changed model sharded anew.
+        optimizer: Its optimizer (likewise).
         events: The records of the changes applied, in order (``events.jsonl``).
         refusals: A record per request the budget refused (``stats.jsonl``).
         stats: The policy's statistics records since the last step (``stats.jsonl``).
     """
 
+    model: ElasticModel
+    optimizer: torch.optim.Optimizer | None
     events: list[Event] = field(default_factory=list)
     refusals: list[dict[str, Any]] = field(default_factory=list)
     stats: list[dict[str, Any]] = field(default_factory=list)
@@ -113,7 +119,8 @@ class StructuralStep:
         optimizer: torch.optim.Optimizer | None,
         step: int,
         stats: dict[str, Any],
-        probe: Callable[[], float],
+        probe: Callable[[ElasticModel], float],
+        sharding: Sharding | None = None,
     ) -> StepRecords:
         """Apply the structural changes due once ``step`` optimizer steps are done.
 
@@ -127,10 +134,15 @@ class StructuralStep:
             optimizer: Its optimizer (the state of surviving parameters is carried), or None.
             step: Optimizer steps done.
             stats: The statistics captured during the step (name -> per-layer values).
-            probe: The loss a change is measured by, called just before and just after it
-                (the record's ``loss_before`` and ``loss_after``).
+            probe: The loss of the model it is given, by which a change is measured, just
+                before and just after it (the record's ``loss_before`` and ``loss_after``).
+            sharding: How ``model`` is sharded (None: it is not). Before the first change
+                every rank gathers the model and optimizer state, and afterwards shards
+                the changed model again (:mod:`growformer.fsdp`); the records name the
+                model and optimizer to go on with.
         """
-        out = StepRecords()
+        out = StepRecords(model, optimizer)
+        gathered = False
         turns = itertools.chain(
             [surgery.advance(model, step)], self.policy.decide_from(step, stats)
         )
@@ -138,7 +150,7 @@ class StructuralStep:
             records, refused = [], []
             for request in requests:
                 request.step = step
-                reason = self._refusal(model, request)
+                reason = self._refusal(out.model, request)
                 if reason is not None:
                     out.refusals.append(
                         {
@@ -151,15 +163,20 @@ class StructuralStep:
                     )
                     refused.append(request)
                     continue
-                loss_before = probe()
-                record = surgery.apply(model, optimizer, request)
-                record.loss_before, record.loss_after = loss_before, probe()
+                if sharding is not None and not gathered:
+                    out.model, out.optimizer = sharding.gather(model, optimizer)
+                    gathered = True
+                loss_before = probe(out.model)
+                record = surgery.apply(out.model, out.optimizer, request)
+                record.loss_before, record.loss_after = loss_before, probe(out.model)
                 records.append(record)
             if refused:
                 self.policy.refused(refused)
             if records:
                 self.policy.observe(records)
                 out.events += records
+        if gathered:
+            out.model, out.optimizer = sharding.scatter(out.model, out.optimizer)
         out.stats = self.policy.drain_log()
         return out
 

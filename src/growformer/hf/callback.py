@@ -158,9 +158,12 @@ class GrowformerCallback(TrainerCallback, ExportableState):
     ) -> None:
         for hook in self._hooks:
             hook.remove()
+        # The loss as the Trainer computes it: through the wrapper, from the whole batch.
         probe = functools.partial(probe_loss, model, self._batch)
         stats = {} if self._capture is None else self._capture.results(model.elastic, probe)
-        done = self.structure.after_step(model.elastic, optimizer, state.global_step, stats, probe)
+        done = self.structure.after_step(
+            model.elastic, optimizer, state.global_step, stats, lambda _changed: probe()
+        )
         self.events += [r.to_dict() for r in done.events]
         self.stats += done.refusals + done.stats
         self._capture = self._batch = None

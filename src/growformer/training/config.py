@@ -31,9 +31,13 @@ RESUMABLE_CHANGES = frozenset(
         "max_nonfinite_skips",
         "max_params",
         "max_heads_per_layer",
+        "distributed",
+        "checkpoint_format",
     }
 )
 PRECISIONS = ("fp32", "bf16")
+DISTRIBUTED = ("ddp", "fsdp")
+CHECKPOINT_FORMATS = ("full", "sharded")
 ON_NONFINITE = ("stop", "skip")
 
 
@@ -131,6 +135,14 @@ class TrainConfig:
             tokenizer (text tasks encode with it); the policy changes the structure from
             there. ``model`` and ``vocab_size`` are then unused.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        distributed: With several ranks (``torchrun``): ``ddp``, every rank holds the whole
+            model (``DistributedDataParallel``), or ``fsdp``, each rank a shard of every
+            block and of the rest (FSDP2's ``fully_shard``; a structural change gathers
+            the model, see :mod:`growformer.fsdp`). One process ignores it.
+        checkpoint_format: ``full``: the model and optimizer state in one file each (a
+            transformers model directory; with ``fsdp`` gathered for rank 0 to write), or
+            ``sharded``: each rank writes its own shards through
+            ``torch.distributed.checkpoint``, and any number of ranks can resume from it.
         precision: ``fp32``, or ``bf16``: the training forward pass under bfloat16
             autocast (weights, optimizer and evaluation stay float32).
         compile: Run the training steps that take no statistics through
@@ -179,6 +191,8 @@ class TrainConfig:
     labels_file: str | None = None
     init: str | None = None
     device: str = "auto"
+    distributed: str = "ddp"
+    checkpoint_format: str = "full"
     precision: str = "fp32"
     compile: bool = False
     tensorboard: bool = False
@@ -209,10 +223,6 @@ class TrainConfig:
         for name in ("max_params", "max_heads_per_layer"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive or null, got {getattr(self, name)}")
-        if self.on_nonfinite not in ON_NONFINITE:
-            raise ConfigError(
-                f"on_nonfinite must be one of {', '.join(ON_NONFINITE)}, got {self.on_nonfinite!r}"
-            )
         for name in ("warmup_steps", "weight_decay", "grad_clip", "seed"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -220,10 +230,16 @@ class TrainConfig:
             raise ConfigError(f"decay_steps must be positive, got {self.decay_steps}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(
-                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
-            )
+        for name, known in (
+            ("on_nonfinite", ON_NONFINITE),
+            ("precision", PRECISIONS),
+            ("distributed", DISTRIBUTED),
+            ("checkpoint_format", CHECKPOINT_FORMATS),
+        ):
+            if getattr(self, name) not in known:
+                raise ConfigError(
+                    f"{name} must be one of {', '.join(known)}, got {getattr(self, name)!r}"
+                )
         check_optimizer(self.optimizer, self.optimizer_options)
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"unknown schedule {self.schedule!r} (known: {', '.join(SCHEDULES)})")

@@ -28,13 +28,14 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from growformer import checkpoint, statistics
+from growformer import checkpoint, fsdp, statistics
 from growformer.arch import Architecture
 from growformer.data import StreamedData, eval_batches, train_batches
 from growformer.distributed import DistributedError, Ranks
 from growformer.errors import CheckpointError, ConfigError, DivergenceError
 from growformer.evaluation import evaluate
 from growformer.flops import train_step_flops, without_loops
+from growformer.fsdp import Sharding, full
 from growformer.fsutil import atomic_write_text
 from growformer.model import ATTN_INITS, build_model
 from growformer.optim import lr_at
@@ -186,10 +187,6 @@ class Trainer:
             self.model = build_model(arch, attn_init)
             budget.check_initial(self.model.arch)
         self.model.to(self.device).train()
-        # What the training step calls: the model, or a data-parallel wrapper around it,
-        # and its compiled form (built at the first step that uses it).
-        self.trained = self.ranks.wrap(self.model)
-        self.compiled: torch.nn.Module | None = None
         self.optimizer = make_optimizer(self.model, cfg)
         self.state: dict[str, Any] = {
             "step": 0,
@@ -207,6 +204,17 @@ class Trainer:
         }
         if ckpt is not None:
             self._restore(ckpt)
+        self.sharding = (
+            Sharding(self.ranks.world, functools.partial(make_optimizer, cfg=cfg))
+            if cfg.distributed == "fsdp" and self.ranks.active
+            else None
+        )
+        if self.sharding is not None:
+            self.model, self.optimizer = self.sharding.scatter(self.model, self.optimizer)
+        # What the training step calls: the model (sharded or not), or a data-parallel
+        # wrapper around it, and its compiled form (built at the first step that uses it).
+        self.trained = self._wrap()
+        self.compiled: torch.nn.Module | None = None
         self.logs = RunLogs(self.out, self.state, self.ranks.main)
         self.stream = train_batches(self.data.train, cfg.batch_size, cfg.seed, self.pad_id)
         if ckpt is None:
@@ -303,6 +311,10 @@ class Trainer:
                     raise TrainingStopped(step, self.out)
                 if asked:
                     break
+            if self.sharding is not None:
+                # What follows (the summary, the policy's report) runs on each rank alone.
+                self.model, self.optimizer = self.sharding.gather(self.model, self.optimizer)
+                self.sharding = None
         if not self.metrics:
             self.evaluate(log=False)
         summary = self.summary()
@@ -353,8 +365,8 @@ class Trainer:
         Events come from two places, in this order: fades that are over (the schedule a
         ``set_loops`` event started, see :func:`surgery.advance`), then the policy.
         """
-        full = {k: v.to(self.device) for k, v in self.stream.batch(self.state["step"]).items()}
-        batch = self.ranks.shard(full)
+        whole = {k: v.to(self.device) for k, v in self.stream.batch(self.state["step"]).items()}
+        batch = self.ranks.shard(whole)
         lr = lr_at(self.state["step"], self.cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -363,7 +375,7 @@ class Trainer:
         loss = self._forward_backward(batch, needs, captured)
         # An infinite limit measures the norm and scales by exactly 1.0: nothing clipped.
         limit = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), limit)
+        grad_norm = full(torch.nn.utils.clip_grad_norm_(self.model.parameters(), limit))
         # Before the optimizer step, which would carry the non-finite values into the
         # weights; decided on all ranks together (a loss may be non-finite on one only).
         finite = not self.ranks.any(not torch.isfinite(loss.detach() + grad_norm).item())
@@ -373,19 +385,22 @@ class Trainer:
         else:
             self._nonfinite(loss.item(), grad_norm.item())
         self.optimizer.zero_grad(set_to_none=True)
-        shape = full["input_ids"].shape
+        shape = whole["input_ids"].shape
         self.state["train_flops"] += train_step_flops(self.arch, *shape)
         self.state["train_flops_no_loops"] += train_step_flops(without_loops(self.arch), *shape)
         self.state["step"] += 1
         step = self.state["step"]
         stats: dict[str, Any] = {}
-        probe = functools.partial(probe_loss, self.model, full)
+        probe = functools.partial(probe_loss, batch=whole)
         if finite:
             self.state["loss_sum"] += loss.item()
             self.state["loss_n"] += 1
             captured.reduce(self.ranks.sum_)
-            stats = captured.results(self.model, probe)
-        done = self.structure.after_step(self.model, self.optimizer, step, stats, probe)
+            stats = captured.results(self.model, functools.partial(probe, self.model))
+        done = self.structure.after_step(
+            self.model, self.optimizer, step, stats, probe, self.sharding
+        )
+        self.model, self.optimizer = done.model, done.optimizer
         for refusal in done.refusals:
             self.logs.refusal(refusal)
         if done.events:
@@ -394,7 +409,7 @@ class Trainer:
             for record in done.events:
                 self._ask("on_event", step, record.to_dict())
             self.ranks.check_same_structure(self.model)
-            self.trained = self.ranks.wrap(self.model)
+            self.trained = self._wrap()
             if self.compiled is not None:
                 # The old graphs are of a structure that is gone: drop them rather than
                 # let guards pile up towards the recompilation limit.
@@ -418,14 +433,23 @@ class Trainer:
         losses = []
         for i in range(parts):
             micro = {k: v[i * size : (i + 1) * size] for k, v in batch.items()}
-            # Data-parallel ranks exchange gradients once, after the last micro-batch.
-            last = i == parts - 1 or not hasattr(self.trained, "no_sync")
-            with contextlib.nullcontext() if last else self.trained.no_sync():
+            # The ranks exchange gradients once, after the last micro-batch.
+            last = i == parts - 1
+            if self.sharding is not None:
+                self.model.set_requires_gradient_sync(last)
+            no_sync = getattr(self.trained, "no_sync", None)
+            with contextlib.nullcontext() if last or no_sync is None else no_sync():
                 with captured.watch(self.model, micro.get("attention_mask")), autocast:
                     loss = self._step_module(needs)(**micro).loss
                 (loss / parts).backward()
             losses.append(loss.detach())
         return torch.stack(losses).mean() if parts > 1 else losses[0]
+
+    def _wrap(self) -> torch.nn.Module:
+        """What the training step calls: a sharded model itself (its hooks exchange the
+        shards), or a data-parallel wrapper, built anew after every structural change
+        (:meth:`Ranks.wrap`)."""
+        return self.model if self.sharding is not None else self.ranks.wrap(self.model)
 
     def _nonfinite(self, loss: float, grad_norm: float) -> None:
         """Skip the batch of a step whose loss or gradient norm is not finite (logged in
@@ -461,6 +485,7 @@ class Trainer:
             batch_size=self.cfg.batch_size,
             pad_id=self.pad_id,
             ranks=self.ranks,
+            lockstep=self.sharding is not None,
         )
         self.metrics = {f"val_{k}": v for k, v in result.items() if k not in ("n", "tokens")}
         if log:
@@ -469,15 +494,21 @@ class Trainer:
         return self.metrics
 
     def save(self) -> Path | None:
-        """Checkpoint everything a resumed run needs (rank 0 writes; None on the others)."""
+        """Checkpoint everything a resumed run needs; returns its directory (None on ranks
+        other than 0). Rank 0 writes, or with a sharded model and ``checkpoint_format:
+        sharded`` every rank writes its shards; ``full`` gathers them first."""
         self.state["wall_s"] = self._wall()
-        if not self.ranks.main:
+        model, optimizer = self.model, self.optimizer
+        sharded = self.cfg.checkpoint_format == "sharded"
+        if self.sharding is not None and not sharded:
+            model, optimizer = self.sharding.gather(model, optimizer)
+        if not self.ranks.main and not fsdp.is_sharded(model):
             return None
         return checkpoint.save(
             self.out,
             step=self.state["step"],
-            model=self.model,
-            optimizer=self.optimizer,
+            model=model,
+            optimizer=optimizer,
             config=self.cfg.to_dict(),
             tokenizer_json=self.tokenizer_json,
             task={
@@ -493,6 +524,7 @@ class Trainer:
                 "python_rng": random.getstate(),
             },
             keep=self.cfg.keep_checkpoints,
+            sharded=sharded,
         )
 
     def summary(self) -> dict[str, Any]:
