@@ -12,11 +12,10 @@ Layout of a run directory::
         manifest.json                    size and sha256 of every file above
 
 A sharded checkpoint (``checkpoint_format: sharded``) holds the weights and the optimizer
-state in ``torch.distributed.checkpoint``'s files instead of the two ``.safetensors``
-(``.metadata`` and one ``__R_0.distcp`` per rank R that wrote, keys ``model.NAME`` and
-``optimizer.state.INDEX.NAME``), each rank writing its own shards; it is read whole by any
-number of processes (each then takes its shards), so a run resumes on any number of ranks.
-It is not a transformers model directory.
+tensors in ``torch.distributed.checkpoint``'s files instead of the two ``.safetensors``
+(``.metadata`` and one ``__R_0.distcp`` per rank R that wrote), each rank writing its own
+shards (:mod:`growformer.checkpoint_shards`); any number of processes can read it, so a
+run resumes on any number of ranks. It is not a transformers model directory.
 
 A checkpoint directory is also a Hugging Face transformers model directory: after
 ``import growformer``, ``AutoModelForSequenceClassification.from_pretrained`` (or
@@ -26,7 +25,9 @@ configuration in ``config.json``; they load and resume as before.
 
 A checkpoint is written into a temporary directory, flushed to disk, renamed into place,
 and only then does ``LATEST`` (replaced atomically) point to it: a crash at any moment
-leaves the previous checkpoint intact and pointed to. Nothing is ever unpickled.
+leaves the previous checkpoint intact and pointed to. Nothing is ever unpickled but the
+index of a sharded checkpoint, by an unpickler that builds only its records (see
+:mod:`growformer.checkpoint_shards`).
 """
 
 from __future__ import annotations
@@ -41,15 +42,21 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
-from torch.distributed.checkpoint import FileSystemReader
-from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from growformer import fsdp
 from growformer.arch import Architecture
+from growformer.checkpoint_shards import (
+    INDEX,
+    MODEL_KEYS,
+    OPTIMIZER_KEYS,
+    is_sharded,
+    load_shards,
+    save_shards,
+    shard_shapes,
+)
 from growformer.data.tokenizer import Tokenizer
 from growformer.errors import ArchitectureError, CheckpointError, DataError, read_json
 from growformer.fsutil import atomic_write_text
@@ -66,8 +73,6 @@ FORMAT = 2
 FORMATS = (1, 2)
 TRAIN_CONFIG = "train_config.json"
 LATEST = "LATEST"
-SHARDS_METADATA = ".metadata"  # torch.distributed.checkpoint's index of the shards
-MODEL_KEYS, OPTIMIZER_KEYS = "model.", "optimizer."
 
 
 @dataclass
@@ -98,7 +103,7 @@ class Checkpoint:
                 f"{self.path}: optimizer is {meta.get('type')!r}, not {type(optimizer).__name__}"
             )
         if is_sharded(self.path):
-            tensors = _load_shards(self.path, OPTIMIZER_KEYS)
+            tensors = load_shards(self.path, OPTIMIZER_KEYS)
         else:
             tensors = _load_tensors(self.path / "optimizer.safetensors")
         state: dict[int, dict[str, Any]] = {}
@@ -172,7 +177,7 @@ def save(
     if sharded:
         if collective:
             dist.barrier()  # the directory exists
-        _save_shards(tmp, model, optimizer, collective)
+        save_shards(tmp, model, _optimizer_tensors(optimizer.state_dict()), collective)
     if not main:
         dist.barrier()  # rank 0 has put the checkpoint in place
         return None
@@ -274,8 +279,10 @@ def load(path: str | Path) -> Checkpoint:
     with torch.device("meta"):
         expected = build_model(arch).state_dict()
     if is_sharded(ckpt_dir):
-        where = ckpt_dir / SHARDS_METADATA
-        tensors = _load_shards(ckpt_dir, MODEL_KEYS, expected)
+        # Names and shapes first, from the index: nothing of a wrong size is allocated.
+        where = ckpt_dir / INDEX
+        _check_weights(where, shard_shapes(ckpt_dir, MODEL_KEYS), expected, values=False)
+        tensors = load_shards(ckpt_dir, MODEL_KEYS)
     else:
         where = ckpt_dir / "model.safetensors"
         tensors = _load_tensors(where)
@@ -368,54 +375,6 @@ def _save_optimizer(directory: Path, optimizer: torch.optim.Optimizer, tensors: 
         save_file(state, directory / "optimizer.safetensors")
     meta = {"type": type(optimizer).__name__, "param_groups": sd["param_groups"], "state": plain}
     _write_json(directory / "optimizer.json", meta)
-
-
-def is_sharded(ckpt_dir: Path) -> bool:
-    """Whether the checkpoint in ``ckpt_dir`` holds its tensors in shards."""
-    return (ckpt_dir / SHARDS_METADATA).is_file()
-
-
-def _save_shards(
-    directory: Path, model: ElasticModel, optimizer: torch.optim.Optimizer, collective: bool
-) -> None:
-    """Write the weights and optimizer tensors through ``torch.distributed.checkpoint``
-    (with ``collective``, every rank its shards of a sharded model, as a collective)."""
-    tensors = {MODEL_KEYS + k: v for k, v in model.state_dict().items()}
-    optimizer_tensors = _optimizer_tensors(optimizer.state_dict())
-    tensors |= {OPTIMIZER_KEYS + k: v for k, v in optimizer_tensors.items()}
-    dcp.save(tensors, checkpoint_id=directory, no_dist=not collective)
-
-
-def _load_shards(
-    ckpt_dir: Path, prefix: str, expected: dict[str, Tensor] | None = None
-) -> dict[str, Tensor]:
-    """The whole tensors of a sharded checkpoint whose keys start with ``prefix`` (which
-    is cut off), read by this process alone. With ``expected``, their names and shapes are
-    checked first, before anything is allocated."""
-    where = ckpt_dir / SHARDS_METADATA
-    try:
-        reader = FileSystemReader(ckpt_dir)
-        stored = reader.read_metadata().state_dict_metadata
-    except Exception as e:
-        raise CheckpointError(f"cannot read {where}: {e}") from None
-    found = {
-        key[len(prefix) :]: info
-        for key, info in stored.items()
-        if key.startswith(prefix) and isinstance(info, TensorStorageMetadata)
-    }
-    if expected is not None:
-        shapes = {
-            k: torch.empty(i.size, dtype=i.properties.dtype, device="meta")
-            for k, i in found.items()
-        }
-        _check_weights(where, shapes, expected, values=False)
-    template = {prefix + k: torch.empty(i.size, dtype=i.properties.dtype) for k, i in found.items()}
-    try:
-        dcp.load(template, storage_reader=reader, no_dist=True)
-    except Exception as e:
-        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot read the shards in {ckpt_dir}: {reason}") from None
-    return {k[len(prefix) :]: v for k, v in template.items()}
 
 
 def _load_tensors(path: Path) -> dict[str, Tensor]:

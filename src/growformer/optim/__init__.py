@@ -45,10 +45,12 @@ class OptimizerSpec:
         build: ``build(groups, lr=..., **options)``: the optimizer over parameter groups
             (each with its ``weight_decay``).
         defaults: Its options and their defaults (the keys ``optimizer_options`` may set).
+        shardable: Whether it steps parameters sharded by FSDP2 (DTensors) correctly.
     """
 
     build: Callable[..., torch.optim.Optimizer]
     defaults: dict[str, Any] = field(default_factory=dict)
+    shardable: bool = True
 
 
 ADAM = {"betas": (0.9, 0.98), "eps": 1e-8}
@@ -56,7 +58,11 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
     "adamw": OptimizerSpec(torch.optim.AdamW, ADAM),
     "adam": OptimizerSpec(torch.optim.Adam, ADAM),
     "sgd": OptimizerSpec(torch.optim.SGD, {"momentum": 0.9, "nesterov": False, "dampening": 0.0}),
-    "adafactor": OptimizerSpec(Adafactor, {"beta2_decay": -0.8, "eps": (None, 1e-3), "d": 1.0}),
+    # Its column moments are means over rows that FSDP2 spreads over the ranks: PyTorch's
+    # in-place square of a norm over sharded rows fails.
+    "adafactor": OptimizerSpec(
+        Adafactor, {"beta2_decay": -0.8, "eps": (None, 1e-3), "d": 1.0}, shardable=False
+    ),
     "lion": OptimizerSpec(Lion, {"betas": (0.9, 0.99)}),
 }
 

@@ -38,7 +38,7 @@ from growformer.flops import train_step_flops, without_loops
 from growformer.fsdp import Sharding, full
 from growformer.fsutil import atomic_write_text
 from growformer.model import ATTN_INITS, build_model
-from growformer.optim import lr_at
+from growformer.optim import OPTIMIZERS, lr_at
 from growformer.policies import Policy, make_policy
 from growformer.report import Logger, check_loggers
 from growformer.structure import Budget, StructuralStep, layer_statistics, probe_loss
@@ -154,6 +154,12 @@ class Trainer:
             )
         self.out.mkdir(parents=True, exist_ok=True)
         self.ranks = Ranks.from_env()
+        sharded = cfg.distributed == "fsdp" and self.ranks.active
+        if sharded and not OPTIMIZERS[cfg.optimizer].shardable:
+            raise ConfigError(
+                f"optimizer {cfg.optimizer} cannot step parameters sharded by FSDP2; "
+                "use distributed: ddp or another optimizer"
+            )
         parts = self.ranks.world * cfg.grad_accum_steps
         if cfg.batch_size % parts:
             raise ConfigError(
@@ -206,7 +212,7 @@ class Trainer:
             self._restore(ckpt)
         self.sharding = (
             Sharding(self.ranks.world, functools.partial(make_optimizer, cfg=cfg))
-            if cfg.distributed == "fsdp" and self.ranks.active
+            if sharded
             else None
         )
         if self.sharding is not None:
