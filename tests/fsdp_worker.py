@@ -1,6 +1,7 @@
 """Run under torchrun by ``test_fsdp.py``: for every optimizer, structural changes made on
-a model sharded over the ranks (gather, surgery, shard again) against the same changes on
-a plain copy in the same process. Rank 0 prints one JSON line per optimizer and model."""
+a model sharded over the ranks (its layer gathered, or the whole model) against the same
+changes on a plain copy in the same process. Rank 0 prints one JSON line per optimizer,
+model and way."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def train(model, optimizer, batch) -> None:
     optimizer.zero_grad()
 
 
-def compare(variant: str, name: str, rank: int, world: int) -> dict:
+def compare(variant: str, name: str, whole_model: bool, rank: int, world: int) -> dict:
     torch.manual_seed(0)
     plain = arch("classifier" if variant != "llama" else "causal_lm", variant)
     model = build_model(plain)
@@ -42,6 +43,7 @@ def compare(variant: str, name: str, rank: int, world: int) -> dict:
     make = functools.partial(build_optimizer, name=name, lr=1e-2, weight_decay=0.1)
     reference_optimizer = make(reference)
     model, optimizer = fsdp.scatter(model, make(model), make, world)
+    sharding = fsdp.Sharding(world, make, whole_model=whole_model)
     # Rows that split evenly over the ranks (one row with padding).
     parts = [_batch(plain, seed) for seed in range(world)]
     batch = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
@@ -52,11 +54,12 @@ def compare(variant: str, name: str, rank: int, world: int) -> dict:
         train(reference, reference_optimizer, batch)
         if event is None:
             break
-        model, optimizer = fsdp.gather(model, optimizer, make)
-        for m, o in ((model, optimizer), (reference, reference_optimizer)):
-            torch.manual_seed(100 + i)  # the same draws for a new head's weights
-            surgery.apply(m, o, Event(**{**event.to_dict(), "step": i + 1}))
-        model, optimizer = fsdp.scatter(model, optimizer, make, world)
+        request = Event(**{**event.to_dict(), "step": i + 1})
+        torch.manual_seed(100 + i)  # the same draws for a new head's weights
+        surgery.apply(reference, reference_optimizer, request)
+        torch.manual_seed(100 + i)
+        change = functools.partial(surgery.apply, event=request)
+        model, optimizer, _ = sharding.change(model, optimizer, request.layer, change)
     whole, whole_optimizer = fsdp.gather(model, optimizer, make)
     weights = max(
         (whole.state_dict()[k] - v).abs().max().item()
@@ -76,6 +79,7 @@ def compare(variant: str, name: str, rank: int, world: int) -> dict:
     return {
         "variant": variant,
         "optimizer": name,
+        "whole_model": whole_model,
         "arch": whole.arch.to_dict() == reference.arch.to_dict(),
         "weights": weights,
         "state": state,
@@ -88,9 +92,10 @@ def main() -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     for variant in sys.argv[1:]:
         for name in (n for n, spec in OPTIMIZERS.items() if spec.shardable):
-            result = compare(variant, name, rank, world)
-            if rank == 0:
-                print(json.dumps(result), flush=True)
+            for whole_model in (False, True):
+                result = compare(variant, name, whole_model, rank, world)
+                if rank == 0:
+                    print(json.dumps(result), flush=True)
     dist.destroy_process_group()
 
 

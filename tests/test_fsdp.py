@@ -72,16 +72,16 @@ def test_a_sharded_checkpoint_resumes_on_two_processes_and_on_one(tmp_path):
 
 def test_every_shardable_optimizer_carries_its_state_through_sharded_changes():
     """Heads added (random and function-preserving inits), removed, and loops with a fade,
-    each made on a gathered copy and sharded again: weights and optimizer state as without
-    sharding."""
+    each made on its layer gathered (or the whole model) and sharded again: weights and
+    optimizer state as without sharding."""
     worker = Path(__file__).with_name("fsdp_worker.py")
     cmd = [*_torchrun_base(), str(worker), "uniform", "llama"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     results = [json.loads(line) for line in done.stdout.splitlines()]
     shardable = [n for n, spec in OPTIMIZERS.items() if spec.shardable]
-    assert [(r["variant"], r["optimizer"]) for r in results] == [
-        (v, n) for v in ("uniform", "llama") for n in shardable
+    assert [(r["variant"], r["optimizer"], r["whole_model"]) for r in results] == [
+        (v, n, w) for v in ("uniform", "llama") for n in shardable for w in (False, True)
     ]
     for r in results:
         assert r["arch"] and r["same_state_keys"], r

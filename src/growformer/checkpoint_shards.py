@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
+from growformer import fsdp
 from growformer.errors import CheckpointError
 
 INDEX = ".metadata"
@@ -76,6 +77,7 @@ def save_shards(
 ) -> None:
     """Write ``model``'s weights and the optimizer's tensors into ``directory`` (with
     ``collective``, every rank its shards of a sharded model, as a collective)."""
+    fsdp.settle(model)
     tensors = {MODEL_KEYS + k: v for k, v in model.state_dict().items()}
     tensors |= {OPTIMIZER_KEYS + k: v for k, v in optimizer_tensors.items()}
     with _single_process_is_meant():

@@ -35,7 +35,7 @@ from growformer.flops import layer_components
 from growformer.fsutil import atomic_write_text
 from growformer.hf.convert import import_checkpoint
 from growformer.report import write_report
-from growformer.training.config import PRECISIONS, TrainConfig
+from growformer.training.config import DISTRIBUTED, PRECISIONS, TrainConfig
 from growformer.training.config_files import apply_overrides, dump_config, read_config
 from growformer.training.loop import train
 from growformer.training.runtime import TrainingStopped
@@ -52,6 +52,7 @@ OVERRIDES = (
     "lr",
     "device",
     "precision",
+    "distributed",
     "compile",
     "data_dir",
     "data_file",
@@ -125,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, help="peak learning rate")
     t.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     t.add_argument("--precision", choices=PRECISIONS, help="bf16: autocast the training forward")
+    t.add_argument("--distributed", choices=DISTRIBUTED, help="under torchrun: ddp or fsdp")
     t.add_argument(
         "--compile",
         action="store_true",

@@ -12,6 +12,7 @@ returns to its logs.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -136,13 +137,12 @@ class StructuralStep:
             stats: The statistics captured during the step (name -> per-layer values).
             probe: The loss of the model it is given, by which a change is measured, just
                 before and just after it (the record's ``loss_before`` and ``loss_after``).
-            sharding: How ``model`` is sharded (None: it is not). Before the first change
-                every rank gathers the model and optimizer state, and afterwards shards
-                the changed model again (:mod:`growformer.fsdp`); the records name the
-                model and optimizer to go on with.
+            sharding: How ``model`` is sharded (None: it is not). Each change is made on
+                its layer gathered, then sharded again with a new optimizer
+                (:mod:`growformer.fsdp`); the records name the model and optimizer to go
+                on with.
         """
         out = StepRecords(model, optimizer)
-        gathered = False
         turns = itertools.chain(
             [surgery.advance(model, step)], self.policy.decide_from(step, stats)
         )
@@ -163,11 +163,14 @@ class StructuralStep:
                     )
                     refused.append(request)
                     continue
-                if sharding is not None and not gathered:
-                    out.model, out.optimizer = sharding.gather(model, optimizer)
-                    gathered = True
                 loss_before = probe(out.model)
-                record = surgery.apply(out.model, out.optimizer, request)
+                if sharding is None:
+                    record = surgery.apply(out.model, out.optimizer, request)
+                else:
+                    change = functools.partial(surgery.apply, event=request)
+                    out.model, out.optimizer, record = sharding.change(
+                        out.model, out.optimizer, request.layer, change
+                    )
                 record.loss_before, record.loss_after = loss_before, probe(out.model)
                 records.append(record)
             if refused:
@@ -175,8 +178,6 @@ class StructuralStep:
             if records:
                 self.policy.observe(records)
                 out.events += records
-        if gathered:
-            out.model, out.optimizer = sharding.scatter(out.model, out.optimizer)
         out.stats = self.policy.drain_log()
         return out
 
