@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ pytest.importorskip("transformers", minversion="5")
 
 import torch
 from helpers import KINDS, MAX_LEN, VARIANTS, arch, batch, save_checkpoint
+from safetensors.torch import load_file
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -459,6 +461,45 @@ def test_sgt_loops_a_layer_inside_transformers_trainer(sst2_checkpoint, sst2_dir
     assert math.isfinite(loss)
     assert [(e["op"], e["step"], e["layer"]) for e in sgt.events] == [("set_loops", 4, 1)]
     assert model.elastic.arch.layers[1].loops == 1
+
+
+def test_the_callback_under_ddp_grows_the_same_heads_as_one_process(sst2_dir, tmp_path):
+    """``transformers.Trainer`` launched by torchrun on 2 processes x 8 examples a step,
+    against one process x 16 (no dropout): statistics summed over the ranks, the same
+    events on every rank, the DDP wrapper rebuilt in place after each."""
+    cfg = {
+        "task": "sst2",
+        "data_dir": str(sst2_dir),
+        "task_options": {"train_limit": 1000},
+        "vocab_size": 1000,
+        "max_len": 48,
+        "model": {"d_model": 32, "n_layers": 2, "heads": 1, "head_dim": 8, "ffn_dim": 64},
+        "device": "cpu",
+    }
+    cfg["model"]["dropout"] = 0.0
+    ckpt = GrowformerTrainer(TrainConfig.from_dict(cfg), tmp_path / "start").save()
+    worker = [str(Path(__file__).with_name("hf_worker.py")), str(ckpt), str(sst2_dir)]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = {
+        "one": [sys.executable, *worker, str(tmp_path / "one"), "16", "20"],
+        "two": [*torchrun, "--nproc_per_node=2", *worker, str(tmp_path / "two"), "8", "20"],
+    }
+    for cmd in runs.values():
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    one, two = (json.loads((tmp_path / r / "result.json").read_text()) for r in runs)
+    assert (one["world"], two["world"]) == (1, 2)
+    assert [e["op"] for e in one["events"]].count("add_head") >= 2
+    unmeasured = ("loss_before", "loss_after")
+    for a, b in zip(one["events"], two["events"], strict=True):
+        assert {k: v for k, v in a.items() if k not in unmeasured} == {
+            k: v for k, v in b.items() if k not in unmeasured
+        }
+        assert a["loss_after"] == pytest.approx(b["loss_after"], abs=1e-5)
+    assert one["heads"] == two["heads"]
+    w1, w2 = (load_file(tmp_path / r / "weights.safetensors") for r in runs)
+    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) <= 1e-5
 
 
 def test_callback_refuses_what_it_cannot_run(tmp_path):

@@ -14,6 +14,7 @@ method is a no-op.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -184,6 +185,33 @@ class Ranks:
     def _collective_device(self) -> torch.device:
         backend = dist.get_backend()
         return torch.device("cuda", self.local_rank) if backend == "nccl" else torch.device("cpu")
+
+
+def rebuild_in_place(wrapper: nn.parallel.DistributedDataParallel) -> None:
+    """Build a DDP wrapper again around its module's parameters as they are now, keeping
+    the wrapper object (a training loop that holds it, such as transformers' Trainer's,
+    goes on with it) and its settings; its old reducer, and with it the old parameters'
+    gradient hooks, goes. Communication hooks registered on it must be registered again.
+
+    Every rank calls it (it checks the parameter shapes across the ranks and broadcasts
+    rank 0's module state).
+    """
+    settings = {
+        "device_ids": wrapper.device_ids,
+        "output_device": wrapper.output_device,
+        "dim": wrapper.dim,
+        "process_group": wrapper.process_group,
+        "bucket_cap_mb": wrapper.bucket_bytes_cap / 2**20,
+        "find_unused_parameters": wrapper.find_unused_parameters,
+        "gradient_as_bucket_view": wrapper.gradient_as_bucket_view,
+        "static_graph": wrapper.static_graph,
+        "mixed_precision": wrapper.mixed_precision,
+        "skip_all_reduce_unused_params": wrapper.skip_all_reduce_unused_params,
+        "forward_sync_buffers": wrapper.forward_sync_buffers,
+    }
+    module = wrapper.module
+    nn.parallel.DistributedDataParallel.__init__(wrapper, module, **settings)
+    gc.collect()  # the old reducer is in reference cycles: drop its hooks now
 
 
 def fingerprint(model: ElasticModel) -> str:

@@ -32,6 +32,7 @@ from growformer.policies.records import register_record_kind
 from growformer.statistics import InputCapture, LayerStats, capture_inputs, layer_stats
 
 Batch = dict[str, torch.Tensor]
+SumOverRanks = Callable[[list[torch.Tensor]], None]
 
 
 @dataclass(frozen=True)
@@ -103,12 +104,15 @@ class StructuralStep:
         self.policy = policy
         self.budget = budget or Budget()
 
-    def calibrate(self, model: ElasticModel, batches: Iterable[Batch]) -> None:
-        """Show the policy statistics of its ``calibration_batches`` first ``batches``."""
+    def calibrate(
+        self, model: ElasticModel, batches: Iterable[Batch], sum_: SumOverRanks | None = None
+    ) -> None:
+        """Show the policy statistics of its ``calibration_batches`` first ``batches``
+        (with ``sum_``, each rank's batches: the statistics of theirs together)."""
         n = self.policy.calibration_batches
         if n:
             first = itertools.islice(batches, n)
-            self.policy.calibrate([layer_statistics(model, [b]) for b in first])
+            self.policy.calibrate([layer_statistics(model, [b], sum_) for b in first])
 
     def needs(self, done: int) -> frozenset[str]:
         """The statistics to record during the step after ``done`` optimizer steps."""
@@ -213,8 +217,11 @@ def probe_loss(model: torch.nn.Module, batch: Batch) -> float:
 
 
 @torch.no_grad()
-def layer_statistics(model: ElasticModel, batches: Iterable[Batch]) -> list[LayerStats]:
-    """Layer statistics of ``model`` over ``batches`` (eval mode, no dropout)."""
+def layer_statistics(
+    model: ElasticModel, batches: Iterable[Batch], sum_: SumOverRanks | None = None
+) -> list[LayerStats]:
+    """Layer statistics of ``model`` over ``batches`` (eval mode, no dropout); with
+    ``sum_`` (see :meth:`growformer.distributed.Ranks.sum_`), over every rank's batches."""
     device = next(model.parameters()).device
     capture = InputCapture(len(model.transformer.layers))
     with eval_mode(model):
@@ -222,4 +229,6 @@ def layer_statistics(model: ElasticModel, batches: Iterable[Batch]) -> list[Laye
             batch = {k: v.to(device) for k, v in batch.items()}
             with capture_inputs(model, batch.get("attention_mask"), capture):
                 model(batch["input_ids"], batch.get("attention_mask"))
+    if sum_ is not None:
+        capture.reduce(sum_)
     return layer_stats(model, capture)

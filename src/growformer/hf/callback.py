@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.module import register_module_forward_pre_hook
 from torch.utils.hooks import RemovableHandle
 
 # First: names the extra to install when transformers is missing or too old.
@@ -20,6 +20,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from transformers.trainer_callback import ExportableState
 
 from growformer import statistics
+from growformer.distributed import DistributedError, Ranks, rebuild_in_place
 from growformer.errors import ConfigError
 from growformer.optim.state import check_supported
 from growformer.policies import make_policy
@@ -38,8 +39,13 @@ class GrowformerCallback(TrainerCallback, ExportableState):
     carried, new slices start at zero), unless they would exceed the budget.
 
     The model as given is where the structure starts (a policy's ``initial_arch`` is not
-    applied). Training must run in one process: the structure changes would otherwise
-    have to be made on every rank.
+    applied). Under DDP (the Trainer launched by ``torchrun`` or ``accelerate launch``)
+    every rank records the statistics of its own batches, the sums over the ranks are
+    what the policy sees (calibration included), and the loss a change is measured by is
+    the mean over the ranks, so every rank makes the same changes; after them the Trainer's
+    DDP wrapper is rebuilt in place around the new parameters
+    (:func:`growformer.distributed.rebuild_in_place`). Not under transformers' FSDP or
+    DeepSpeed, which hold parameters of their own.
 
     The callback's state (the policy's, its events and statistics records) is saved in
     the Trainer's checkpoints. To resume, load the model from the checkpoint directory
@@ -85,6 +91,10 @@ class GrowformerCallback(TrainerCallback, ExportableState):
         self._batch: dict[str, Tensor] | None = None
         self._hooks: list[RemovableHandle] = []
         self._recording = contextlib.ExitStack()
+        self._ranks = Ranks()
+        # The Trainer's DDP wrapper around the model, seen in its first forward pass.
+        self._wrapper: nn.parallel.DistributedDataParallel | None = None
+        self._model: nn.Module | None = None
 
     def state(self) -> dict[str, Any]:
         """What the Trainer saves in its checkpoints' ``trainer_state.json`` (JSON)."""
@@ -120,15 +130,16 @@ class GrowformerCallback(TrainerCallback, ExportableState):
             raise ConfigError(
                 f"GrowformerCallback needs a growformer model, got {type(model).__name__}"
             )
-        if args.world_size > 1:
+        if args.world_size > 1 and (args.fsdp or args.deepspeed):
             raise ConfigError(
-                f"GrowformerCallback changes the model's structure in one process, but "
-                f"training runs in {args.world_size}"
+                "GrowformerCallback changes the model's structure under DDP, not under "
+                "transformers' FSDP or DeepSpeed, which hold parameters of their own"
             )
+        self._ranks = Ranks(args.process_index, args.world_size, args.local_process_index)
         if kwargs.get("optimizer") is not None:
             check_supported(kwargs["optimizer"])  # before training, not at the first change
         if self.policy.calibration_batches and not self._calibrated:
-            self.structure.calibrate(model.elastic, train_dataloader)
+            self.structure.calibrate(model.elastic, train_dataloader, self._ranks.sum_)
             self._calibrated = True
 
     def on_step_begin(
@@ -146,6 +157,9 @@ class GrowformerCallback(TrainerCallback, ExportableState):
             model.register_forward_pre_hook(self._before_forward, with_kwargs=True),
             model.register_forward_hook(self._after_forward, always_call=True),
         ]
+        if self._ranks.active and self._wrapper is None:
+            self._model = model
+            self._hooks.append(register_module_forward_pre_hook(self._find_wrapper))
 
     def on_step_end(
         self,
@@ -158,12 +172,29 @@ class GrowformerCallback(TrainerCallback, ExportableState):
     ) -> None:
         for hook in self._hooks:
             hook.remove()
-        # The loss as the Trainer computes it: through the wrapper, from the whole batch.
-        probe = functools.partial(probe_loss, model, self._batch)
-        stats = {} if self._capture is None else self._capture.results(model.elastic, probe)
+        batch, ranks = self._batch, self._ranks
+
+        def probe() -> float:
+            """The loss as the Trainer computes it (through the wrapper), the mean over the
+            ranks' batches."""
+            return ranks.mean(probe_loss(model, batch))
+
+        stats = {}
+        if self._capture is not None:
+            self._capture.reduce(ranks.sum_)
+            stats = self._capture.results(model.elastic, probe)
         done = self.structure.after_step(
             model.elastic, optimizer, state.global_step, stats, lambda _changed: probe()
         )
+        if done.events and ranks.active:
+            ranks.check_same_structure(model.elastic)
+            wrapper = self._wrapper
+            if wrapper is None:
+                raise DistributedError(
+                    f"training runs in {ranks.world} processes but no DDP wrapper holds the "
+                    "model: GrowformerCallback cannot pass the new parameters on"
+                )
+            rebuild_in_place(wrapper)
         self.events += [r.to_dict() for r in done.events]
         self.stats += done.refusals + done.stats
         self._capture = self._batch = None
@@ -178,3 +209,9 @@ class GrowformerCallback(TrainerCallback, ExportableState):
 
     def _after_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
         self._recording.close()
+
+    def _find_wrapper(self, module: nn.Module, args: tuple) -> None:
+        """Keep the DDP wrapper whose forward pass runs the model (the Trainer does not
+        hand it to callbacks, and it must be rebuilt after a change)."""
+        if isinstance(module, nn.parallel.DistributedDataParallel) and module.module is self._model:
+            self._wrapper = module
