@@ -6,13 +6,18 @@ Speed: the same causal LM (the ``lm`` corpus, 4 layers, d_model 128, global batc
 processes with 1 thread each, under DDP and under FSDP2, every step timed on its own. A
 ``scheduled`` policy adds a head to a layer at a few steps: under DDP that step also
 checks the structure across the ranks and rebuilds the wrapper (a parameter broadcast);
-under FSDP2 every rank gathers the model and optimizer state, changes it and shards it
-again. Each launch runs ``--repeats`` times, in alternation; the report gives medians.
+under FSDP2 every rank gathers the layer's block and its optimizer state, changes it and
+shards it again (a fifth launch gathers the whole model instead, to compare). Each launch
+runs ``--repeats`` times, in alternation; the report gives medians.
 
 Memory: a model large enough for its state to dominate (8 layers, d_model 512, ffn 2048,
 about 26M parameters, AdamW) for a few steps with one event, under DDP and FSDP2: the
-bytes of parameters, gradients and optimizer state each rank holds, and each rank's peak
-memory (resident set on CPU, allocated on CUDA) above what it held before training.
+bytes of parameters, gradients and optimizer state each rank holds, and each rank's
+memory above what the process held before the run was built: on CUDA what the allocator
+holds; on CPU the resident set, with glibc told to map every block over 64 KiB on its own
+and unmap it when freed, so that the resident set follows the live tensors (the trainer
+otherwise keeps freed memory for speed, and the resident set then tells more about the
+allocator's history than about the run).
 
 Both parts run unchanged on CUDA (``--device cuda``, NCCL), with one GPU per rank.
 
@@ -22,9 +27,10 @@ Both parts run unchanged on CUDA (``--device cuda``, NCCL), with one GPU per ran
 from __future__ import annotations
 
 import argparse
+import ctypes
+import dataclasses
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -37,23 +43,37 @@ import torch
 from common import save_report
 from torch.distributed.tensor import DTensor
 
+import growformer.training.loop
 from growformer.training.config import TrainConfig
 from growformer.training.loop import Trainer
 
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    processes: int
+    threads: int
+    distributed: str = "ddp"
+    whole_model: bool = False  # FSDP2: gather the whole model for a change
+
+
 EVENT_STEPS = (40, 70, 100)
-LAUNCHES = {  # name: processes, threads each, distributed
-    "1 process x 2 threads": (1, 2, "ddp"),
-    "1 process x 1 thread": (1, 1, "ddp"),
-    "2 processes x 1 thread, DDP": (2, 1, "ddp"),
-    "2 processes x 1 thread, FSDP2": (2, 1, "fsdp"),
+DDP = "2 processes x 1 thread, DDP"
+LAUNCHES = {
+    "1 process x 2 threads": Launch(1, 2),
+    "1 process x 1 thread": Launch(1, 1),
+    DDP: Launch(2, 1),
+    "2 processes x 1 thread, FSDP2": Launch(2, 1, "fsdp"),
+    "2 processes x 1 thread, FSDP2, whole model gathered": Launch(2, 1, "fsdp", True),
 }
-MEMORY_LAUNCHES = {k: v for k, v in LAUNCHES.items() if k.startswith("2 processes")}
+MEMORY_LAUNCHES = [name for name, launch in LAUNCHES.items() if launch.processes == 2]
 MEMORY_STEPS, MEMORY_EVENT = 6, 3
+_M_MMAP_THRESHOLD = -3
 
 
 def config(steps: int, events: tuple[int, ...], device: str, large: bool) -> dict[str, Any]:
-    shape = (512, 8, 8, 64, 2048) if large else (128, 4, 4, 32, 512)
-    d_model, n_layers, heads, head_dim, ffn_dim = shape
+    d_model, n_layers, heads, head_dim, ffn_dim = (
+        (512, 8, 8, 64, 2048) if large else (128, 4, 4, 32, 512)
+    )
     return {
         "task": "lm",
         "policy": "scheduled",
@@ -82,10 +102,18 @@ def config(steps: int, events: tuple[int, ...], device: str, large: bool) -> dic
     }
 
 
-def _peak_bytes(device: torch.device) -> int:
+def _map_every_block() -> bool:
+    """Instead of the trainer's ``keep_freed_memory``: every block over 64 KiB mapped on
+    its own and unmapped when freed, so that the resident set follows the live tensors."""
+    return bool(ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, 64 * 1024))
+
+
+def _memory(device: torch.device) -> tuple[int, int]:
+    """(now, peak so far) bytes: allocated on CUDA, resident on CPU (Linux)."""
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+        return torch.cuda.memory_allocated(device), torch.cuda.max_memory_allocated(device)
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    return int(fields["VmRSS"].split()[0]) * 1024, int(fields["VmHWM"].split()[0]) * 1024
 
 
 def _local_bytes(tensor: torch.Tensor) -> int:
@@ -97,15 +125,18 @@ def worker(args: argparse.Namespace) -> None:
     """One rank: train step by step, timing each; write the times and memory figures."""
     cfg = TrainConfig.from_dict(json.loads(Path(args.worker).read_text()))
     out = Path(args.times)
-    trainer = Trainer(cfg, out.parent / f"run-{cfg.distributed}-{cfg.steps}")
-    if trainer.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(trainer.device)
-    before = _peak_bytes(trainer.device)  # data, tokenizer and model built
-    times = []
+    if args.memory:
+        growformer.training.loop.keep_freed_memory = _map_every_block
+    before = _memory(torch.device("cpu"))[0] if "cuda" not in cfg.device else 0
+    trainer = Trainer(cfg, out.parent / f"run-{os.getpid()}")
+    if args.whole_model:
+        trainer.sharding = dataclasses.replace(trainer.sharding, whole_model=True)
+    times, peaks = [], []
     for _ in range(cfg.steps):
         t0 = time.perf_counter()
         trainer.train_step()
         times.append(time.perf_counter() - t0)
+        peaks.append(_memory(trainer.device)[1] - before)
     params = sum(_local_bytes(p) for p in trainer.model.parameters())
     state = sum(
         _local_bytes(v)
@@ -116,30 +147,32 @@ def worker(args: argparse.Namespace) -> None:
     result = {
         "times": times,
         "state_bytes": 2 * params + state,  # parameters, their gradients, optimizer state
-        "peak_added_bytes": _peak_bytes(trainer.device) - before,
+        "peak_bytes": peaks,  # after each step, the peak so far
+        "end_bytes": _memory(trainer.device)[0] - before,
     }
     out.with_suffix(f".{trainer.ranks.rank}.json").write_text(json.dumps(result))
     trainer.ranks.stop()
 
 
-def launch(name: str, cfg: dict[str, Any], tmp: Path) -> list[dict[str, Any]]:
+def launch(name: str, cfg: dict[str, Any], tmp: Path, memory: bool) -> list[dict[str, Any]]:
     """Run ``cfg`` as launch ``name``; each rank's results."""
-    procs, threads, distributed = LAUNCHES[name]
+    spec = LAUNCHES[name]
     cfg_path, times = tmp / "config.json", tmp / "times"
-    cfg_path.write_text(json.dumps({**cfg, "distributed": distributed}))
+    cfg_path.write_text(json.dumps({**cfg, "distributed": spec.distributed}))
     for old in tmp.glob("times.*.json"):
         old.unlink()
     me = [str(Path(__file__).resolve()), "--worker", str(cfg_path), "--times", str(times)]
-    if procs == 1:
+    me += ["--memory"] * memory + ["--whole-model"] * spec.whole_model
+    if spec.processes == 1:
         cmd = [sys.executable, *me]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-        cmd += [f"--nproc_per_node={procs}", *me]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        cmd += [f"--nproc_per_node={spec.processes}", *me]
+    env = {**os.environ, "OMP_NUM_THREADS": str(spec.threads)}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
-    return [json.loads((tmp / f"times.{r}.json").read_text()) for r in range(procs)]
+    return [json.loads((tmp / f"times.{r}.json").read_text()) for r in range(spec.processes)]
 
 
 def speed_rows(runs: dict[str, list[list[dict]]], tokens: int) -> list[dict[str, Any]]:
@@ -171,19 +204,61 @@ def speed_rows(runs: dict[str, list[list[dict]]], tokens: int) -> list[dict[str,
 def memory_rows(runs: dict[str, list[dict]]) -> list[dict[str, Any]]:
     rows = []
     for name, ranks in runs.items():
-        times = ranks[0]["times"]
+        # Step MEMORY_EVENT ends with the event: the peaks before it and through it.
         rows.append(
             {
                 "launch": name,
                 "state_mib": max(r["state_bytes"] for r in ranks) / 2**20,
-                "peak_added_mib": max(r["peak_added_bytes"] for r in ranks) / 2**20,
-                "step_s": statistics.median(
-                    t for i, t in enumerate(times) if i != MEMORY_EVENT - 1
-                ),
-                "event_step_s": times[MEMORY_EVENT - 1],
+                "before_event_mib": max(r["peak_bytes"][MEMORY_EVENT - 2] for r in ranks) / 2**20,
+                "peak_mib": max(r["peak_bytes"][-1] for r in ranks) / 2**20,
+                "end_mib": max(r["end_bytes"] for r in ranks) / 2**20,
             }
         )
     return rows
+
+
+def report(args: argparse.Namespace, cfg: dict, rows: list[dict], mem: list[dict]) -> list[str]:
+    base, ddp = rows[0], next(r for r in rows if r["launch"] == DDP)
+    mem_ddp = next(r for r in mem if r["launch"] == DDP)
+    measured = "allocated" if args.device.startswith("cuda") else "resident"
+
+    def vs(r: dict, key: str) -> str:
+        return f"{r[key]:.1f} | {r[key] / mem_ddp[key]:.2f}x"
+
+    return [
+        f"**Speed.** Causal LM (lm corpus, 4 layers, d_model 128, 4 heads x 32), global batch "
+        f"{cfg['batch_size']} x {cfg['max_len']} tokens, {args.steps} steps, {args.repeats} "
+        f"repeats in alternation, {args.device} ({os.cpu_count()} cores). Event: add one head "
+        f"at steps {list(EVENT_STEPS)} (surgery; DDP: structure check and wrapper rebuilt; "
+        "FSDP2: the layer's block and optimizer state gathered, changed and sharded again, or "
+        "the whole model's).",
+        "",
+        "| launch | step s (median) | tokens/s | vs 1 process x 2 threads | vs DDP "
+        "| event step s | event cost (steps) |",
+        "|---|---|---|---|---|---|---|",
+        *(
+            f"| {r['launch']} | {r['step_s']:.4f} | {r['tokens_per_s']:,.0f} | "
+            f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x | "
+            f"{r['tokens_per_s'] / ddp['tokens_per_s']:.2f}x | "
+            f"{r['event_step_s']:.4f} | {r['event_cost_steps']:+.2f} |"
+            for r in rows
+        ),
+        "",
+        f"**Memory.** Causal LM of 8 layers, d_model 512, 8 heads x 64, ffn 2048, AdamW, "
+        f"global batch 32 x 64, {MEMORY_STEPS} steps, one event at the end of step "
+        f"{MEMORY_EVENT}: memory ({measured}) added to what the process held before the run "
+        "was built, the largest rank's.",
+        "",
+        "| launch | parameters + gradients + optimizer state per rank (MiB) | vs DDP "
+        "| peak before the event (MiB) | vs DDP | peak through the event (MiB) | vs DDP "
+        "| held after the last step (MiB) | vs DDP |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *(
+            f"| {r['launch']} | {vs(r, 'state_mib')} | {vs(r, 'before_event_mib')} | "
+            f"{vs(r, 'peak_mib')} | {vs(r, 'end_mib')} |"
+            for r in mem
+        ),
+    ]
 
 
 def main() -> None:
@@ -194,6 +269,8 @@ def main() -> None:
     p.add_argument("--out", default="runs/distributed_scaling")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--times", help=argparse.SUPPRESS)
+    p.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--whole-model", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         worker(args)
@@ -209,47 +286,13 @@ def main() -> None:
         for r in range(args.repeats):
             for name in LAUNCHES:
                 print(f"[{time.perf_counter() - t0:.0f} s] {name}, repeat {r}", flush=True)
-                runs[name].append(launch(name, cfg, Path(tmp)))
+                runs[name].append(launch(name, cfg, Path(tmp), memory=False))
         for name in MEMORY_LAUNCHES:
             print(f"[{time.perf_counter() - t0:.0f} s] memory: {name}", flush=True)
-            memory[name] = launch(name, large, Path(tmp))
+            memory[name] = launch(name, large, Path(tmp), memory=True)
     rows = speed_rows(runs, cfg["batch_size"] * cfg["max_len"])
     mem = memory_rows(memory)
-    base = rows[0]["tokens_per_s"]
-    ddp = {r["launch"]: r for r in rows}["2 processes x 1 thread, DDP"]
-    mem_ddp = mem[0]
-    lines = [
-        f"**Speed.** Causal LM (lm corpus, 4 layers, d_model 128, 4 heads x 32), global batch "
-        f"{cfg['batch_size']} x {cfg['max_len']} tokens, {args.steps} steps, {args.repeats} "
-        f"repeats in alternation, {args.device} ({os.cpu_count()} cores). Event: add one head "
-        f"at steps {list(EVENT_STEPS)} (surgery; DDP: structure check and wrapper rebuilt; "
-        "FSDP2: model and optimizer state gathered, changed, sharded again).",
-        "",
-        "| launch | step s (median) | tokens/s | vs 1 process x 2 threads | vs DDP "
-        "| event step s | event cost (steps) |",
-        "|---|---|---|---|---|---|---|",
-        *(
-            f"| {r['launch']} | {r['step_s']:.4f} | {r['tokens_per_s']:,.0f} | "
-            f"{r['tokens_per_s'] / base:.2f}x | {r['tokens_per_s'] / ddp['tokens_per_s']:.2f}x | "
-            f"{r['event_step_s']:.4f} | {r['event_cost_steps']:+.2f} |"
-            for r in rows
-        ),
-        "",
-        f"**Memory.** Causal LM of 8 layers, d_model 512, 8 heads x 64, ffn 2048, AdamW, "
-        f"global batch 32 x 64, {MEMORY_STEPS} steps with one event (step {MEMORY_EVENT}); "
-        "the largest rank's figures.",
-        "",
-        "| launch | parameters + gradients + optimizer state per rank (MiB) | vs DDP "
-        "| peak memory added per rank (MiB) | vs DDP | step s | event step s |",
-        "|---|---|---|---|---|---|---|",
-        *(
-            f"| {r['launch']} | {r['state_mib']:.1f} | "
-            f"{r['state_mib'] / mem_ddp['state_mib']:.2f}x | {r['peak_added_mib']:.1f} | "
-            f"{r['peak_added_mib'] / mem_ddp['peak_added_mib']:.2f}x | {r['step_s']:.3f} | "
-            f"{r['event_step_s']:.3f} |"
-            for r in mem
-        ),
-    ]
+    lines = report(args, cfg, rows, mem)
     save_report(out, "distributed_scaling", lines, args, t0, rows=rows, memory=mem, step_times=runs)
 
 

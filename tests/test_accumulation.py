@@ -66,12 +66,15 @@ def test_two_micro_batches_of_16_train_as_one_batch_of_32(name, tmp_path):
                 assert b[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
 
 
-def test_two_ranks_of_two_micro_batches_train_as_one_process(tmp_path):
+@pytest.mark.parametrize("distributed", ["ddp", "fsdp"])
+def test_two_ranks_of_two_micro_batches_train_as_one_process(distributed, tmp_path):
     """The data-parallel ranks exchange gradients once per step, after their last
-    micro-batch: 2 ranks x 2 micro-batches of 8 train as one process with a batch of 32."""
+    micro-batch (DDP, or FSDP2's reduce-scatter): 2 ranks x 2 micro-batches of 8 train as
+    one process with a batch of 32."""
     cfg = CONFIGS["incrt"]
     whole = _run(cfg, tmp_path / "whole")
-    _torchrun({**cfg, "grad_accum_steps": 2}, tmp_path, tmp_path / "ranks")
+    sharded = {"grad_accum_steps": 2, "distributed": distributed}
+    _torchrun({**cfg, **sharded}, tmp_path, tmp_path / "ranks")
     ranks = json.loads((tmp_path / "ranks" / "summary.json").read_text())
     assert ranks["ranks"] == 2
     _close(whole, ranks)
