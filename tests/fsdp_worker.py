@@ -42,8 +42,8 @@ def compare(variant: str, name: str, whole_model: bool, rank: int, world: int) -
     reference = copy.deepcopy(model)
     make = functools.partial(build_optimizer, name=name, lr=1e-2, weight_decay=0.1)
     reference_optimizer = make(reference)
-    model, optimizer = fsdp.scatter(model, make(model), make, world)
     sharding = fsdp.Sharding(world, make, whole_model=whole_model)
+    model, optimizer = sharding.scatter(model, make(model))
     # Rows that split evenly over the ranks (one row with padding).
     parts = [_batch(plain, seed) for seed in range(world)]
     batch = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
@@ -60,7 +60,7 @@ def compare(variant: str, name: str, whole_model: bool, rank: int, world: int) -
         torch.manual_seed(100 + i)
         change = functools.partial(surgery.apply, event=request)
         model, optimizer, _ = sharding.change(model, optimizer, request.layer, change)
-    whole, whole_optimizer = fsdp.gather(model, optimizer, make)
+    whole, whole_optimizer = sharding.gather(model, optimizer)
     weights = max(
         (whole.state_dict()[k] - v).abs().max().item()
         for k, v in reference.state_dict().items()

@@ -1,9 +1,10 @@
-"""Shared builders for the tests: small architectures of every variant, batches, and a
-task of a user's own (``load_toy``)."""
+"""Shared builders for the tests: small architectures of every variant, batches, a task
+of a user's own (``load_toy``), and SST-2 sentences for transformers' Trainer."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -139,3 +140,37 @@ def save_checkpoint(directory: Path, model: torch.nn.Module, label_names: list[s
         },
         trainer_state={"step": 0},
     )
+
+
+def sst2_config(sst2_dir: Path, dropout: float = 0.2) -> TrainConfig:
+    """A small SST-2 run (one head per layer) whose first checkpoint the transformers
+    tests start from."""
+    model = {"d_model": 32, "n_layers": 2, "heads": 1, "head_dim": 8, "ffn_dim": 64}
+    return TrainConfig.from_dict(
+        {
+            "task": "sst2",
+            "data_dir": str(sst2_dir),
+            "task_options": {"train_limit": 1000},
+            "vocab_size": 1000,
+            "max_len": 48,
+            "model": {**model, "dropout": dropout},
+            "device": "cpu",
+        }
+    )
+
+
+def sst2_sentences(sst2_dir: Path, split: str, n: int) -> list[tuple[str, int]]:
+    """The first ``n`` (sentence, label) rows of an SST-2 split."""
+    lines = (sst2_dir / f"{split}.tsv").read_text().splitlines()[1 : n + 1]
+    return [(text, int(label)) for text, label in (line.split("\t") for line in lines)]
+
+
+def encoded(tokenizer: Any, rows: list[tuple[str, int]]) -> list[dict[str, Any]]:
+    """``rows`` as transformers' Trainer takes them: token ids, attention mask, label."""
+    batch = tokenizer([text for text, _ in rows], truncation=True)
+    return [
+        {"input_ids": ids, "attention_mask": mask, "labels": label}
+        for ids, mask, (_, label) in zip(
+            batch["input_ids"], batch["attention_mask"], rows, strict=True
+        )
+    ]

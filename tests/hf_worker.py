@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from helpers import encoded, sst2_sentences
 from safetensors.torch import save_file
 from transformers import (
     AutoModelForSequenceClassification,
@@ -25,15 +26,7 @@ def main() -> None:
     ckpt, sst2, out, per_device, steps = sys.argv[1:6]
     model = AutoModelForSequenceClassification.from_pretrained(ckpt)
     tokenizer = AutoTokenizer.from_pretrained(ckpt)
-    lines = (Path(sst2) / "train.tsv").read_text().splitlines()[1:481]
-    rows = [(text, int(label)) for text, label in (line.split("\t") for line in lines)]
-    encoded = tokenizer([text for text, _ in rows], truncation=True)
-    data = [
-        {"input_ids": ids, "attention_mask": mask, "labels": label}
-        for ids, mask, (_, label) in zip(
-            encoded["input_ids"], encoded["attention_mask"], rows, strict=True
-        )
-    ]
+    data = encoded(tokenizer, sst2_sentences(Path(sst2), "train", 480))
     callback = GrowformerCallback(
         "incrt", {"check_every": 2, "calibration_batches": 2, "refractory_steps": 4}
     )

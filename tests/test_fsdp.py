@@ -42,9 +42,10 @@ def test_two_sharded_processes_grow_like_one(policy, tmp_path):
     checkpoint (gathered, ``full``) is the one-process format."""
     cfg = CONFIGS[policy]
     train(TrainConfig.from_dict(cfg), tmp_path / "single", progress=False)
-    _torchrun({**cfg, **FSDP}, tmp_path, tmp_path / "sharded")
+    _torchrun(cfg, tmp_path, tmp_path / "sharded", "--distributed", "fsdp")
     summary = json.loads((tmp_path / "sharded" / "summary.json").read_text())
     assert summary["ranks"] == 2
+    assert checkpoint.read_config(tmp_path / "sharded")["distributed"] == "fsdp"
     _same_run(tmp_path / "single", tmp_path / "sharded")
     assert _weights(tmp_path / "sharded").keys()  # model.safetensors, readable as before
     metrics = [

@@ -15,7 +15,17 @@ import pytest
 pytest.importorskip("transformers", minversion="5")
 
 import torch
-from helpers import KINDS, MAX_LEN, VARIANTS, arch, batch, save_checkpoint
+from helpers import (
+    KINDS,
+    MAX_LEN,
+    VARIANTS,
+    arch,
+    batch,
+    encoded,
+    save_checkpoint,
+    sst2_config,
+    sst2_sentences,
+)
 from safetensors.torch import load_file
 from transformers import (
     AutoConfig,
@@ -288,28 +298,12 @@ def test_configuration_round_trips(tmp_path):
 @pytest.fixture(scope="module")
 def sst2_checkpoint(sst2_dir, tmp_path_factory) -> Path:
     """A growformer SST-2 checkpoint (one head per layer) as the trainer writes it."""
-    cfg = TrainConfig.from_dict(
-        {
-            "task": "sst2",
-            "data_dir": str(sst2_dir),
-            "task_options": {"train_limit": 1000},
-            "vocab_size": 1000,
-            "max_len": 48,
-            "model": {"d_model": 32, "n_layers": 2, "heads": 1, "head_dim": 8, "ffn_dim": 64},
-            "device": "cpu",
-        }
-    )
-    return GrowformerTrainer(cfg, tmp_path_factory.mktemp("sst2")).save()
-
-
-def _sentences(sst2_dir: Path, split: str, n: int) -> list[tuple[str, int]]:
-    lines = (sst2_dir / f"{split}.tsv").read_text().splitlines()[1 : n + 1]
-    return [(text, int(label)) for text, label in (line.split("\t") for line in lines)]
+    return GrowformerTrainer(sst2_config(sst2_dir), tmp_path_factory.mktemp("sst2")).save()
 
 
 def test_auto_tokenizer_encodes_like_growformer(sst2_checkpoint, sst2_dir):
     ckpt = checkpoint.load(sst2_checkpoint)
-    texts = [text for text, _ in _sentences(sst2_dir, "dev", 1000)] + EDGE_TEXTS
+    texts = [text for text, _ in sst2_sentences(sst2_dir, "dev", 1000)] + EDGE_TEXTS
     max_len = ckpt.model.arch.max_len
     expected = Tokenizer.from_json(ckpt.tokenizer_json).encode(texts, add_cls=True, max_len=max_len)
     tokenizer = AutoTokenizer.from_pretrained(sst2_checkpoint)
@@ -323,7 +317,7 @@ def test_auto_tokenizer_encodes_like_growformer(sst2_checkpoint, sst2_dir):
 
 def test_text_classification_pipeline(sst2_checkpoint, sst2_dir):
     ckpt = checkpoint.load(sst2_checkpoint)
-    texts = [text for text, _ in _sentences(sst2_dir, "dev", 4)]
+    texts = [text for text, _ in sst2_sentences(sst2_dir, "dev", 4)]
     classify = pipeline(
         "text-classification", model=str(sst2_checkpoint), tokenizer=str(sst2_checkpoint)
     )
@@ -372,13 +366,7 @@ def _train(model, tokenizer, rows, callbacks, output_dir: Path, steps: int) -> f
 
 
 def _trainer(model, tokenizer, rows, callbacks, output_dir: Path, steps: int, **args) -> Trainer:
-    encoded = tokenizer([text for text, _ in rows], truncation=True)
-    data = [
-        {"input_ids": ids, "attention_mask": mask, "labels": label}
-        for ids, mask, (_, label) in zip(
-            encoded["input_ids"], encoded["attention_mask"], rows, strict=True
-        )
-    ]
+    data = encoded(tokenizer, rows)
     args = TrainingArguments(
         output_dir=str(output_dir),
         max_steps=steps,
@@ -408,7 +396,7 @@ def test_incrt_grows_heads_inside_transformers_trainer(sst2_checkpoint, sst2_dir
         "incrt", {"check_every": 2, "calibration_batches": 2, "refractory_steps": 4}
     )
     watch = _OptimizerWatch()
-    rows = _sentences(sst2_dir, "train", 480)
+    rows = sst2_sentences(sst2_dir, "train", 480)
     loss = _train(model, tokenizer, rows, [incrt, watch], tmp_path / "out", steps=30)
     assert math.isfinite(loss)
     grown = [e for e in incrt.events if e["op"] == "add_head"]
@@ -430,7 +418,7 @@ def test_incrt_resumes_from_a_transformers_trainer_checkpoint(sst2_checkpoint, s
     same events and the same model as the uninterrupted run."""
     options = {"check_every": 2, "calibration_batches": 2, "refractory_steps": 2}
     tokenizer = AutoTokenizer.from_pretrained(sst2_checkpoint)
-    rows = _sentences(sst2_dir, "train", 480)
+    rows = sst2_sentences(sst2_dir, "train", 480)
     model = AutoModelForSequenceClassification.from_pretrained(sst2_checkpoint)
     whole = GrowformerCallback("incrt", options)
     saving = {"save_strategy": "steps", "save_steps": 3}
@@ -457,7 +445,7 @@ def test_sgt_loops_a_layer_inside_transformers_trainer(sst2_checkpoint, sst2_dir
     sgt = GrowformerCallback(
         "sgt", {"warmup": 4, "window": 4, "top_layers": 1, "kept_heads": 1, "stat_steps": 2}
     )
-    loss = _train(model, tokenizer, _sentences(sst2_dir, "train", 160), [sgt], tmp_path, 6)
+    loss = _train(model, tokenizer, sst2_sentences(sst2_dir, "train", 160), [sgt], tmp_path, 6)
     assert math.isfinite(loss)
     assert [(e["op"], e["step"], e["layer"]) for e in sgt.events] == [("set_loops", 4, 1)]
     assert model.elastic.arch.layers[1].loops == 1
@@ -467,17 +455,7 @@ def test_the_callback_under_ddp_grows_the_same_heads_as_one_process(sst2_dir, tm
     """``transformers.Trainer`` launched by torchrun on 2 processes x 8 examples a step,
     against one process x 16 (no dropout): statistics summed over the ranks, the same
     events on every rank, the DDP wrapper rebuilt in place after each."""
-    cfg = {
-        "task": "sst2",
-        "data_dir": str(sst2_dir),
-        "task_options": {"train_limit": 1000},
-        "vocab_size": 1000,
-        "max_len": 48,
-        "model": {"d_model": 32, "n_layers": 2, "heads": 1, "head_dim": 8, "ffn_dim": 64},
-        "device": "cpu",
-    }
-    cfg["model"]["dropout"] = 0.0
-    ckpt = GrowformerTrainer(TrainConfig.from_dict(cfg), tmp_path / "start").save()
+    ckpt = GrowformerTrainer(sst2_config(sst2_dir, dropout=0.0), tmp_path / "start").save()
     worker = [str(Path(__file__).with_name("hf_worker.py")), str(ckpt), str(sst2_dir)]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -577,7 +555,7 @@ def test_budgets_refuse_growth_inside_transformers_trainer_as_in_growformer_trai
     model = AutoModelForSequenceClassification.from_pretrained(sst2_checkpoint)
     tokenizer = AutoTokenizer.from_pretrained(sst2_checkpoint)
     callback = GrowformerCallback("scheduled", policy, **budget)
-    rows = _sentences(sst2_dir, "train", 96)
+    rows = sst2_sentences(sst2_dir, "train", 96)
     _train(model, tokenizer, rows, [callback], tmp_path / "hf", steps=6)
 
     refused = [r for r in stats if "refused" in r]
