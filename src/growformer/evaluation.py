@@ -47,13 +47,17 @@ def evaluate(
     # confusion[label, prediction], for accuracy and per-class F1 (empty for language models).
     classes = model.arch.num_labels or 0
     confusion = torch.zeros(classes, classes, dtype=torch.long)
-    passes = 0
+    spare = 0
+    if lockstep and ranks.active:
+        # Known before any pass: a rank that finished would wait in a collective while
+        # another's pass waits for it to gather weights.
+        total = sum(1 for _ in eval_batches(data, batch_size, pad_id))
+        spare = -(-total // ranks.world) - len(range(ranks.rank, total, ranks.world))
     with eval_mode(model):
         batches = eval_batches(data, batch_size, pad_id)
         for batch in itertools.islice(batches, ranks.rank, None, ranks.world):
             batch = {k: v.to(device) for k, v in batch.items()}
             logits = model(batch["input_ids"], batch.get("attention_mask")).logits
-            passes += 1
             labels = batch["labels"]
             n += batch["input_ids"].shape[0]
             loss_sum += F.cross_entropy(
@@ -62,11 +66,12 @@ def evaluate(
             count += labels.numel()
             if model.kind == "classifier":
                 confusion += confusion_matrix(labels.cpu(), logits.argmax(-1).cpu(), classes)
-        if lockstep and ranks.active:
-            spare = next(iter(eval_batches(data, batch_size, pad_id)))
-            spare = {k: v.to(device) for k, v in spare.items()}
-            for _ in range(ranks.most(passes) - passes):
-                model(spare["input_ids"], spare.get("attention_mask"))
+        if spare:
+            batch = {
+                k: v.to(device) for k, v in next(eval_batches(data, batch_size, pad_id)).items()
+            }
+            for _ in range(spare):
+                model(batch["input_ids"], batch.get("attention_mask"))
     if ranks.active:
         sums = torch.tensor([loss_sum, count, n], dtype=torch.float64, device=device)
         confusion = confusion.to(device)
