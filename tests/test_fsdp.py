@@ -65,7 +65,7 @@ def test_a_sharded_checkpoint_resumes_on_two_processes_and_on_one(tmp_path):
     sharded = {**cfg, **FSDP, "checkpoint_format": "sharded"}
     _torchrun(sharded, tmp_path, tmp_path / "two", "--set", "steps=30")
     ckpt = checkpoint.resolve(tmp_path / "two")
-    assert {"__0_0.distcp", "__1_0.distcp", ".metadata"} <= {p.name for p in ckpt.iterdir()}
+    assert {"__0_0.distcp", "__1_0.distcp", "shards.json"} <= {p.name for p in ckpt.iterdir()}
     assert not (ckpt / "model.safetensors").exists()
     shutil.copytree(tmp_path / "two", tmp_path / "one")
     _torchrun(sharded, tmp_path, tmp_path / "two", "--resume")
@@ -105,29 +105,46 @@ def test_an_optimizer_that_cannot_step_shards_is_refused(tmp_path, monkeypatch):
         train(cfg, tmp_path / "run", progress=False)
 
 
-def test_a_forged_shard_index_is_refused_without_running_it(tmp_path):
+def _sharded_run(tmp_path: Path) -> Path:
     cfg = {**CONFIGS["incrt"], "checkpoint_format": "sharded", "steps": 15}
     train(TrainConfig.from_dict(cfg), tmp_path / "run", progress=False)
-    ckpt = checkpoint.resolve(tmp_path / "run")
+    return checkpoint.resolve(tmp_path / "run")
+
+
+def _rewrite(ckpt: Path, name: str, data: bytes) -> None:
+    """Replace a file of ``ckpt`` and its manifest entry (as a forger would)."""
+    (ckpt / name).write_bytes(data)
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    manifest["files"][name] = checkpoint._digest(ckpt / name)
+    (ckpt / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_dcps_pickled_index_is_never_read(tmp_path):
+    """The shards' index is read from JSON: a forged ``.metadata`` pickle never runs."""
+    ckpt = _sharded_run(tmp_path)
     marker = tmp_path / "ran"
 
     class Forged:
         def __reduce__(self):
             return (Path.touch, (marker,))
 
-    (ckpt / ".metadata").write_bytes(pickle.dumps(Forged()))
-    manifest = json.loads((ckpt / "manifest.json").read_text())
-    manifest["files"][".metadata"] = checkpoint._digest(ckpt / ".metadata")
-    (ckpt / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(CheckpointError, match=r"\.metadata: the index names pathlib\.Path\.touch"):
-        checkpoint.load(tmp_path / "run")
+    _rewrite(ckpt, ".metadata", pickle.dumps(Forged()))
+    loaded = checkpoint.load(tmp_path / "run")
+    assert loaded.model.num_params() > 0
     assert not marker.exists()
 
 
+def test_a_malformed_shard_index_is_named(tmp_path):
+    ckpt = _sharded_run(tmp_path)
+    index = json.loads((ckpt / "shards.json").read_text())
+    index["storage"][0]["file"] = "../elsewhere"
+    _rewrite(ckpt, "shards.json", json.dumps(index).encode())
+    with pytest.raises(CheckpointError, match=r"shards\.json is malformed: .*not a file of"):
+        checkpoint.load(tmp_path / "run")
+
+
 def test_a_damaged_shard_is_named(tmp_path):
-    cfg = {**CONFIGS["incrt"], "checkpoint_format": "sharded", "steps": 15}
-    train(TrainConfig.from_dict(cfg), tmp_path / "run", progress=False)
-    ckpt = checkpoint.resolve(tmp_path / "run")
+    ckpt = _sharded_run(tmp_path)
     shard = ckpt / "__0_0.distcp"
     shard.write_bytes(shard.read_bytes()[:100])
     with pytest.raises(CheckpointError, match=r"__0_0\.distcp is truncated or altered"):

@@ -13,7 +13,7 @@ Layout of a run directory::
 
 A sharded checkpoint (``checkpoint_format: sharded``) holds the weights and the optimizer
 tensors in ``torch.distributed.checkpoint``'s files instead of the two ``.safetensors``
-(``.metadata`` and one ``__R_0.distcp`` per rank R that wrote), each rank writing its own
+(one ``__R_0.distcp`` per rank R that wrote, and their index), each rank writing its own
 shards (:mod:`growformer.checkpoint_shards`); any number of processes can read it, so a
 run resumes on any number of ranks. It is not a transformers model directory.
 
@@ -25,9 +25,8 @@ configuration in ``config.json``; they load and resume as before.
 
 A checkpoint is written into a temporary directory, flushed to disk, renamed into place,
 and only then does ``LATEST`` (replaced atomically) point to it: a crash at any moment
-leaves the previous checkpoint intact and pointed to. Nothing is ever unpickled but the
-index of a sharded checkpoint, by an unpickler that builds only its records (see
-:mod:`growformer.checkpoint_shards`).
+leaves the previous checkpoint intact and pointed to. Nothing is ever unpickled (a
+sharded checkpoint's index is read from JSON, see :mod:`growformer.checkpoint_shards`).
 """
 
 from __future__ import annotations

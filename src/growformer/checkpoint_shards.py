@@ -2,65 +2,118 @@
 
 Keys are ``model.NAME`` (weights) and ``optimizer.state.INDEX.NAME`` (the optimizer's
 tensors, by parameter index as in ``optimizer.state_dict()``). Every rank of a sharded
-model writes its own shards (``__R_0.distcp``) and rank 0 the index (``.metadata``); a
-reader gets whole tensors, whatever the number of ranks that wrote them.
+model writes its own shards (``__R_0.distcp``); a reader gets whole tensors, whatever
+the number of ranks that wrote them.
 
-DCP pickles its index. It is read here by an unpickler that builds nothing but DCP's own
-metadata records, tensor sizes and dtypes, so a forged index cannot run code; the tensors
-themselves are read by DCP with ``torch.load(weights_only=True)``.
+DCP pickles its index (``.metadata``, kept for torch's own tools). growformer never reads
+it: rank 0 also writes the same index as JSON (``shards.json``: every tensor's dtype,
+size and chunks, and where each chunk lies in which file), and the reader builds DCP's
+records from that. Nothing is unpickled; the tensors themselves are read by DCP with
+``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import pickle
+import json
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import Tensor, nn
 from torch.distributed.checkpoint import FileSystemReader
-from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
+from torch.distributed.checkpoint.filesystem import _StorageInfo
+from torch.distributed.checkpoint.metadata import (
+    ChunkStorageMetadata,
+    Metadata,
+    MetadataIndex,
+    StorageMeta,
+    TensorProperties,
+    TensorStorageMetadata,
+)
 
 from growformer import fsdp
 from growformer.errors import CheckpointError
 
-INDEX = ".metadata"
+INDEX = "shards.json"
 MODEL_KEYS, OPTIMIZER_KEYS = "model.", "optimizer."
 
-# What DCP's index may hold besides the records of its metadata module.
-_INDEX_GLOBALS = {
-    ("torch", "Size"),
-    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
-    ("torch.serialization", "_get_layout"),
-    ("pathlib", "PosixPath"),
-    ("pathlib", "WindowsPath"),
-    ("collections", "OrderedDict"),
-}
+
+def _index_json(metadata: Metadata) -> dict[str, Any]:
+    """DCP's index of tensors as JSON."""
+    tensors = {}
+    for key, info in metadata.state_dict_metadata.items():
+        if not isinstance(info, TensorStorageMetadata):
+            raise CheckpointError(f"sharded checkpoints hold tensors only, {key} is not one")
+        tensors[key] = {
+            "dtype": str(info.properties.dtype).removeprefix("torch."),
+            "size": list(info.size),
+            "chunks": [{"offsets": list(c.offsets), "sizes": list(c.sizes)} for c in info.chunks],
+        }
+    storage = [
+        {
+            "key": where.fqn,
+            "offsets": None if where.offset is None else list(where.offset),
+            "chunk": where.index,
+            "file": info.relative_path,
+            "at": info.offset,
+            "length": info.length,
+            "transforms": None
+            if info.transform_descriptors is None
+            else list(info.transform_descriptors),
+        }
+        for where, info in metadata.storage_data.items()
+    ]
+    return {"tensors": tensors, "storage": storage}
 
 
-class _IndexUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if module == "torch.distributed.checkpoint.metadata" or (module, name) in _INDEX_GLOBALS:
-            return super().find_class(module, name)
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
-        raise pickle.UnpicklingError(f"the index names {module}.{name}, not a DCP record")
+def _index_metadata(index: dict[str, Any]) -> Metadata:
+    """DCP's records from the JSON index (raises KeyError, TypeError or ValueError on a
+    malformed one)."""
+    tensors = {}
+    for key, info in index["tensors"].items():
+        dtype = getattr(torch, info["dtype"], None)
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"{key} has no dtype {info['dtype']!r}")
+        chunks = [
+            ChunkStorageMetadata(torch.Size(c["offsets"]), torch.Size(c["sizes"]))
+            for c in info["chunks"]
+        ]
+        properties = TensorProperties(dtype=dtype)
+        tensors[key] = TensorStorageMetadata(properties, torch.Size(info["size"]), chunks)
+    storage = {}
+    for entry in index["storage"]:
+        name = entry["file"]
+        if not isinstance(name, str) or Path(name).name != name or name in (".", ".."):
+            raise ValueError(f"{name!r} is not a file of the checkpoint")
+        where = MetadataIndex(entry["key"], entry["offsets"], entry["chunk"])
+        storage[where] = _StorageInfo(
+            name, int(entry["at"]), int(entry["length"]), entry["transforms"]
+        )
+    return Metadata(
+        state_dict_metadata=tensors,
+        planner_data={key: (key,) for key in tensors},
+        storage_data=storage,
+        storage_meta=StorageMeta(),
+    )
 
 
 class _Reader(FileSystemReader):
-    """DCP's file reader, with the index read by :class:`_IndexUnpickler`."""
+    """DCP's file reader, with the index read from ``shards.json``."""
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
-        with open(Path(self.path) / INDEX, "rb") as f:
-            metadata = _IndexUnpickler(f).load()
-        if not isinstance(metadata, Metadata):
-            raise pickle.UnpicklingError(f"the index holds a {type(metadata).__name__}")
-        if metadata.storage_meta is not None:
-            metadata.storage_meta.load_id = self.load_id
+        where = Path(self.path) / INDEX
+        try:
+            metadata = _index_metadata(json.loads(where.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"cannot read {where}: {e}") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise CheckpointError(f"{where} is malformed: {e!r}") from None
+        metadata.storage_meta.load_id = self.load_id
         return metadata
 
 
@@ -81,7 +134,9 @@ def save_shards(
     tensors = {MODEL_KEYS + k: v for k, v in model.state_dict().items()}
     tensors |= {OPTIMIZER_KEYS + k: v for k, v in optimizer_tensors.items()}
     with _single_process_is_meant():
-        dcp.save(tensors, checkpoint_id=directory, no_dist=not collective)
+        metadata = dcp.save(tensors, checkpoint_id=directory, no_dist=not collective)
+    if not collective or dist.get_rank() == 0:
+        (directory / INDEX).write_text(json.dumps(_index_json(metadata)))
 
 
 def shard_shapes(ckpt_dir: Path, prefix: str) -> dict[str, Tensor]:
@@ -112,10 +167,7 @@ def load_shards(ckpt_dir: Path, prefix: str) -> dict[str, Tensor]:
 
 
 def _stored(ckpt_dir: Path, prefix: str) -> dict[str, TensorStorageMetadata]:
-    try:
-        index = _Reader(ckpt_dir).read_metadata().state_dict_metadata
-    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, TypeError) as e:
-        raise CheckpointError(f"cannot read {ckpt_dir / INDEX}: {e}") from None
+    index = _Reader(ckpt_dir).read_metadata().state_dict_metadata
     return {
         key[len(prefix) :]: info
         for key, info in index.items()
