@@ -173,10 +173,11 @@ def save(
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
+    optimizer_state = optimizer.state_dict()
     if sharded:
         if collective:
             dist.barrier()  # the directory exists
-        save_shards(tmp, model, _optimizer_tensors(optimizer.state_dict()), collective)
+        save_shards(tmp, model, _optimizer_tensors(optimizer_state), collective)
     if not main:
         dist.barrier()  # rank 0 has put the checkpoint in place
         return None
@@ -190,7 +191,7 @@ def save(
     (tmp / "tokenizer.json").write_text(transformers_tokenizer(tokenizer, model.arch))
     _write_json(tmp / "tokenizer_config.json", tokenizer_config(model.arch, tokenizer))
     _write_json(tmp / "task.json", task)
-    _save_optimizer(tmp, optimizer, tensors=not sharded)
+    _save_optimizer(tmp, type(optimizer).__name__, optimizer_state, tensors=not sharded)
     rng = {"torch_cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
@@ -360,10 +361,10 @@ def _optimizer_tensors(sd: dict[str, Any]) -> dict[str, Tensor]:
     }
 
 
-def _save_optimizer(directory: Path, optimizer: torch.optim.Optimizer, tensors: bool) -> None:
-    """``optimizer.json`` (type, groups, the state that is not tensors) and, with
-    ``tensors``, ``optimizer.safetensors``."""
-    sd = optimizer.state_dict()
+def _save_optimizer(directory: Path, kind: str, sd: dict[str, Any], tensors: bool) -> None:
+    """``optimizer.json`` (the optimizer's class name ``kind``, groups, the state of its
+    ``state_dict()`` ``sd`` that is not tensors) and, with ``tensors``,
+    ``optimizer.safetensors``."""
     plain: dict[str, dict[str, Any]] = {}
     for idx, values in sd["state"].items():
         for name, value in values.items():
@@ -372,7 +373,7 @@ def _save_optimizer(directory: Path, optimizer: torch.optim.Optimizer, tensors: 
     if tensors:
         state = {k: v.contiguous() for k, v in _optimizer_tensors(sd).items()}
         save_file(state, directory / "optimizer.safetensors")
-    meta = {"type": type(optimizer).__name__, "param_groups": sd["param_groups"], "state": plain}
+    meta = {"type": kind, "param_groups": sd["param_groups"], "state": plain}
     _write_json(directory / "optimizer.json", meta)
 
 

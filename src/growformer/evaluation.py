@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from growformer.data import eval_batches
+from growformer.data import eval_batch_count, eval_batches
 from growformer.distributed import Ranks
 from growformer.errors import DataError
 from growformer.model import ElasticModel
@@ -51,7 +51,7 @@ def evaluate(
     if lockstep and ranks.active:
         # Known before any pass: a rank that finished would wait in a collective while
         # another's pass waits for it to gather weights.
-        total = sum(1 for _ in eval_batches(data, batch_size, pad_id))
+        total = eval_batch_count(data, batch_size)
         spare = -(-total // ranks.world) - len(range(ranks.rank, total, ranks.world))
     with eval_mode(model):
         batches = eval_batches(data, batch_size, pad_id)

@@ -1,6 +1,13 @@
 """Data: tokenizer, encoded data sets, batching, file readers and named tasks."""
 
-from growformer.data.datasets import BatchStream, ClassificationData, LMData, collate, eval_batches
+from growformer.data.datasets import (
+    BatchStream,
+    ClassificationData,
+    LMData,
+    collate,
+    eval_batch_count,
+    eval_batches,
+)
 from growformer.data.files import label_vocab, read_labeled, read_text
 from growformer.data.sarscov2 import read_fasta_labels
 from growformer.data.streaming import StreamBatches, StreamedData, train_batches
@@ -32,6 +39,7 @@ __all__ = [
     "encode_classification",
     "encode_lm",
     "encode_spikes",
+    "eval_batch_count",
     "eval_batches",
     "label_vocab",
     "load_task",

@@ -142,7 +142,16 @@ def eval_batches(data: Data, batch_size: int, pad_id: int) -> Iterator[dict[str,
     Yields:
         Batches as returned by `collate`.
     """
+    for start in _batch_starts(data, batch_size):
+        yield collate(data, list(range(start, min(start + batch_size, len(data)))), pad_id)
+
+
+def eval_batch_count(data: Data, batch_size: int) -> int:
+    """How many batches :func:`eval_batches` yields (without making them)."""
+    return len(_batch_starts(data, batch_size))
+
+
+def _batch_starts(data: Data, batch_size: int) -> range:
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    for start in range(0, len(data), batch_size):
-        yield collate(data, list(range(start, min(start + batch_size, len(data)))), pad_id)
+    return range(0, len(data), batch_size)
