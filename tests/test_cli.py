@@ -143,15 +143,15 @@ def test_version_and_one_line_per_command(capsys):
     commands = [line.split()[0] for line in listing.splitlines()[2:] if line.strip()]
     assert commands == [
         "train",
-        "import",
         "evaluate",
         "assign",
+        "import",
         "info",
+        "report",
+        "export",
         "plan",
         "analyze",
         "compress",
-        "report",
-        "export",
     ]  # each on a line of its own: no help text wraps onto a second line
 
 
