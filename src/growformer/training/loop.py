@@ -4,9 +4,9 @@
 :mod:`growformer.training.config`, its parts to :mod:`growformer.training.setup`, the
 structural step to :class:`growformer.structure.StructuralStep`, evaluation to
 :mod:`growformer.evaluation`, its logs to :class:`growformer.training.rundir.RunLogs` and
-checkpoints to :mod:`growformer.checkpoint`. A resumed run continues exactly where its
-last checkpoint stopped: same batches, same random numbers, same optimizer state, same
-logs.
+checkpoints to :class:`growformer.training.checkpointer.Checkpointer`. A resumed run
+continues exactly where its last checkpoint stopped: same batches, same random numbers,
+same optimizer state, same logs.
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from growformer import checkpoint, fsdp, statistics
+from growformer import checkpoint, statistics
 from growformer.arch import Architecture
 from growformer.data import StreamedData, eval_batches, train_batches
 from growformer.distributed import DistributedError, Ranks
-from growformer.errors import CheckpointError, ConfigError, DivergenceError
+from growformer.errors import ConfigError, DivergenceError
 from growformer.evaluation import evaluate
 from growformer.flops import train_step_flops, without_loops
 from growformer.fsdp import Sharding, full
@@ -43,6 +43,7 @@ from growformer.policies import Policy, make_policy
 from growformer.report import Logger, check_loggers
 from growformer.structure import Budget, StructuralStep, layer_statistics, probe_loss
 from growformer.training.callbacks import Callback, stop_requested
+from growformer.training.checkpointer import Checkpointer
 from growformer.training.config import TrainConfig, check_resumable
 from growformer.training.config_files import RUN_CONFIG, dump_config
 from growformer.training.rundir import RunLogs
@@ -58,7 +59,6 @@ from growformer.training.setup import (
     make_optimizer,
     task_data,
 )
-from growformer.validation import is_int, is_number
 
 
 def train(
@@ -176,7 +176,7 @@ class Trainer:
         random.seed(cfg.seed)
 
         self.data = task_data(cfg, ckpt, **(data or {}))
-        self.tokenizer_json = self.data.tokenizer.to_json()
+        self.checkpointer = Checkpointer(self.out, cfg, self.ranks, self.data)
         self.policy = policy or make_policy(cfg.policy, cfg.policy_options)
         budget = Budget(cfg.max_params, cfg.max_heads_per_layer)
         self.structure = StructuralStep(self.policy, budget)
@@ -209,7 +209,7 @@ class Trainer:
             "nonfinite_skips": 0,
         }
         if ckpt is not None:
-            self._restore(ckpt)
+            self.checkpointer.restore(ckpt, self.optimizer, self.state, self.policy)
         self.sharding = (
             Sharding(self.ranks.world, functools.partial(make_optimizer, cfg=cfg))
             if sharded
@@ -233,43 +233,6 @@ class Trainer:
     @property
     def pad_id(self) -> int:
         return self.data.tokenizer.pad_id
-
-    def _restore(self, ckpt: checkpoint.Checkpoint) -> None:
-        """Continue from ``ckpt``: optimizer, counters, policy and random states, each
-        checked, so that a damaged ``trainer_state.json`` is named rather than crashing
-        the run later."""
-        ckpt.load_optimizer(self.optimizer)
-        saved = dict(ckpt.trainer_state)
-        where = ckpt.path / "trainer_state.json"
-        # Checkpoints from before the baseline was kept start it at train_flops (exact for
-        # runs without loops).
-        saved.setdefault("train_flops_no_loops", saved.get("train_flops"))
-        saved.setdefault("nonfinite_skips", 0)
-        for key, fresh in self.state.items():
-            value = saved.get(key)
-            if not (is_number(value) if isinstance(fresh, float) else is_int(value)):
-                raise CheckpointError(f"{where}: '{key}' must be a number, got {value!r:.60}")
-            if not (math.isfinite(value) and value >= 0):
-                raise CheckpointError(f"{where}: '{key}' must be finite and >= 0, got {value}")
-            self.state[key] = type(fresh)(value)
-        try:
-            self.policy.load_state_dict(saved["policy"])
-            random.setstate(_tuple_state(saved["python_rng"]))
-        except (
-            KeyError,
-            TypeError,
-            ValueError,
-            OverflowError,
-            IndexError,
-            AttributeError,
-            RecursionError,
-        ) as e:
-            reason = str(e).splitlines()[0] if str(e) else ""
-            raise CheckpointError(
-                f"{where}: the policy or random state cannot be restored "
-                f"({type(e).__name__}: {reason:.100})"
-            ) from None
-        ckpt.restore_rng()
 
     def run(self, progress: bool = True) -> dict[str, Any]:
         """Train to ``cfg.steps``; return the summary (also written to summary.json)."""
@@ -500,37 +463,11 @@ class Trainer:
         return self.metrics
 
     def save(self) -> Path | None:
-        """Checkpoint everything a resumed run needs; returns its directory (None on ranks
-        other than 0). Rank 0 writes, or with a sharded model and ``checkpoint_format:
-        sharded`` every rank writes its shards; ``full`` gathers them first."""
+        """Checkpoint the run (see :meth:`Checkpointer.save`); returns its directory, or
+        None on ranks that write nothing."""
         self.state["wall_s"] = self._wall()
-        model, optimizer = self.model, self.optimizer
-        sharded = self.cfg.checkpoint_format == "sharded"
-        if self.sharding is not None and not sharded:
-            model, optimizer = self.sharding.gather(model, optimizer)
-        if not self.ranks.main and not fsdp.is_sharded(model):
-            return None
-        return checkpoint.save(
-            self.out,
-            step=self.state["step"],
-            model=model,
-            optimizer=optimizer,
-            config=self.cfg.to_dict(),
-            tokenizer_json=self.tokenizer_json,
-            task={
-                "name": self.data.name,
-                "kind": self.data.kind,
-                "label_names": self.data.label_names,
-                "max_len": self.data.max_len,
-                "info": self.data.info,
-            },
-            trainer_state={
-                **self.state,
-                "policy": self.policy.state_dict(),
-                "python_rng": random.getstate(),
-            },
-            keep=self.cfg.keep_checkpoints,
-            sharded=sharded,
+        return self.checkpointer.save(
+            self.model, self.optimizer, self.state, self.policy, self.sharding
         )
 
     def summary(self) -> dict[str, Any]:
@@ -585,8 +522,3 @@ class Trainer:
 
 def _heads(arch: Architecture) -> str:
     return "/".join(str(layer.heads) for layer in arch.layers)
-
-
-def _tuple_state(state: Any) -> Any:
-    """JSON turns Python's RNG state tuples into lists; turn them back."""
-    return tuple(_tuple_state(s) for s in state) if isinstance(state, list) else state
