@@ -31,6 +31,14 @@ def sarscov2_dir() -> Path:
     return d
 
 
+@pytest.fixture
+def no_checkout_data(monkeypatch):
+    """As if growformer were installed away from a checkout with ``shared/data`` beside it."""
+    import growformer.data.shared
+
+    monkeypatch.setattr(growformer.data.shared, "CHECKOUT_DATA", None)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models gain nothing from a second thread, and on a busy 2-core machine its

@@ -97,6 +97,16 @@ def test_train_says_what_the_run_became(files, tmp_path, capsys):
     assert lines["report"] == str(out / "report" / "index.html")
 
 
+def test_train_without_out_takes_a_free_run_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "--task", "retrieval", "--steps", "2", "--no-progress"]
+    argv += ["--set", "model.d_model=32", "--set", "task_options.n_train=200"]
+    for name in ("retrieval-static", "retrieval-static-2"):
+        assert main(argv) == 0
+        assert f"run directory {Path('runs') / name}" in capsys.readouterr().err
+        assert (tmp_path / "runs" / name / "summary.json").is_file()
+
+
 def test_evaluate_prints_json(run, files, capsys):
     for target in (run, run / "checkpoints" / "step_00000005"):
         assert main(["evaluate", str(target), "--data", str(files["dev"])]) == 0

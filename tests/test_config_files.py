@@ -177,7 +177,7 @@ def test_print_config_resolves_file_flags_and_overrides(tmp_path, capsys):
         (["--set", "model.d_modle=3", "--print-config"], "config.model has unknown key(s)"),
         (["--set", "steps=many", "--print-config"], "config.steps has the wrong type"),
         (["--set", "steps", "--print-config"], "expected KEY=VALUE"),
-        (["--task", "retrieval"], "train needs --out DIR"),
+        (["--task", "retrieval", "--resume"], "train --resume needs --out DIR"),
     ],
 )
 def test_bad_overrides_on_the_command_line(args, message, capsys):

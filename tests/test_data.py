@@ -26,6 +26,7 @@ from growformer.data import (
     read_labeled,
     read_text,
 )
+from growformer.data.shared import beside_checkout
 from growformer.errors import ConfigError, DataError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -105,7 +106,16 @@ def test_sst2_from_environment(monkeypatch):
     assert (len(task.train), len(task.val)) == (300, 872)
 
 
-def test_sst2_without_data_or_datasets_says_what_to_pass(monkeypatch):
+@needs_sst2
+def test_sst2_defaults_to_the_data_beside_the_checkout(monkeypatch):
+    monkeypatch.delenv("GROWFORMER_SST2_DIR", raising=False)
+    assert beside_checkout("sst2") == SST2_DIR.resolve()
+    task = load_task("sst2", options={"train_limit": 300}, vocab_size=500)
+    assert (len(task.train), len(task.val)) == (300, 872)
+    assert task.info["source"] == str(SST2_DIR.resolve())
+
+
+def test_sst2_without_data_or_datasets_says_what_to_pass(monkeypatch, no_checkout_data):
     monkeypatch.delenv("GROWFORMER_SST2_DIR", raising=False)
     monkeypatch.setitem(sys.modules, "datasets", None)  # as if it were not installed
     with pytest.raises(DataError, match="`datasets` is not installed: pass --data-dir DIR"):
@@ -118,7 +128,10 @@ def test_sst2_offline_without_data_says_what_to_pass(tmp_path):
     pytest.importorskip("datasets")
     env = {k: v for k, v in os.environ.items() if k != "GROWFORMER_SST2_DIR"}
     env |= {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path)}
-    code = "from growformer.data import load_task; load_task('sst2')"
+    code = (
+        "import growformer.data.shared as shared; shared.CHECKOUT_DATA = None; "
+        "from growformer.data import load_task; load_task('sst2')"
+    )
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     last = proc.stderr.strip().splitlines()[-1]
     assert "SST-2 could not be downloaded" in last and "pass --data-dir DIR" in last

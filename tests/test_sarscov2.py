@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+import growformer.data.shared
 from growformer.cli import main
 from growformer.data import Tokenizer, load_task
 from growformer.data import sarscov2 as sc
+from growformer.data.sarscov2.location import DEBIAN_DATA_DIR, locate_files
 from growformer.errors import ConfigError, DataError
 
 # The README of ../shared/data/sarscov2 states these leaf counts of the 2022-07-09 tree.
@@ -493,6 +495,20 @@ def test_missing_files_say_what_to_pass(sarscov2_dir, cache_dir, tmp_path, monke
     assert task.info["source"] == str(only_tree / sc.TREE_FILE)
     lineage = load_task("sarscov2", max_len=1000, options={**options, "label": "lineage"})
     assert "alias_key" not in lineage.info
+
+
+def test_files_default_to_the_data_beside_the_checkout(sarscov2_dir, monkeypatch):
+    monkeypatch.delenv("GROWFORMER_SARSCOV2_DIR", raising=False)
+    files = locate_files(None, None, None, need_aliases=True)
+    assert files.tree == (sarscov2_dir / sc.TREE_FILE).resolve()
+    assert files.alias_key == (sarscov2_dir / sc.ALIAS_FILE).resolve()
+    monkeypatch.setattr(growformer.data.shared, "CHECKOUT_DATA", None)
+    raises_naming(
+        DEBIAN_DATA_DIR / sc.TREE_FILE,
+        "default directory",
+        "python3-pangolearn",
+        fn=lambda: locate_files(None, None, None, need_aliases=False),
+    )
 
 
 def test_bad_options(sarscov2_dir, cache_dir):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -14,6 +15,9 @@ from growformer.errors import ConfigError
 from growformer.training.config import DISTRIBUTED, PRECISIONS, TrainConfig
 from growformer.training.config_files import apply_overrides, dump_config, read_config
 from growformer.training.loop import train
+
+# Where runs go without --out.
+RUNS = Path("runs")
 
 # Flags that override configuration keys of the same name.
 OVERRIDES = (
@@ -38,7 +42,11 @@ OVERRIDES = (
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     t = sub.add_parser("train", help="train a model; writes DIR/summary.json")
-    t.add_argument("--out", help="run directory (required unless --print-config)")
+    t.add_argument(
+        "--out",
+        help="run directory (default: runs/TASK-POLICY, or the first of runs/TASK-POLICY-2, "
+        "-3, ... that holds no run; required with --resume)",
+    )
     t.add_argument(
         "--task",
         help="sst2, sarscov2, retrieval, channels, lm, file or fasta (default: sst2; file "
@@ -110,8 +118,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 
 def _train(args: argparse.Namespace) -> int:
-    if args.out is None and (args.resume or not args.print_config):
-        raise ConfigError("train needs --out DIR, the run directory")
+    if args.out is None and args.resume:
+        raise ConfigError("train --resume needs --out DIR, the run to continue")
     base: dict[str, Any] = {}
     if args.resume:
         base = checkpoint.read_config(args.out)
@@ -124,11 +132,25 @@ def _train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(dump_config(cfg), end="")
         return 0
-    summary = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
-    if Ranks.from_env().main:
-        print(_outcome(summary, Path(args.out)), file=sys.stderr)
+    main = Ranks.from_env().main
+    out = Path(args.out) if args.out is not None else _free_run_dir(cfg)
+    if args.out is None and main:
+        print(f"growformer: run directory {out}", file=sys.stderr)
+    summary = train(cfg, out, resume=args.resume, progress=not args.no_progress)
+    if main:
+        print(_outcome(summary, out), file=sys.stderr)
         print(json.dumps({k: summary[k] for k in ("task", "policy", "steps", "params", "metrics")}))
     return 0
+
+
+def _free_run_dir(cfg: TrainConfig) -> Path:
+    """``runs/TASK-POLICY``, or the first of ``runs/TASK-POLICY-2``, ``-3``, ... that holds
+    no run (no checkpoints: what the trainer refuses to start over). Every rank of a
+    distributed run finds the same one: checkpoints are written only after steps that all
+    ranks take together."""
+    name = f"{cfg.task}-{cfg.policy}"
+    places = (RUNS / (name if n == 1 else f"{name}-{n}") for n in itertools.count(1))
+    return next(out for out in places if not (out / "checkpoints").exists())
 
 
 def _outcome(summary: dict[str, Any], out: Path) -> str:

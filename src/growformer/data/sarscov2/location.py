@@ -1,4 +1,5 @@
-"""Where the sarscov2 task's files are: a directory, $GROWFORMER_SARSCOV2_DIR or Debian's."""
+"""Where the sarscov2 task's files are: a directory, $GROWFORMER_SARSCOV2_DIR, the data beside
+the checkout or Debian's."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from growformer.data.shared import beside_checkout
 from growformer.errors import DataError
 
 TREE_FILE = "lineageTree.pb"
@@ -38,9 +40,10 @@ def locate_files(
 ) -> TreeFiles:
     """Find the tree, the reference genome and the alias table.
 
-    The directory is `data_dir`, else $GROWFORMER_SARSCOV2_DIR, else `DEBIAN_DATA_DIR`. The
-    Debian package ships only the tree, so the reference and alias table may be given as
-    paths of their own.
+    The directory is `data_dir`, else $GROWFORMER_SARSCOV2_DIR, else ``shared/data/sarscov2``
+    beside the checkout (:mod:`growformer.data.shared`), else `DEBIAN_DATA_DIR`. The Debian
+    package ships only the tree, so the reference and alias table may be given as paths of
+    their own.
 
     Args:
         data_dir: Directory holding lineageTree.pb (and possibly the other two files).
@@ -55,7 +58,7 @@ def locate_files(
         DataError: A needed file is missing; the message says how to pass it.
     """
     env = os.environ.get("GROWFORMER_SARSCOV2_DIR")
-    directory = Path(data_dir or env or DEBIAN_DATA_DIR)
+    directory = Path(data_dir or env or beside_checkout("sarscov2") or DEBIAN_DATA_DIR)
     tree = directory / TREE_FILE
     if not tree.is_file():
         how = "given" if data_dir else "from GROWFORMER_SARSCOV2_DIR" if env else "default"

@@ -48,6 +48,7 @@ from growformer.data.sarscov2.genotypes import (
 )
 from growformer.data.sarscov2.location import REFERENCE_FILE
 from growformer.data.sarscov2.mutations import Mutation
+from growformer.data.shared import beside_checkout
 from growformer.data.tasks.common import fraction_option, int_option, path_option
 from growformer.data.tasks.proteins import SPIKE_EVAL, SpikeOptions, spike_task
 from growformer.data.tasks.spec import EvalFormat, TaskData, TaskRequest, TaskSpec
@@ -261,7 +262,7 @@ def genome_encoder(
         tokenizer: The checkpoint's tokenizer.
         task: The checkpoint's task record.
         reference: MN908947.3 FASTA; None: the file the task was trained with, else
-            MN908947.3.fasta in $GROWFORMER_SARSCOV2_DIR.
+            MN908947.3.fasta in $GROWFORMER_SARSCOV2_DIR or beside the checkout.
 
     Raises:
         ConfigError: The checkpoint is not one of this task with the mutation input.
@@ -281,9 +282,8 @@ def genome_encoder(
             "growformer could call genomes): train it again"
         )
     if reference is None:
-        candidates = [Path(info["reference"])]
-        if os.environ.get("GROWFORMER_SARSCOV2_DIR"):
-            candidates.append(Path(os.environ["GROWFORMER_SARSCOV2_DIR"]) / REFERENCE_FILE)
+        dirs = (os.environ.get("GROWFORMER_SARSCOV2_DIR"), beside_checkout("sarscov2"))
+        candidates = [Path(info["reference"]), *(Path(d) / REFERENCE_FILE for d in dirs if d)]
         reference = next((c for c in candidates if c.is_file()), None)
         if reference is None:
             raise DataError(
@@ -379,5 +379,6 @@ SARSCOV2 = TaskSpec(
     files=("data_dir",),
     evaluate=GENOME_EVAL,
 )
-"""The genomes of the pangoLEARN lineage tree in `data_dir`, $GROWFORMER_SARSCOV2_DIR or the
-Debian package's directory (see the module docstring for the options)."""
+"""The genomes of the pangoLEARN lineage tree in `data_dir`, $GROWFORMER_SARSCOV2_DIR,
+``shared/data/sarscov2`` beside the checkout or the Debian package's directory (see the
+module docstring for the options)."""

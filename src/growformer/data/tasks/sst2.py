@@ -1,4 +1,5 @@
-"""GLUE SST-2 sentiment classification: from `data_dir`, $GROWFORMER_SST2_DIR or the Hub."""
+"""GLUE SST-2 sentiment classification: from `data_dir`, $GROWFORMER_SST2_DIR, the data
+beside the checkout or the Hub."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 from pathlib import Path
 
 from growformer.data.files import label_vocab, read_labeled
+from growformer.data.shared import beside_checkout
 from growformer.data.tasks.common import classification_task, int_option
 from growformer.data.tasks.spec import TaskData, TaskRequest, TaskSpec
 from growformer.errors import DataError
@@ -22,6 +24,7 @@ def _load(request: TaskRequest) -> TaskData:
     limit = None if limit is None else int_option("sst2", "train_limit", limit, 1)
     data_dir = request.data_dir
     data_dir = data_dir if data_dir is not None else os.environ.get("GROWFORMER_SST2_DIR")
+    data_dir = data_dir if data_dir is not None else beside_checkout("sst2")
     if data_dir is not None:
         train_path, val_path = Path(data_dir) / "train.tsv", Path(data_dir) / "dev.tsv"
         train, val = read_labeled(train_path), read_labeled(val_path)
@@ -64,5 +67,6 @@ SST2 = TaskSpec(
     load=_load, options={"train_limit": None}, files=("data_dir",), takes_tokenizer=True
 )
 """GLUE SST-2 (binary sentiment) from `train.tsv` and `dev.tsv` in `data_dir`, else in
-$GROWFORMER_SST2_DIR, else from Hugging Face `datasets`. Option `train_limit`: use only the
-first that many training sentences."""
+$GROWFORMER_SST2_DIR, else in ``shared/data/sst2`` beside the checkout
+(:mod:`growformer.data.shared`), else from Hugging Face `datasets`. Option `train_limit`:
+use only the first that many training sentences."""
