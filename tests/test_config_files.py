@@ -186,6 +186,17 @@ def test_bad_overrides_on_the_command_line(args, message, capsys):
     assert err.startswith("growformer: error:") and message in err and "\n" not in err
 
 
+@pytest.mark.parametrize(
+    ("task", "message"),
+    [("file", "pass --data FILE"), ("fasta", "pass --data FASTA and --labels CSV")],
+)
+def test_tasks_on_your_data_say_which_flags_give_it(task, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--task", task, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("growformer: error:") and message in err
+
+
 def test_a_run_directory_keeps_its_resolved_configuration(tmp_path):
     out = tmp_path / "run"
     code = main(

@@ -21,7 +21,10 @@ def _load(request: TaskRequest) -> TaskData:
     data_file, opts, seed = request.data_file, request.options, request.seed
     max_len, vocab_size = request.max_len, request.vocab_size
     if data_file is None:
-        raise ConfigError("task 'file' needs a data file (--data-file FILE)")
+        raise ConfigError(
+            "task 'file' trains on your table: pass --data FILE (TSV/CSV with a text and a "
+            "label column; data_file in a config), or train_data in Python"
+        )
     texts, raw = read_labeled(data_file)
     source = f"data file {data_file}"
     val_file = path_option("file", "val_file", opts["val_file"])

@@ -94,7 +94,8 @@ def _load_fasta(request: TaskRequest) -> TaskData:
     opts, seed, max_len = request.options, request.seed, request.max_len
     if data_file is None or labels_file is None:
         raise ConfigError(
-            "task 'fasta' needs a FASTA data file and a labels file (CSV with columns id,label)"
+            "task 'fasta' trains on your sequences: pass --data FASTA and --labels CSV (columns "
+            "id,label; data_file and labels_file in a config)"
         )
     spike = SpikeOptions.parse("fasta", opts)
     skip_bad = bool_option("fasta", "skip_bad", opts["skip_bad"])
