@@ -50,8 +50,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     t.add_argument(
         "--task",
         help="sst2, sarscov2, retrieval, channels, lm, file or fasta (default: sst2; file "
-        "with --data, "
-        "fasta with --data and --labels)",
+        "with --data, fasta with --data and --labels)",
     )
     t.add_argument(
         "--policy",
