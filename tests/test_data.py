@@ -399,7 +399,7 @@ def test_task_config_errors():
         load_task("retrieval", options={"heads": 2})
     with pytest.raises(ConfigError, match="k=5 exceeds"):
         load_task("retrieval", options={"k": 5, "seq_len": 4})
-    with pytest.raises(ConfigError, match="data file"):
+    with pytest.raises(ConfigError, match="pass --data FILE"):
         load_task("file")
 
 

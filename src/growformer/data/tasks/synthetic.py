@@ -186,7 +186,7 @@ RETRIEVAL = TaskSpec(
     load=_load_retrieval,
     options={
         "k": 2,
-        "seq_len": 32,
+        "seq_len": 16,
         "symbols": 16,
         "label": "sum_mod",
         "num_labels": None,
