@@ -697,7 +697,7 @@ def test_fasta_task(spike, tmp_path):
     # over n sites are n - 1 tokens, plus [CLS].
     n_train = task.info["train_sequences"]
     assert len(task.info["variable_sites"]) == n_train == task.max_len
-    with pytest.raises(ConfigError, match="labels file"):
+    with pytest.raises(ConfigError, match="--labels CSV"):
         load_task("fasta", data_file=fa)
 
 

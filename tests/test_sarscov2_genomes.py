@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import growformer.data.shared
 from growformer import checkpoint
 from growformer.cli import main
 from growformer.data import Tokenizer, load_task
@@ -359,10 +360,15 @@ def test_assign_errors(trained, tmp_path, capsys, sarscov2_dir, monkeypatch):
     record = {**ckpt.task, "info": {**ckpt.task["info"], "input": "spike"}}
     with pytest.raises(ConfigError, match="input 'mutations'"):
         genome_encoder(Tokenizer.from_json(ckpt.tokenizer_json), record)
-    # The reference is looked for where it was, then in $GROWFORMER_SARSCOV2_DIR.
+    # The reference is looked for where it was, then in $GROWFORMER_SARSCOV2_DIR, then beside
+    # the checkout.
     moved = {**ckpt.task, "info": {**ckpt.task["info"], "reference": str(tmp_path / "x.fa")}}
+    tokenizer = Tokenizer.from_json(ckpt.tokenizer_json)
     monkeypatch.delenv("GROWFORMER_SARSCOV2_DIR", raising=False)
-    with pytest.raises(DataError, match="--reference"):
-        genome_encoder(Tokenizer.from_json(ckpt.tokenizer_json), moved)
-    monkeypatch.setenv("GROWFORMER_SARSCOV2_DIR", str(sarscov2_dir))
-    assert genome_encoder(Tokenizer.from_json(ckpt.tokenizer_json), moved).span == (269, 29_673)
+    with monkeypatch.context() as away:
+        away.setattr(growformer.data.shared, "CHECKOUT_DATA", None)
+        with pytest.raises(DataError, match="--reference"):
+            genome_encoder(tokenizer, moved)
+        away.setenv("GROWFORMER_SARSCOV2_DIR", str(sarscov2_dir))
+        assert genome_encoder(tokenizer, moved).span == (269, 29_673)
+    assert genome_encoder(tokenizer, moved).span == (269, 29_673)
