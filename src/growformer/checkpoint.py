@@ -72,6 +72,14 @@ FORMAT = 2
 FORMATS = (1, 2)
 TRAIN_CONFIG = "train_config.json"
 LATEST = "LATEST"
+# A run directory's checkpoints are in this directory of it.
+CHECKPOINTS = "checkpoints"
+
+
+def holds_run(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` holds a run that has written checkpoints: what a new run or an
+    import must not start over."""
+    return (Path(run_dir) / CHECKPOINTS).exists()
 
 
 @dataclass
@@ -164,7 +172,7 @@ def save(
     """
     collective = sharded and fsdp.is_sharded(model)
     main = not collective or dist.get_rank() == 0
-    root = Path(run_dir) / "checkpoints"
+    root = Path(run_dir) / CHECKPOINTS
     name = f"step_{step:08d}"
     final = root / name
     # The ranks write into one directory: its name must not depend on the process.
@@ -223,13 +231,13 @@ def resolve(path: str | Path) -> Path:
         raise CheckpointError(f"no checkpoint at {p}: it does not exist")
     if (p / "manifest.json").is_file():
         return p
-    latest = p / "checkpoints" / LATEST
+    latest = p / CHECKPOINTS / LATEST
     if latest.is_file():
         name = _read_text(latest).strip()
         # LATEST is data: it may only name a directory beside it, never lead elsewhere.
         if name in ("", ".", "..") or Path(name).name != name:
             raise CheckpointError(f"{latest} names {name!r}, not a checkpoint directory beside it")
-        target = p / "checkpoints" / name
+        target = p / CHECKPOINTS / name
         if not (target / "manifest.json").is_file():
             raise CheckpointError(f"{latest} points to {name!r}, which is missing or incomplete")
         return target

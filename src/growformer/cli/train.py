@@ -144,12 +144,12 @@ def _train(args: argparse.Namespace) -> int:
 
 def _free_run_dir(cfg: TrainConfig) -> Path:
     """``runs/TASK-POLICY``, or the first of ``runs/TASK-POLICY-2``, ``-3``, ... that holds
-    no run (no checkpoints: what the trainer refuses to start over). Every rank of a
+    no run (:func:`checkpoint.holds_run`, as the trainer asks before it starts). Every rank of a
     distributed run finds the same one: checkpoints are written only after steps that all
     ranks take together."""
     name = f"{cfg.task}-{cfg.policy}"
     places = (RUNS / (name if n == 1 else f"{name}-{n}") for n in itertools.count(1))
-    return next(out for out in places if not (out / "checkpoints").exists())
+    return next(out for out in places if not checkpoint.holds_run(out))
 
 
 def _outcome(summary: dict[str, Any], out: Path) -> str:

@@ -148,7 +148,7 @@ class Trainer:
         ckpt = checkpoint.load(self.out) if resume else None
         if ckpt is not None:
             check_resumable(ckpt.config, cfg)
-        elif (self.out / "checkpoints").exists():
+        elif checkpoint.holds_run(self.out):
             raise ConfigError(
                 f"{self.out} already holds a run; pass --resume to continue it, or another --out"
             )

@@ -167,7 +167,7 @@ def import_checkpoint(
             ``out`` that already holds a run.
     """
     source, out = Path(source), Path(out)
-    if (out / "checkpoints").exists():
+    if checkpoint.holds_run(out):
         raise ConfigError(f"{out} already holds a run: choose another --out")
     imported = from_hf(source, num_labels=num_labels)
     tokenizer_file = source / "tokenizer.json"
